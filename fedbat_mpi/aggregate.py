@@ -1,0 +1,37 @@
+"""Rank 0's server step: the weighted mean of the client updates added to the global model.
+
+For sign bodies, ``w_l <- w_l + sum_k p_k alpha_{k,l} b_{k,l}`` per binarized tensor ``l``
+(FEDBAT.md §1.8); for float32 bodies, ``w <- w + sum_k p_k delta_k``. Dense tensors become
+``sum_k p_k dense_k``. Weights ``p_k`` are the clients' weights normalised to sum to 1. Clients are
+summed in client-id order, so the result does not depend on which rank hosted which client.
+"""
+
+import numpy as np
+
+from .codec import BodyKind, Payload
+from .layout import ModelLayout
+
+
+def aggregate(layout: ModelLayout, global_vector: np.ndarray, payloads: list[Payload]) -> np.ndarray:
+    """The new global vector (float32) after one round's ``payloads``."""
+    if not payloads:
+        raise ValueError("no client payloads to aggregate")
+    payloads = sorted(payloads, key=lambda p: p.client_id)
+    weights = np.array([p.weight for p in payloads], dtype=np.float64)
+    shares = weights / weights.sum()
+    update = np.zeros(layout.update_size, dtype=np.float32)
+    dense = np.zeros(layout.dense_size, dtype=np.float32)
+    sizes = [seg.size for seg in layout.binarized]
+    for share, payload in zip(shares, payloads):
+        if payload.kind is BodyKind.SIGNS:
+            signs = payload.signs().astype(np.float32) * 2 - 1
+            update += signs * np.repeat((share * payload.scales).astype(np.float32), sizes)
+        else:
+            update += np.float32(share) * payload.body
+        dense += np.float32(share) * payload.dense
+    new = global_vector.astype(np.float32, copy=True)
+    for seg in layout.binarized:
+        new[seg.global_offset : seg.global_offset + seg.size] += update[seg.offset : seg.offset + seg.size]
+    for seg in layout.dense:
+        new[seg.global_offset : seg.global_offset + seg.size] = dense[seg.offset : seg.offset + seg.size]
+    return new

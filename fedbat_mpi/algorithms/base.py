@@ -1,0 +1,67 @@
+"""The interface every federated algorithm implements: train one client, return its update."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..codec import BodyKind
+from ..layout import ModelLayout
+from ..rng import Stream
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class LocalTask:
+    """One client's local training: the model already holds the global weights."""
+
+    client_id: int
+    model: torch.nn.Module
+    layout: ModelLayout
+    batches: Callable[[], Iterator[Batch]]  # every local step's (inputs, labels), in order
+    num_steps: int
+    lr: float
+    generator: Callable[[Stream], torch.Generator]  # the client's stream for (seed, round, id)
+
+
+@dataclass
+class LocalUpdate:
+    """What a client uploads besides its dense (BatchNorm) tensors."""
+
+    kind: BodyKind
+    scales: torch.Tensor  # float32, one per binarized tensor for sign bodies, else empty
+    body: torch.Tensor  # bool signs (True for +scale) or float32 update values, flat
+    train_loss: float
+
+
+class Algorithm(ABC):
+    """A federated algorithm: a client-side training rule and the wire body it uploads.
+
+    The server side is shared: rank 0 adds the weighted mean of the decoded updates
+    (``scale * sign`` or the float32 values) to the binarized tensors and averages dense tensors.
+    """
+
+    name: str
+    kind: BodyKind
+
+    @abstractmethod
+    def train(self, task: LocalTask) -> LocalUpdate:
+        """Train one client from the global model and return its update."""
+
+
+def sgd_steps(task: LocalTask, params: list[torch.Tensor], loss_fn: Callable[[int, Batch], torch.Tensor]) -> float:
+    """Run ``task.num_steps`` plain SGD steps (FEDBAT.md §1.6); return the mean training loss.
+
+    ``loss_fn(step, batch)`` computes the loss of one mini-batch; ``step`` counts from 1.
+    """
+    optimizer = torch.optim.SGD(params, lr=task.lr)
+    total = torch.zeros((), device=params[0].device)
+    for step, batch in enumerate(task.batches(), start=1):
+        loss = loss_fn(step, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return float(total) / max(task.num_steps, 1)

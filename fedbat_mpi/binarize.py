@@ -1,0 +1,57 @@
+"""FedBAT's stochastic binarizer with its designed derivatives, and the learnable step size.
+
+Forward (FEDBAT.md §1.3): with u ~ U[0, 1) drawn afresh on every call,
+``xi = clip(floor((m/alpha + 1)/2 + u), 0, 1)`` and ``B(m; alpha) = alpha * (2 xi - 1)``,
+so that ``E[B] = clip(m, -alpha, alpha)``.
+
+Backward (§1.4), with ``x = m/alpha``, ``b = 2 xi - 1`` the realised sign and ``g = dL/dB``:
+``dL/dm = g * 1{|x| <= 1}`` and ``dL/dalpha = sum(g * h)`` where ``h = b - x`` inside
+``[-1, 1]`` and ``sign(x)`` outside.
+"""
+
+import torch
+
+ALPHA_MIN = 5e-4
+ALPHA_MAX = 5e-2
+
+
+def step_size(alpha0: torch.Tensor, s: torch.Tensor, rho: float) -> torch.Tensor:
+    """The learnable step size ``clamp(alpha0 * exp(rho * s), 5e-4, 5e-2)``."""
+    return torch.clamp(alpha0 * torch.exp(rho * s), ALPHA_MIN, ALPHA_MAX)
+
+
+def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, b)``: the scaled update ``m/alpha`` and its stochastic sign in {-1, +1}."""
+    x = m / alpha
+    b = torch.where(torch.floor((x + 1) / 2 + u) >= 1, 1.0, -1.0).to(m.dtype)
+    return x, b
+
+
+class _StochasticBinarize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        x, b = _signs(m, alpha, u)
+        ctx.save_for_backward(x, b)
+        ctx.alpha_shape = alpha.shape
+        return alpha * b
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, b = ctx.saved_tensors
+        inside = x.abs() <= 1
+        grad_m = grad * inside
+        grad_alpha = (grad * torch.where(inside, b - x, torch.sign(x))).sum()
+        return grad_m, grad_alpha.reshape(ctx.alpha_shape), None
+
+
+def binarize(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``B(m; alpha)`` with fresh noise from ``generator``; differentiable in ``m`` and ``alpha``."""
+    u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+    return _StochasticBinarize.apply(m, alpha, u)
+
+
+def sample_signs(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A fresh sample of the signs of ``B(m; alpha)`` as a bool tensor (True for +alpha)."""
+    with torch.no_grad():
+        u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+        return _signs(m, alpha, u)[1] > 0

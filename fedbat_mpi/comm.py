@@ -1,0 +1,97 @@
+"""Every MPI call of the package (the only module that imports mpi4py).
+
+All collectives move numpy buffers (uppercase mpi4py methods); nothing is pickled. Messages that
+would pass MPI's 2**31 - 1 element limit are split. Packed bits are never reduced with ``MPI.SUM``:
+Open MPI's AVX reduction saturates uint8 on some CPUs, so payloads are gathered and summed by rank 0.
+"""
+
+import numpy as np
+from mpi4py import MPI
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+class Communicator:
+    """The ranks of one run; thin wrappers over the few collectives the engine needs."""
+
+    def __init__(self, comm: MPI.Comm | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES):
+        self._comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank: int = self._comm.Get_rank()
+        self.size: int = self._comm.Get_size()
+        self.max_message_bytes = max_message_bytes
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank: int = node.Get_rank()
+        node.Free()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def gather_bytes(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """Gather every rank's uint8 buffer to rank 0 with ``Gatherv``.
+
+        Returns ``(buffer, counts)`` on rank 0, the buffers concatenated in rank order and the number
+        of bytes from each rank, and ``(None, None)`` elsewhere. Ranks may send zero bytes.
+        """
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        counts = np.empty(self.size, dtype=np.int64)
+        self._comm.Allgather(np.array([data.size], dtype=np.int64), counts)
+        total = int(counts.sum())
+        recv = np.empty(total, dtype=np.uint8) if self.is_root else None
+        if total <= self.max_message_bytes:
+            displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            spec = [recv, counts.tolist(), displs.tolist(), MPI.BYTE] if self.is_root else None
+            self._comm.Gatherv([data, MPI.BYTE], spec, root=0)
+        else:
+            self._gather_in_pieces(data, counts, recv)
+        return (recv, counts) if self.is_root else (None, None)
+
+    def _gather_in_pieces(self, data: np.ndarray, counts: np.ndarray, recv: np.ndarray | None) -> None:
+        """``Gatherv`` in rounds of at most ``max_message_bytes`` in all, then reassemble on rank 0."""
+        piece = max(1, self.max_message_bytes // self.size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for begin in range(0, int(counts.max()), piece):
+            sizes = np.clip(counts - begin, 0, piece)
+            chunk = data[begin : begin + piece]
+            displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            scratch = np.empty(int(sizes.sum()), dtype=np.uint8) if self.is_root else None
+            spec = [scratch, sizes.tolist(), displs.tolist(), MPI.BYTE] if self.is_root else None
+            self._comm.Gatherv([chunk, MPI.BYTE], spec, root=0)
+            if self.is_root:
+                for rank in np.flatnonzero(sizes):
+                    at = int(starts[rank]) + begin
+                    recv[at : at + sizes[rank]] = scratch[displs[rank] : displs[rank] + sizes[rank]]
+
+    def broadcast(self, array: np.ndarray) -> None:
+        """Broadcast a contiguous array from rank 0 in place, split into messages if large."""
+        raw = array.reshape(-1).view(np.uint8)
+        for begin in range(0, max(raw.size, 1), self.max_message_bytes):
+            self._comm.Bcast([raw[begin : begin + self.max_message_bytes], MPI.BYTE], root=0)
+
+    def sum_to_root(self, values: np.ndarray) -> np.ndarray | None:
+        """Element-wise float64 sum over ranks, on rank 0 (``None`` elsewhere)."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        out = np.empty_like(values) if self.is_root else None
+        self._comm.Reduce(values, out, op=MPI.SUM, root=0)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one."""
+        out = np.zeros(1, dtype=np.int32)
+        self._comm.Allreduce(np.array([int(flag)], dtype=np.int32), out, op=MPI.MAX)
+        return bool(out[0])
+
+    def lowest_rank_with(self, flag: bool) -> int | None:
+        """The lowest rank where ``flag`` is true, agreed by all ranks, or ``None``."""
+        out = np.zeros(1, dtype=np.int32)
+        mine = self.rank if flag else self.size
+        self._comm.Allreduce(np.array([mine], dtype=np.int32), out, op=MPI.MIN)
+        return int(out[0]) if out[0] < self.size else None
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, status: int) -> None:
+        """End every rank of the job now (used when one rank fails, so that none hangs)."""
+        self._comm.Abort(status)
+

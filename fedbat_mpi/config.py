@@ -1,0 +1,187 @@
+"""The run configuration: one typed dataclass, read from presets, a YAML file and the command line.
+
+Precedence, lowest first: the built-in defaults (the embedded default run), ``--preset NAME``,
+``--config FILE.yaml``, then options given on the command line.
+"""
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+import yaml
+
+from .algorithms import ALGORITHMS
+from .errors import UsageError
+
+PARTITION_PATTERN = re.compile(r"^(iid|dir:(?P<beta>[0-9.eE+-]+)|labels:(?P<fraction>[0-9.eE+-]+))$")
+DEVICES = ("auto", "cpu", "cuda")
+WEIGHTINGS = ("batches", "samples")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option of a run. Defaults are the embedded default run."""
+
+    algorithm: str = "fedbat"
+    dataset: str = "embedded"
+    data_dir: str | None = None
+    model: str | None = None
+    num_clients: int = 40
+    clients_per_round: int = 8
+    rounds: int = 20
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    partition: str = "iid"
+    rho: float = 6.0
+    warmup: float = 0.5
+    weighting: str = "batches"
+    seed: int = 0
+    out: str | None = None
+    device: str = "auto"
+    threads: int = 1
+    eval_batch_size: int = 500
+
+    def validate(self) -> "Config":
+        """Return self, or raise UsageError naming the first bad option."""
+        positive = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
+                    "threads", "eval_batch_size")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                _fail(name, "a positive integer", getattr(self, name))
+        if self.algorithm not in ALGORITHMS:
+            _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
+        if not self.lr > 0:
+            _fail("lr", "a positive number", self.lr)
+        if not self.rho >= 0:
+            _fail("rho", "a number >= 0", self.rho)
+        if not 0 <= self.warmup <= 1:
+            _fail("warmup", "a fraction in [0, 1]", self.warmup)
+        if self.seed < 0:
+            _fail("seed", "an integer >= 0", self.seed)
+        if self.clients_per_round > self.num_clients:
+            _fail("clients-per-round", f"at most --num-clients ({self.num_clients})", self.clients_per_round)
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            _fail("device", "auto, cpu, cuda or cuda:N", self.device)
+        if self.weighting not in WEIGHTINGS:
+            _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", self.weighting)
+        match = PARTITION_PATTERN.match(self.partition)
+        if not match:
+            _fail("partition", "iid, dir:BETA or labels:FRACTION", self.partition)
+        beta, fraction = match["beta"], match["fraction"]
+        if beta is not None and not _is_float(beta, lambda v: v > 0):
+            _fail("partition", "dir:BETA with BETA > 0", self.partition)
+        if fraction is not None and not _is_float(fraction, lambda v: 0 < v <= 1):
+            _fail("partition", "labels:FRACTION with 0 < FRACTION <= 1", self.partition)
+        return self
+
+    @property
+    def out_dir(self) -> str:
+        return self.out or f"runs/{self.algorithm}-{self.dataset}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fail(option: str, expected: str, got: Any) -> None:
+    raise UsageError(f"--{option.replace('_', '-')}: expected {expected}, got {got!r}")
+
+
+def _is_float(text: str, ok) -> bool:
+    try:
+        return ok(float(text))
+    except ValueError:
+        return False
+
+
+def _paper_presets() -> dict[str, dict[str, Any]]:
+    """The paper's settings (FEDBAT.md §2.1): 100 clients, 10 per round, E = 10, B = 64."""
+    common = dict(num_clients=100, clients_per_round=10, local_epochs=10, batch_size=64, lr=0.1,
+                  rho=6.0, warmup=0.5, weighting="batches")  # fmt: skip
+    presets = {}
+    for dataset, rounds, skew in (("fmnist", 100, "0.3"), ("svhn", 100, "0.3"),
+                                  ("cifar10", 200, "0.3"), ("cifar100", 200, "0.1")):  # fmt: skip
+        for suffix, partition in (("iid", "iid"), (f"dir{skew}", f"dir:{skew}"), (f"labels{skew}", f"labels:{skew}")):
+            presets[f"{dataset}-{suffix}"] = dict(common, dataset=dataset, rounds=rounds, partition=partition)
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = {"embedded": {}, **_paper_presets()}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m fedbat_mpi.run``; every option shows its default."""
+    parser = _Parser(
+        prog="python -m fedbat_mpi.run",
+        description="FedBAT and its baselines, clients hosted by MPI ranks. "
+        "With no options: FedBAT on the embedded Fashion-MNIST sample.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)}")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as option names)")
+    defaults = Config()
+    for field in fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=_option_type(field.name), metavar=field.name.upper(),
+                            help=f"(default: {getattr(defaults, field.name)})")  # fmt: skip
+    return parser
+
+
+def _option_type(name: str):
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    return {int: int, float: float, "int": int, "float": float}.get(kind, str)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A value from a YAML file converted to the option's type."""
+    convert = _option_type(name)
+    if value is None or isinstance(value, convert) and not isinstance(value, bool):
+        return value
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name.replace('_', '-')}: expected {convert.__name__}, got {value!r}") from None
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Options from a YAML mapping; keys may use dashes or underscores."""
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise UsageError(f"--config: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"--config: {path} is not valid YAML ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config: {path} must hold a mapping of option names to values")
+    known = {f.name for f in fields(Config)}
+    options = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UsageError(f"--config: unknown option {key!r} in {path}")
+        options[name] = _coerce(name, value)
+    return options
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The validated configuration for a command line (``argv`` without the program name)."""
+    given = vars(build_parser().parse_args(argv))
+    options: dict[str, Any] = {}
+    preset = given.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+        options.update(PRESETS[preset])
+    config_file = given.pop("config", None)
+    if config_file is not None:
+        options.update(load_yaml(config_file))
+    options.update(given)
+    return Config(**options).validate()

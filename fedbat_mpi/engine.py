@@ -1,0 +1,188 @@
+"""The SPMD round loop: every rank runs it; rank 0 also aggregates and reports.
+
+A round: draw the clients (same on every rank), train this rank's share on its device, pack each
+client's update into the wire format, ``Gatherv`` the bytes to rank 0, aggregate there in client-id
+order, broadcast the new float32 global model, and evaluate it with all ranks.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import codec
+from .aggregate import aggregate
+from .algorithms import LocalTask, LocalUpdate, make_algorithm
+from .batches import ClientData
+from .comm import Communicator
+from .config import Config
+from .data import Dataset, partition
+from .device import select_device
+from .evaluate import evaluate
+from .layout import ModelLayout, model_sha256
+from .models import binarized_names, build_model
+from .rng import Stream, derive_seed, torch_generator
+from .schedule import clients_of_rank, sample_clients
+
+PHASES = ("train", "pack", "gather", "aggregate", "broadcast", "eval")
+
+
+@dataclass
+class RoundResult:
+    """What rank 0 knows after a round (the other ranks get ``None`` instead)."""
+
+    round: int
+    clients: list[int]
+    test_acc: float
+    test_loss: float
+    train_loss: float
+    uplink_bytes: int
+    downlink_bytes: int
+    time_s: float
+    phase_s: dict[str, float] = field(default_factory=dict)
+    model_sha256: str = ""
+
+
+class Engine:
+    """One federated run on this rank: the model, this rank's view of the data, the round loop."""
+
+    def __init__(self, config: Config, comm: Communicator, dataset: Dataset):
+        self.config = config
+        self.comm = comm
+        self.device = select_device(config.device, comm.local_rank)
+        torch.manual_seed(derive_seed(config.seed, Stream.MODEL_INIT))
+        model = build_model(config.model, dataset.num_classes)
+        self.layout = ModelLayout(model, binarized_names(model))
+        self.global_vector = self.layout.global_vector(model)
+        self.model = model.to(self.device)
+        self.algorithm = make_algorithm(config.algorithm, config.rho, config.warmup)
+        self.dataset = dataset
+        self.train_images = dataset.train_x.to(self.device)
+        self.train_labels = dataset.train_y.to(self.device)
+        self.test_images = dataset.test_x.to(self.device)
+        self.test_labels = dataset.test_y.to(self.device)
+        self.client_indices = partition(dataset.train_y.numpy(), config.num_clients, config.partition, config.seed)
+
+    def global_model_bytes(self) -> int:
+        return 4 * self.layout.global_size
+
+    def float32_payload_bytes(self) -> int:
+        """What one FedAvg client would upload in float32: the reference for compression ratios."""
+        return codec.payload_size(codec.BodyKind.FLOAT32, self.layout.update_size, 0, self.layout.dense_size)
+
+    def client_data(self, client_id: int) -> ClientData:
+        index = torch.from_numpy(self.client_indices[client_id]).to(self.device)
+        ds = self.dataset
+        return ClientData(self.train_images[index], self.train_labels[index], ds.train_mean, ds.train_std, ds.augment)
+
+    def train_client(self, round_index: int, client_id: int, global_on_device: torch.Tensor) -> tuple[LocalUpdate, float]:
+        """Train one client from the global model; return its update and aggregation weight."""
+        config, device = self.config, self.device
+
+        def generator(stream: Stream) -> torch.Generator:
+            return torch_generator(config.seed, stream, round_index, client_id, device=device)
+
+        data = self.client_data(client_id)
+        batches_per_epoch = data.num_batches(config.batch_size)
+        self.layout.load(self.model, global_on_device)
+        self.model.train()
+        task = LocalTask(
+            client_id=client_id,
+            model=self.model,
+            layout=self.layout,
+            batches=lambda: data.batches(
+                config.local_epochs, config.batch_size, generator(Stream.DATA_ORDER), generator(Stream.AUGMENTATION)
+            ),
+            num_steps=config.local_epochs * batches_per_epoch,
+            lr=config.lr,
+            generator=generator,
+        )
+        weight = batches_per_epoch if config.weighting == "batches" else len(data)
+        return self.algorithm.train(task), float(weight)
+
+    def pack(self, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
+        """The client's payload bytes (sign bits packed 8 per byte, or float32 values)."""
+        body = update.body.detach().cpu().numpy()
+        if update.kind is codec.BodyKind.SIGNS:
+            body = codec.pack_signs(body)
+        payload = codec.Payload(
+            client_id=client_id,
+            weight=weight,
+            train_loss=update.train_loss,
+            kind=update.kind,
+            scales=update.scales.detach().cpu().numpy(),
+            dense=self.layout.dense_vector(self.model).cpu().numpy(),
+            body=body,
+            update_size=self.layout.update_size,
+        )
+        return codec.encode(payload)
+
+    def run_round(self, round_index: int) -> RoundResult | None:
+        """One round on every rank; the result on rank 0 only."""
+        config, comm = self.config, self.comm
+        timer = _PhaseTimer()
+        clients = sample_clients(config.seed, round_index, config.num_clients, config.clients_per_round)
+        global_on_device = torch.from_numpy(self.global_vector).to(self.device)
+        parts = [np.zeros(0, dtype=np.uint8)]
+        for client_id in clients_of_rank(clients, comm.size, comm.rank).tolist():
+            with timer("train"):
+                update, weight = self.train_client(round_index, client_id, global_on_device)
+            with timer("pack"):
+                parts.append(self.pack(client_id, update, weight))
+        with timer("gather"):
+            received, _ = comm.gather_bytes(np.concatenate(parts))
+        with timer("aggregate"):
+            if comm.is_root:
+                payloads = codec.decode_all(received)
+                new_global = aggregate(self.layout, self.global_vector, payloads)
+            else:
+                new_global = np.empty_like(self.global_vector)
+        with timer("broadcast"):
+            comm.broadcast(new_global)
+            self.global_vector = new_global
+        with timer("eval"):
+            self.layout.load(self.model, torch.from_numpy(new_global).to(self.device))
+            ds = self.dataset
+            scores = evaluate(self.model, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
+                              config.eval_batch_size, comm)  # fmt: skip
+        if not comm.is_root:
+            return None
+        shares = np.array([p.weight for p in payloads]) / sum(p.weight for p in payloads)
+        return RoundResult(
+            round=round_index,
+            clients=clients.tolist(),
+            test_loss=scores[0],
+            test_acc=scores[1],
+            train_loss=float(np.dot(shares, [p.train_loss for p in payloads])),
+            uplink_bytes=int(received.size),
+            downlink_bytes=len(clients) * self.global_model_bytes(),
+            time_s=timer.total(),
+            phase_s=timer.phases,
+            model_sha256=model_sha256(new_global),
+        )
+
+    def rounds(self, first: int = 1) -> Iterator[RoundResult | None]:
+        for round_index in range(first, self.config.rounds + 1):
+            yield self.run_round(round_index)
+
+
+class _PhaseTimer:
+    """Wall seconds per phase, summed over a round."""
+
+    def __init__(self):
+        self.phases = {name: 0.0 for name in PHASES}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] += time.perf_counter() - start
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start

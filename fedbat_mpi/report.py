@@ -1,0 +1,67 @@
+"""Rank 0's outputs: ``metrics.jsonl``, the resolved configuration, progress lines and the summary."""
+
+import dataclasses
+import json
+import os
+import sys
+from typing import TextIO
+
+import yaml
+
+from .config import Config
+from .engine import RoundResult
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if num_bytes < 1000 or unit == "GB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1000
+    raise AssertionError
+
+
+class Report:
+    """Writes one metrics row per round and prints progress; keeps totals for the summary."""
+
+    def __init__(self, config: Config, float32_payload_bytes: int, stream: TextIO = sys.stdout):
+        self.config = config
+        self.float32_payload_bytes = float32_payload_bytes
+        self.stream = stream
+        self.rows: list[dict] = []
+        os.makedirs(config.out_dir, exist_ok=True)
+        with open(os.path.join(config.out_dir, "config.yaml"), "w") as handle:
+            yaml.safe_dump(config.as_dict(), handle, sort_keys=False)
+        self.metrics = open(os.path.join(config.out_dir, "metrics.jsonl"), "w")
+
+    def add(self, result: RoundResult) -> None:
+        row = dataclasses.asdict(result)
+        self.rows.append(row)
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        print(
+            f"round {result.round:4d}/{self.config.rounds}  test_acc {100 * result.test_acc:6.2f}%  "
+            f"test_loss {result.test_loss:.4f}  train_loss {result.train_loss:.4f}  "
+            f"up {_size(result.uplink_bytes)}  {result.time_s:.2f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def summary(self, wall_s: float) -> str:
+        rows = self.rows
+        uploads = sum(len(row["clients"]) for row in rows)
+        up = sum(row["uplink_bytes"] for row in rows)
+        down = sum(row["downlink_bytes"] for row in rows)
+        float32_up = uploads * self.float32_payload_bytes
+        best = max(rows, key=lambda row: row["test_acc"])
+        return "\n".join([
+            f"{self.config.algorithm} on {self.config.dataset}: {len(rows)} rounds in {wall_s:.1f} s",
+            f"  final test accuracy {100 * rows[-1]['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% "
+            f"(round {best['round']})",
+            f"  uplink {_size(up)} ({_size(up / uploads)} per client per round), downlink {_size(down)}",
+            f"  float32 FedAvg would have sent {_size(float32_up)} up: {float32_up / up:.1f}x more",
+            f"  model_sha256 {rows[-1]['model_sha256']}",
+            f"  outputs in {self.config.out_dir}/",
+        ])  # fmt: skip
+
+    def close(self) -> None:
+        self.metrics.close()
