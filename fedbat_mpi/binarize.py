@@ -13,11 +13,16 @@ import torch
 
 ALPHA_MIN = 5e-4
 ALPHA_MAX = 5e-2
+_MAX_EXPONENT = 80.0
 
 
 def step_size(alpha0: torch.Tensor, s: torch.Tensor, rho: float) -> torch.Tensor:
-    """The learnable step size ``clamp(alpha0 * exp(rho * s), 5e-4, 5e-2)``."""
-    return torch.clamp(alpha0 * torch.exp(rho * s), ALPHA_MIN, ALPHA_MAX)
+    """The learnable step size ``clamp(alpha0 * exp(rho * s), 5e-4, 5e-2)``.
+
+    The exponent is capped at 80 (float32's exp overflows near 88.7): past it the clamp holds alpha
+    at 5e-2 anyway, and a zero ``alpha0`` gives 5e-4 instead of ``0 * inf = nan``.
+    """
+    return torch.clamp(alpha0 * torch.exp(torch.clamp(rho * s, max=_MAX_EXPONENT)), ALPHA_MIN, ALPHA_MAX)
 
 
 def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
