@@ -1,0 +1,369 @@
+"""Data set loaders on files written here in each official format, plus normalisation and augmentation."""
+
+import gzip
+import os
+import pickle
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedbat_mpi.data import augment_batch, load_dataset, normalize
+from fedbat_mpi.errors import UsageError
+
+RNG = np.random.default_rng(0)
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+
+
+# ---- writers of the official formats ----
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_fmnist(root: Path, n_train: int, n_test: int, gz: bool) -> dict[str, np.ndarray]:
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[f"{prefix}_x"] = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{prefix}_y"] = RNG.integers(0, 10, n, dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", arrays[f"{prefix}_x"], gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", arrays[f"{prefix}_y"], gz)
+    return arrays
+
+
+def mat_element(mtype: int, payload: bytes, order: str) -> bytes:
+    if len(payload) <= 4:  # small data element: size and type share the tag
+        return struct.pack(order + "I", (len(payload) << 16) | mtype) + payload.ljust(4, b"\0")
+    return struct.pack(order + "II", mtype, len(payload)) + payload + b"\0" * (-len(payload) % 8)
+
+
+def mat_matrix(name: str, array: np.ndarray, mx_class: int, mi_type: int, dtype: str, order: str) -> bytes:
+    flags = mat_element(6, struct.pack(order + "II", mx_class, 0), order)
+    dims = mat_element(5, np.array(array.shape, order + "i4").tobytes(), order)
+    real = mat_element(mi_type, array.ravel(order="F").astype(order + dtype).tobytes(), order)
+    return mat_element(14, flags + dims + mat_element(1, name.encode(), order) + real, order)
+
+
+def write_mat(path: Path, matrices: list[bytes], order: str = "<", compressed: bool = False) -> None:
+    header = b"MATLAB 5.0 MAT-file, written by the tests".ljust(116) + b"\0" * 8
+    header += struct.pack(order + "H", 0x0100) + (b"IM" if order == "<" else b"MI")
+    if compressed:  # miCOMPRESSED elements are not padded
+        matrices = [struct.pack(order + "II", 15, len(z)) + z for z in map(zlib.compress, matrices)]
+    path.write_bytes(header + b"".join(matrices))
+
+
+def svhn_matrices(n: int, order: str, y_as_uint8: bool) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    x = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = RNG.integers(1, 11, (n, 1)).astype(np.float64)
+    y_storage = (2, "u1") if y_as_uint8 else (9, "f8")  # MATLAB stores small doubles as uint8
+    note = np.array([[ord(c) for c in "hi"]])  # a char variable (mxCHAR), which the reader skips
+    return x, y, [
+        mat_matrix("note", note, 4, 4, "u2", order),
+        mat_matrix("X", x, 9, 2, "u1", order),
+        mat_matrix("y", y, 6, *y_storage, order),
+    ]
+
+
+def write_cifar_bin(path: Path, images: np.ndarray, labels: list[np.ndarray]) -> None:
+    columns = [lab.astype(np.uint8)[:, None] for lab in labels] + [images.reshape(len(images), -1)]
+    path.write_bytes(np.hstack(columns).tobytes())
+
+
+def cifar_arrays(n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    return RNG.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), RNG.integers(0, classes, n)
+
+
+# ---- embedded and Fashion-MNIST ----
+
+
+def test_embedded() -> None:
+    data = load_dataset("embedded", None)
+    assert data.train_x.shape == (8000, 1, 28, 28) and data.test_x.shape == (2000, 1, 28, 28)
+    assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
+    assert data.train_y.shape == (8000,) and data.test_y.shape == (2000,)
+    assert data.num_classes == 10 and data.default_model == "cnn4-mnist" and not data.augment
+    assert 0 <= int(data.train_y.min()) and int(data.train_y.max()) == 9
+    assert set(data.test_y.tolist()) == set(range(10))
+    assert data.train_mean == (0.2860,) and data.test_std == (0.3524,)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fmnist_files(tmp_path: Path, gz: bool) -> None:
+    arrays = write_fmnist(tmp_path, 7, 3, gz)
+    data = load_dataset("fmnist", str(tmp_path))
+    np.testing.assert_array_equal(data.train_x[:, 0].numpy(), arrays["train_x"])
+    np.testing.assert_array_equal(data.test_y.numpy(), arrays["t10k_y"])
+    assert data.test_x.shape == (3, 1, 28, 28)
+
+
+@pytest.mark.skipif(not (DEBIAN_DATASETS / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fmnist_debian_package() -> None:
+    data = load_dataset("fmnist", str(DEBIAN_DATASETS))
+    assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.train_y).tolist() == [6000] * 10
+    np.testing.assert_array_equal(data.test_x[:8000].numpy(), load_dataset("embedded", None).train_x.numpy())
+
+
+def test_fmnist_missing_file(tmp_path: Path) -> None:
+    write_fmnist(tmp_path, 2, 2, gz=True)
+    (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    missing = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte"
+    expected = f"fashion-mnist: {missing}[.gz] not found under --data-dir {tmp_path}"
+    with pytest.raises(UsageError) as info:
+        load_dataset("fmnist", str(tmp_path))
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-5], "expected 4720 bytes"),  # 6 images, last 5 pixel bytes cut off
+        (lambda b: b"\0\0\x08\x01" + b[4:], "magic 00000803"),  # a label file's magic
+        (lambda b: b"", "an empty file"),
+        (lambda b: gzip.compress(b)[:-20], "complete gzip"),
+    ],
+)
+def test_idx_malformed(tmp_path: Path, damage: Callable[[bytes], bytes], message: str) -> None:
+    write_fmnist(tmp_path, 6, 2, gz=False)
+    path = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UsageError, match=message) as info:
+        load_dataset("fmnist", str(tmp_path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_fmnist_label_count_mismatch(tmp_path: Path) -> None:
+    write_fmnist(tmp_path, 5, 2, gz=False)
+    write_idx(tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte", np.zeros(4, np.uint8), gz=False)
+    with pytest.raises(UsageError, match="expected N images"):
+        load_dataset("fmnist", str(tmp_path))
+
+
+# ---- SVHN (MATLAB v5) ----
+
+
+@pytest.mark.parametrize(
+    ("order", "compressed", "y_as_uint8"), [("<", False, True), ("<", True, False), (">", True, True)]
+)
+def test_svhn(tmp_path: Path, order: str, compressed: bool, y_as_uint8: bool) -> None:
+    (tmp_path / "svhn").mkdir()
+    x_train, y_train, mats = svhn_matrices(5, order, y_as_uint8)
+    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats, order, compressed)
+    x_test, y_test, mats = svhn_matrices(3, order, y_as_uint8)
+    write_mat(tmp_path / "svhn" / "test_32x32.mat", mats, order, compressed)
+    data = load_dataset("svhn", str(tmp_path))
+    assert data.train_x.shape == (5, 3, 32, 32) and data.test_x.shape == (3, 3, 32, 32)
+    np.testing.assert_array_equal(data.train_x.numpy(), x_train.transpose(3, 2, 0, 1))  # X[h, w, c, n]
+    np.testing.assert_array_equal(data.test_y.numpy(), y_test[:, 0].astype(np.int64) % 10)
+    assert data.train_mean == (0.4496,) * 3 and data.default_model == "cnn4"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-100], "truncated"),
+        (lambda b: b[:124] + b"\x00\x02IM" + b[128:], "v7.3"),
+        (lambda b: b"not a mat file", "MATLAB v5"),
+    ],
+)
+def test_svhn_malformed(tmp_path: Path, damage: Callable[[bytes], bytes], message: str) -> None:
+    (tmp_path / "svhn").mkdir()
+    for split in ("train", "test"):
+        write_mat(tmp_path / "svhn" / f"{split}_32x32.mat", svhn_matrices(2, "<", True)[2])
+    path = tmp_path / "svhn" / "train_32x32.mat"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UsageError, match=message) as info:
+        load_dataset("svhn", str(tmp_path))
+    assert str(path) in str(info.value)
+
+
+def test_svhn_bad_variables(tmp_path: Path) -> None:
+    (tmp_path / "svhn").mkdir()
+    x, y, mats = svhn_matrices(2, "<", True)
+    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats[:2])
+    with pytest.raises(UsageError, match="expected MATLAB variables X and y"):
+        load_dataset("svhn", str(tmp_path))
+    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats[:2] + [mat_matrix("y", y * 0, 6, 9, "f8", "<")])
+    with pytest.raises(UsageError, match="labels y in 1..10"):
+        load_dataset("svhn", str(tmp_path))
+    (tmp_path / "svhn" / "train_32x32.mat").unlink()
+    with pytest.raises(UsageError, match="svhn: .*train_32x32.mat not found under --data-dir"):
+        load_dataset("svhn", str(tmp_path))
+
+
+# ---- CIFAR ----
+
+
+def test_cifar10_binary(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    batches = [cifar_arrays(4, 10) for _ in range(6)]
+    for i, (x, y) in enumerate(batches[:5], start=1):
+        write_cifar_bin(folder / f"data_batch_{i}.bin", x, [y])
+    write_cifar_bin(folder / "test_batch.bin", *batches[5][:1], [batches[5][1]])
+    data = load_dataset("cifar10", str(tmp_path))
+    np.testing.assert_array_equal(data.train_x.numpy(), np.concatenate([b[0] for b in batches[:5]]))
+    np.testing.assert_array_equal(data.train_y.numpy(), np.concatenate([b[1] for b in batches[:5]]))
+    np.testing.assert_array_equal(data.test_x.numpy(), batches[5][0])
+    assert data.augment and data.default_model == "resnet10" and data.train_mean == (0.485, 0.456, 0.406)
+
+    (folder / "data_batch_3.bin").write_bytes((folder / "data_batch_3.bin").read_bytes()[:-1])
+    with pytest.raises(UsageError, match="data_batch_3.bin: expected CIFAR binary records of 3073 bytes"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_cifar100_binary_uses_fine_labels(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    (x, fine), coarse = cifar_arrays(6, 100), RNG.integers(0, 20, 6)
+    write_cifar_bin(folder / "train.bin", x, [coarse, fine])
+    write_cifar_bin(folder / "test.bin", x[:2], [coarse[:2], fine[:2]])
+    data = load_dataset("cifar100", str(tmp_path))
+    np.testing.assert_array_equal(data.train_y.numpy(), fine)
+    np.testing.assert_array_equal(data.test_x.numpy(), x[:2])
+    assert data.num_classes == 100 and data.train_std == (0.2673, 0.2564, 0.2762)
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 byte strings, as cPickle did for the official CIFAR batches."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        size = bytes([n]) if n < 256 else struct.pack("<I", n)
+        self.write((pickle.SHORT_BINSTRING if n < 256 else pickle.BINSTRING) + size + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj: str) -> None:
+        self.save_bytes(obj.encode("latin-1"))
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def dump(path: Path, obj: object, py2: bool = False) -> None:
+    with path.open("wb") as f:
+        if py2:
+            Py2Pickler(f, protocol=2).dump(obj)
+        else:
+            pickle.dump(obj, f, protocol=4)
+
+
+@pytest.mark.parametrize("py2", [False, True])
+def test_cifar_python(tmp_path: Path, py2: bool) -> None:
+    folder10, folder100 = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
+    folder10.mkdir()
+    folder100.mkdir()
+    batches = [cifar_arrays(3, 10) for _ in range(6)]
+    for stem, (x, y) in zip([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], batches):
+        batch = {b"batch_label": b"x", b"labels": y.tolist(), b"data": x.reshape(3, -1), b"filenames": [b"a"] * 3}
+        dump(folder10 / stem, batch, py2)
+    x, fine = cifar_arrays(4, 100)
+    for stem in ("train", "test"):
+        batch = {b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(), b"data": x.reshape(4, -1)}
+        dump(folder100 / stem, batch, py2)
+    data10 = load_dataset("cifar10", str(tmp_path))
+    np.testing.assert_array_equal(data10.train_x.numpy(), np.concatenate([b[0] for b in batches[:5]]))
+    np.testing.assert_array_equal(data10.test_y.numpy(), batches[5][1])
+    data100 = load_dataset("cifar100", str(tmp_path))
+    np.testing.assert_array_equal(data100.train_y.numpy(), fine)
+    np.testing.assert_array_equal(data100.test_x.numpy(), x)
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar_python_refuses_other_globals(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    marker = tmp_path / "exploited"
+    dump(folder / "train", {b"data": _Exploit(marker), b"fine_labels": []})
+    with pytest.raises(UsageError, match=r"train: expected a CIFAR python batch .*refusing global (posix|os)\.system"):
+        load_dataset("cifar100", str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x80\x04garbage", "expected a CIFAR python batch"),
+        (pickle.dumps([1, 2, 3]), "expected a CIFAR python batch"),
+        (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"fine_labels": [0, 1]}), "uint8 data"),
+        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0]}), "N integer labels"),
+    ],
+)
+def test_cifar_python_malformed(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "cifar-100-python").mkdir()
+    (tmp_path / "cifar-100-python" / "train").write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        load_dataset("cifar100", str(tmp_path))
+
+
+def test_cifar_label_out_of_range(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    x, _ = cifar_arrays(2, 100)
+    write_cifar_bin(folder / "train.bin", x, [np.array([0, 0]), np.array([3, 100])])
+    with pytest.raises(UsageError, match="train.bin: expected labels in 0..99, got 3..100"):
+        load_dataset("cifar100", str(tmp_path))
+
+
+def test_cifar_folder_missing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cifar10: neither .*cifar-10-batches-bin/ nor .*cifar-10-batches-py/ found"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_bad_names_and_dirs(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--dataset: expected one of embedded, fmnist"):
+        load_dataset("mnist", str(tmp_path))
+    with pytest.raises(UsageError, match="--data-dir: required for --dataset svhn"):
+        load_dataset("svhn", None)
+    with pytest.raises(UsageError, match="--data-dir: expected a directory"):
+        load_dataset("svhn", str(tmp_path / "nowhere"))
+
+
+# ---- preprocessing ----
+
+
+def test_normalize() -> None:
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = normalize(x, (0.5, 0.2, 0.0), (0.5, 0.1, 2.0))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out.flatten().numpy(), [-1.0, 0.0, 0.5], atol=1e-6)
+
+
+def reference_augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    padded = torch.nn.functional.pad(x.float(), (4, 4, 4, 4))
+    crops = [p[:, a : a + 32, b : b + 32] for p, a, b in zip(padded, dy.tolist(), dx.tolist())]
+    return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip.tolist())]).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_augment_batch(dtype: torch.dtype) -> None:
+    x = torch.randint(1, 256, (64, 3, 32, 32)).to(dtype)
+    out = augment_batch(x, torch.Generator().manual_seed(5))
+    assert out.shape == x.shape and out.dtype == dtype
+    torch.testing.assert_close(out, augment_batch(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(out, augment_batch(x, torch.Generator().manual_seed(6)))
+    draws = torch.Generator().manual_seed(5)
+    dy, dx = torch.randint(0, 9, (64,), generator=draws), torch.randint(0, 9, (64,), generator=draws)
+    flip = torch.rand(64, generator=draws) < 0.5
+    torch.testing.assert_close(out, reference_augment(x, dy, dx, flip))
+    assert 0 < int(flip.sum()) < 64 and (dy != 4).any()

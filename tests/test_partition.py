@@ -1,0 +1,88 @@
+"""Client partitions: coverage, determinism and the shape of each scheme."""
+
+import numpy as np
+import pytest
+
+from fedbat_mpi.data import parse_scheme, partition
+from fedbat_mpi.errors import UsageError
+
+BALANCED = np.repeat(np.arange(10), 600)  # 6,000 samples, 600 per class
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dir:0.3", "labels:0.3"])
+def test_every_sample_used_once_and_sorted(scheme: str) -> None:
+    shards = partition(BALANCED, 100, scheme, seed=1234)
+    assert len(shards) == 100
+    assert all(s.dtype == np.int64 and np.all(np.diff(s) > 0) for s in shards)
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(len(BALANCED)))
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dir:0.3", "labels:0.3"])
+def test_deterministic_per_seed(scheme: str) -> None:
+    first = partition(BALANCED, 100, scheme, seed=1)
+    again = partition(BALANCED, 100, scheme, seed=1)
+    other = partition(BALANCED, 100, scheme, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_iid_sizes_balanced() -> None:
+    sizes = [len(s) for s in partition(np.zeros(1005, dtype=np.int64), 10, "iid", 0)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_labels_share_assignment() -> None:
+    shards = partition(BALANCED, 100, "labels:0.3", seed=1234)
+    held = [set(BALANCED[s].tolist()) for s in shards]
+    assert all(len(h) == 3 for h in held)
+    holders = [sum(cls in h for h in held) for cls in range(10)]
+    assert holders == [30] * 10
+    assert all(len(s) == 3 * 20 for s in shards)  # 600 samples per class / 30 holders
+
+
+def test_labels_share_hundred_classes() -> None:
+    labels = np.repeat(np.arange(100), 50)
+    shards = partition(labels, 100, "labels:0.1", seed=1234)
+    holders = np.zeros(100, dtype=int)
+    for s in shards:
+        classes = np.unique(labels[s])
+        assert len(classes) == 10
+        holders[classes] += 1
+    assert np.all(holders == 10)
+
+
+def test_dirichlet_min_samples_and_skew() -> None:
+    shards = partition(BALANCED, 100, "dir:0.3", seed=1234)
+    assert min(len(s) for s in shards) >= 10
+    dominant = [np.bincount(BALANCED[s], minlength=10).max() / len(s) for s in shards]
+    assert np.mean(dominant) > 0.4  # label skew: iid would give about 0.1-0.2
+
+
+def test_parse_scheme() -> None:
+    assert parse_scheme("iid") == ("iid", 0.0)
+    assert parse_scheme("dir:0.3") == ("dir", 0.3)
+    assert parse_scheme("labels:1") == ("labels", 1.0)
+
+
+BAD_SCHEMES = ["", "foo", "iid:2", "dir:", "dir:abc", "dir:-1", "dir:inf", "dir:nan", "labels:0", "labels:1.5"]
+
+
+@pytest.mark.parametrize("scheme", BAD_SCHEMES)
+def test_bad_scheme(scheme: str) -> None:
+    with pytest.raises(UsageError, match="--partition"):
+        partition(BALANCED, 10, scheme, 0)
+
+
+@pytest.mark.parametrize("clients", [0, -1, len(BALANCED) + 1])
+def test_bad_client_count(clients: int) -> None:
+    with pytest.raises(UsageError, match="--num-clients"):
+        partition(BALANCED, clients, "iid", 0)
+
+
+def test_impossible_partitions() -> None:
+    with pytest.raises(UsageError, match="--partition labels:0.05"):
+        partition(BALANCED, 10, "labels:0.05", 0)  # int(0.05 * 10) = 0 classes
+    with pytest.raises(UsageError, match="--partition dir:0.3"):
+        partition(BALANCED[:50], 10, "dir:0.3", 0)  # fewer than 10 samples per client
+    with pytest.raises(UsageError, match="--num-clients"):
+        partition(np.array([0, 1, 1, 1, 1, 1]), 4, "labels:0.5", 0)  # class 0's one sample, two holders
