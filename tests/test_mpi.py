@@ -1,0 +1,103 @@
+"""Collectives and the round loop on real MPI ranks (run by tests/run_all.sh on 2 and 4 ranks)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from fedbat_mpi import codec
+from fedbat_mpi.aggregate import aggregate
+from fedbat_mpi.comm import Communicator
+from fedbat_mpi.config import Config
+from fedbat_mpi.data import load_dataset
+from fedbat_mpi.engine import Engine
+from fedbat_mpi.layout import ModelLayout, model_sha256
+from fedbat_mpi.models import binarized_names, build_model
+from fedbat_mpi.schedule import clients_of_rank
+
+from .payloads import make_payload, reference_aggregate
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture(scope="module")
+def layout_and_model():
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10)
+    return ModelLayout(model, binarized_names(model)), model
+
+
+def _hosted(rank: int) -> list[int]:
+    """Uneven hosting: rank r has r clients, so rank 0 has none."""
+    return [100 * rank + j for j in range(rank)]
+
+
+def _all_equal_on_every_rank(comm: Communicator, data: bytes) -> bool:
+    digest = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
+    gathered, _ = comm.gather_bytes(digest)
+    same = np.array([comm.is_root and bool(np.all(gathered.reshape(comm.size, -1) == digest))], dtype=np.uint8)
+    comm.broadcast(same)
+    return bool(same[0])
+
+
+@pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 50_000])
+def test_gathered_payloads_equal_what_each_rank_sent(layout_and_model, max_message_bytes):
+    layout, _ = layout_and_model
+    comm = Communicator(max_message_bytes=max_message_bytes)
+    kinds = list(codec.BodyKind)
+    mine = [codec.encode(make_payload(layout, cid, kinds[cid % 2])) for cid in _hosted(comm.rank)]
+    buffer, counts = comm.gather_bytes(np.concatenate([np.zeros(0, np.uint8), *mine]))
+    if comm.is_root:
+        expected = [make_payload(layout, cid, kinds[cid % 2]) for r in range(comm.size) for cid in _hosted(r)]
+        assert counts.tolist() == [sum(codec.encode(p).size for p in expected if p.client_id // 100 == r) for r in range(comm.size)]
+        received = codec.decode_all(buffer)
+        assert [p.client_id for p in received] == [p.client_id for p in expected]
+        for got, want in zip(received, expected):
+            assert got.weight == want.weight and got.kind is want.kind
+            assert np.array_equal(got.scales, want.scales) and np.array_equal(got.dense, want.dense)
+            assert np.array_equal(got.body, want.body)
+    else:
+        assert buffer is None
+
+
+def test_split_broadcast_equals_single_message():
+    comm = Communicator(max_message_bytes=4096)
+    values = np.arange(100_003, dtype=np.float32) if comm.is_root else np.zeros(100_003, dtype=np.float32)
+    comm.broadcast(values)
+    assert np.array_equal(values, np.arange(100_003, dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", list(codec.BodyKind))
+def test_aggregation_over_ranks_equals_serial_reference(layout_and_model, kind):
+    layout, model = layout_and_model
+    comm = Communicator()
+    global_vector = layout.global_vector(model)
+    clients = np.array([2, 3, 5, 8, 13, 21, 34])
+    mine = clients_of_rank(clients, comm.size, comm.rank)
+    parts = [np.zeros(0, np.uint8)] + [codec.encode(make_payload(layout, int(c), kind)) for c in mine]
+    buffer, _ = comm.gather_bytes(np.concatenate(parts))
+    new = np.empty_like(global_vector)
+    if comm.is_root:
+        new = aggregate(layout, global_vector, codec.decode_all(buffer))
+        serial = [make_payload(layout, int(c), kind) for c in clients]
+        assert model_sha256(new) == model_sha256(aggregate(layout, global_vector, serial))
+        np.testing.assert_allclose(new, reference_aggregate(layout, global_vector, serial), rtol=1e-5, atol=1e-6)
+    comm.broadcast(new)
+    assert _all_equal_on_every_rank(comm, new.tobytes())
+
+
+@pytest.mark.parametrize("algorithm", ["fedbat", "fedavg"])
+def test_a_round_on_all_ranks_equals_the_same_round_on_one(algorithm, tmp_path):
+    config = Config(algorithm=algorithm, num_clients=8, clients_per_round=4, local_epochs=1, batch_size=64,
+                    rounds=1, device="cpu", model="cnn4-mnist")  # fmt: skip
+    dataset = load_dataset("embedded", None)
+    comm = Communicator()
+    parallel = Engine(config, comm, dataset).run_round(1)
+    if comm.is_root:
+        serial = Engine(config, Communicator(MPI.COMM_SELF), dataset).run_round(1)
+        assert parallel.model_sha256 == serial.model_sha256
+        assert parallel.clients == serial.clients
+        assert parallel.uplink_bytes == serial.uplink_bytes
+        assert (parallel.test_acc, parallel.test_loss, parallel.train_loss) == (serial.test_acc, serial.test_loss, serial.train_loss)

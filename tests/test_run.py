@@ -1,0 +1,118 @@
+"""End to end through ``mpirun``: same model on any number of ranks, bytes on the wire, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["--num-clients", "40", "--clients-per-round", "4", "--local-epochs", "1", "--rounds", "2",
+        "--batch-size", "64", "--eval-batch-size", "1000"]  # fmt: skip
+
+
+def _mpirun() -> str:
+    beside_python = Path(sys.executable).with_name("mpirun")
+    found = str(beside_python) if beside_python.exists() else shutil.which("mpirun")
+    if found is None:
+        pytest.fail("no mpirun beside the test's python or on PATH: set up MPI first (README)")
+    return found
+
+
+def launch(ranks: int | None, args: list[str], timeout: float = 300, script: list[str] | None = None, **env: str):
+    """``mpirun -n ranks python -m fedbat_mpi.run args`` (plain python when ranks is None)."""
+    program = script or ["-m", "fedbat_mpi.run"]
+    command = [sys.executable, *program, *args]
+    if ranks is not None:
+        command = [_mpirun(), "-n", str(ranks), *command]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _without_timings(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("time_s", "phase_s")}
+
+
+@pytest.fixture(scope="module")
+def fedbat_runs(tmp_path_factory) -> dict:
+    """The tiny FedBAT run on 1 rank (no mpirun), 2 and 4 ranks."""
+    runs = {}
+    for ranks in (None, 2, 4):
+        out = tmp_path_factory.mktemp(f"fedbat-{ranks}")
+        done = launch(ranks, [*TINY, "--out", str(out)])
+        assert done.returncode == 0, done.stderr
+        runs[ranks or 1] = (out, done)
+    return runs
+
+
+def test_same_model_sha256_for_1_2_and_4_ranks(fedbat_runs):
+    rows = {ranks: metrics(out) for ranks, (out, _) in fedbat_runs.items()}
+    assert len(rows[1]) == 2
+    for ranks in (2, 4):
+        assert [_without_timings(r) for r in rows[ranks]] == [_without_timings(r) for r in rows[1]]
+
+
+def test_metrics_rows_have_every_field_and_plausible_values(fedbat_runs):
+    out, done = fedbat_runs[2]
+    rows = metrics(out)
+    fields = {"round", "test_acc", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "time_s", "phase_s", "model_sha256"}
+    for row in rows:
+        assert fields <= row.keys()
+        assert set(row["phase_s"]) == {"train", "pack", "gather", "aggregate", "broadcast", "eval"}
+        assert 0 <= row["test_acc"] <= 1 and len(row["model_sha256"]) == 64
+    assert (out / "config.yaml").exists()
+    assert "float32 FedAvg would have sent" in done.stdout and done.stdout.count("round ") >= 2
+
+
+def test_uplink_is_one_bit_per_weight_and_fedavg_sends_25x_more(fedbat_runs, tmp_path):
+    fedbat_row = metrics(fedbat_runs[2][0])[0]
+    done = launch(2, [*TINY, "--rounds", "1", "--algorithm", "fedavg", "--out", str(tmp_path)])
+    assert done.returncode == 0, done.stderr
+    fedavg_row = metrics(tmp_path)[0]
+    per_client = fedbat_row["uplink_bytes"] / 4
+    d, tensors, batchnorm = 389_920, 5, 4 * 4 * (32 + 64 + 128 + 256)  # CNN4-MNIST: BN weight, bias, mean, var
+    ideal = d / 8 + 4 * tensors + batchnorm
+    assert ideal <= per_client <= 1.03 * ideal
+    assert fedavg_row["uplink_bytes"] >= 25 * fedbat_row["uplink_bytes"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--rounds", "-1"], "--rounds"),
+        (["--no-such-option"], "unrecognized arguments"),
+        (["--partition", "halves"], "--partition"),
+        (["--clients-per-round", "1"], "--clients-per-round"),
+        (["--dataset", "fmnist", "--data-dir", "/nonexistent"], "/nonexistent"),
+        (["--config", "/nonexistent.yaml"], "--config"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_from_one_rank(args, needle, tmp_path):
+    done = launch(2, [*args, "--out", str(tmp_path)], timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_failure_on_one_rank_ends_every_rank(tmp_path):
+    start = time.monotonic()
+    done = launch(3, [*TINY, "--out", str(tmp_path)], timeout=120,                   script=[str(Path(__file__).with_name("fail_on_rank.py"))], FAIL_RANK="2")
+    assert done.returncode != 0
+    assert "injected failure on rank 2" in done.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_help_lists_every_option_with_its_default():
+    done = launch(None, ["--help"], timeout=60)
+    assert done.returncode == 0
+    for option in ("--algorithm", "--rho", "--warmup", "--partition", "--device", "--seed", "--preset", "--config"):
+        assert option in done.stdout
+    assert "(default: fedbat)" in done.stdout
