@@ -5,9 +5,9 @@ set -euo pipefail
 py=${1:-.venv/bin/python}
 mpirun=${2:-$(dirname "$py")/mpirun}
 export OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
-"$py" -m pytest -q -p no:cacheprovider tests
+"$py" -m pytest -q -p no:cacheprovider -m "not mpi" tests
 for ranks in 2 4; do
     echo "== pytest-mpi on $ranks ranks"
     timeout 900 "$mpirun" -n "$ranks" "$py" -m mpi4py -m pytest -q -p no:cacheprovider --color=no \
-        --with-mpi --only-mpi tests
+        --with-mpi -m mpi tests
 done
