@@ -10,9 +10,12 @@ mkdir -p "$out"
 if [ -x .venv/bin/python ]; then
     py=.venv/bin/python
 else
-    python3 -m venv --system-site-packages /tmp/fedbat-venv
-    /tmp/fedbat-venv/bin/python -m pip install -q --no-index --no-deps .whl/*.whl
+    # A venv that sees python3's own packages (torch) through a .pth file, with MPI wheels on top.
+    python3 -m venv /tmp/fedbat-venv
     py=/tmp/fedbat-venv/bin/python
+    python3 -c "import site; print('\n'.join(site.getsitepackages()))" \
+        >"$("$py" -c "import site; print(site.getsitepackages()[0])")/machine-packages.pth"
+    "$py" -m pip install -q --no-index --no-deps .whl/*.whl
 fi
 mpirun=$(dirname "$py")/mpirun
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1

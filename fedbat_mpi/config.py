@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FedBAT and its baselines, clients hosted by MPI ranks. "
         "With no options: FedBAT on the embedded Fashion-MNIST sample.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
     )
     parser.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)}")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as option names)")

@@ -13,11 +13,13 @@ from .engine import RoundResult
 
 
 def _size(num_bytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if num_bytes < 1000 or unit == "GB":
-            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+    """Bytes in decimal units: ``512 B``, ``56.5 kB``, ``1.6 MB``, ``2.3 GB``."""
+    if num_bytes < 1000:
+        return f"{int(num_bytes)} B"
+    for unit in ("kB", "MB", "GB"):
         num_bytes /= 1000
-    raise AssertionError
+        if num_bytes < 1000 or unit == "GB":
+            return f"{num_bytes:.1f} {unit}"
 
 
 class Report:
