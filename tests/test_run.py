@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--num-clients", "40", "--clients-per-round", "4", "--local-epochs", "1", "--rounds", "2",
+TINY = ["--num-clients", "40", "--clients-per-round", "8", "--local-epochs", "1", "--rounds", "2",
         "--batch-size", "64", "--eval-batch-size", "1000"]  # fmt: skip
 
 
@@ -42,9 +42,9 @@ def _without_timings(row: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def fedbat_runs(tmp_path_factory) -> dict:
-    """The tiny FedBAT run on 1 rank (no mpirun), 2 and 4 ranks."""
+    """The tiny FedBAT run on 1 rank (no mpirun), 2, 4 and 8 ranks."""
     runs = {}
-    for ranks in (None, 2, 4):
+    for ranks in (None, 2, 4, 8):
         out = tmp_path_factory.mktemp(f"fedbat-{ranks}")
         done = launch(ranks, [*TINY, "--out", str(out)])
         assert done.returncode == 0, done.stderr
@@ -52,10 +52,10 @@ def fedbat_runs(tmp_path_factory) -> dict:
     return runs
 
 
-def test_same_model_sha256_for_1_2_and_4_ranks(fedbat_runs):
+def test_same_model_sha256_for_1_2_4_and_8_ranks(fedbat_runs):
     rows = {ranks: metrics(out) for ranks, (out, _) in fedbat_runs.items()}
     assert len(rows[1]) == 2
-    for ranks in (2, 4):
+    for ranks in (2, 4, 8):
         assert [_without_timings(r) for r in rows[ranks]] == [_without_timings(r) for r in rows[1]]
 
 
@@ -76,7 +76,7 @@ def test_uplink_is_one_bit_per_weight_and_fedavg_sends_25x_more(fedbat_runs, tmp
     done = launch(2, [*TINY, "--rounds", "1", "--algorithm", "fedavg", "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
     fedavg_row = metrics(tmp_path)[0]
-    per_client = fedbat_row["uplink_bytes"] / 4
+    per_client = fedbat_row["uplink_bytes"] / 8
     d, tensors, batchnorm = 389_920, 5, 4 * 4 * (32 + 64 + 128 + 256)  # CNN4-MNIST: BN weight, bias, mean, var
     ideal = d / 8 + 4 * tensors + batchnorm
     assert ideal <= per_client <= 1.03 * ideal
@@ -89,7 +89,7 @@ def test_uplink_is_one_bit_per_weight_and_fedavg_sends_25x_more(fedbat_runs, tmp
         (["--rounds", "-1"], "--rounds"),
         (["--no-such-option"], "unrecognized arguments"),
         (["--partition", "halves"], "--partition"),
-        (["--clients-per-round", "1"], "--clients-per-round"),
+        (["--clients-per-round", "1"], "--clients-per-round"),  # fewer clients than ranks
         (["--dataset", "fmnist", "--data-dir", "/nonexistent"], "/nonexistent"),
         (["--config", "/nonexistent.yaml"], "--config"),
     ],
