@@ -1,11 +1,13 @@
 """The run configuration: one typed dataclass, read from presets, a YAML file and the command line.
 
 Precedence, lowest first: the built-in defaults (the embedded default run), ``--preset NAME``,
-``--config FILE.yaml``, then options given on the command line.
+``--config FILE.yaml``, then options given on the command line. A resumed run starts from the
+checkpoint's configuration instead of the defaults, and may change only what does not change results.
 """
 
 import argparse
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -13,10 +15,13 @@ from typing import Any
 import yaml
 
 from .algorithms import ALGORITHMS
+from .checkpoint import FILE_NAME
 from .errors import UsageError
 
 PARTITION_PATTERN = re.compile(r"^(iid|dir:(?P<beta>[0-9.eE+-]+)|labels:(?P<fraction>[0-9.eE+-]+))$")
 DEVICES = ("auto", "cpu", "cuda")
+# Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow).
+RESUMABLE_CHANGES = frozenset({"rounds", "out", "checkpoint_every", "device", "threads", "data_dir"})
 WEIGHTINGS = ("batches", "samples")
 
 
@@ -40,6 +45,7 @@ class Config:
     weighting: str = "batches"
     seed: int = 0
     out: str | None = None
+    checkpoint_every: int = 10
     device: str = "auto"
     threads: int = 1
     eval_batch_size: int = 500
@@ -59,6 +65,8 @@ class Config:
             _fail("rho", "a number >= 0", self.rho)
         if not 0 <= self.warmup <= 1:
             _fail("warmup", "a fraction in [0, 1]", self.warmup)
+        if self.checkpoint_every < 0:
+            _fail("checkpoint_every", "an integer >= 0 (0: only at the end)", self.checkpoint_every)
         if self.seed < 0:
             _fail("seed", "an integer >= 0", self.seed)
         if self.clients_per_round > self.num_clients:
@@ -127,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)}")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as option names)")
+    parser.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                        help="continue from a checkpoint (default: checkpoint.h5 in --out)")  # fmt: skip
     defaults = Config()
     for field in fields(Config):
         flag = "--" + field.name.replace("_", "-")
@@ -172,8 +182,21 @@ def load_yaml(path: str) -> dict[str, Any]:
     return options
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """The validated configuration for a command line (``argv`` without the program name)."""
+@dataclass(frozen=True)
+class Invocation:
+    """A command line: the options it sets (with its preset and config file) and whether it resumes."""
+
+    options: dict[str, Any]
+    resume: str | None  # None: a new run; "": the checkpoint in --out; else a checkpoint's path
+
+    def checkpoint_path(self) -> str:
+        if self.resume:
+            return self.resume
+        return os.path.join(Config(**self.options).out_dir, FILE_NAME)
+
+
+def parse_command_line(argv: list[str] | None = None) -> Invocation:
+    """The options set by ``argv`` (without the program name), before defaults are applied."""
     given = vars(build_parser().parse_args(argv))
     options: dict[str, Any] = {}
     preset = given.pop("preset", None)
@@ -184,5 +207,32 @@ def parse_config(argv: list[str] | None = None) -> Config:
     config_file = given.pop("config", None)
     if config_file is not None:
         options.update(load_yaml(config_file))
+    resume = given.pop("resume", None)
     options.update(given)
-    return Config(**options).validate()
+    return Invocation(options, resume)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The validated configuration of a new run."""
+    return Config(**parse_command_line(argv).options).validate()
+
+
+def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_round: int) -> Config:
+    """The configuration of a resumed run: the checkpoint's, with the allowed changes in ``options``.
+
+    Options that would change results must equal the checkpoint's; ``rounds`` may grow.
+    """
+    known = {f.name for f in fields(Config)}
+    unknown = set(saved) - known
+    if unknown:
+        raise UsageError(f"--resume: the checkpoint's configuration has unknown options {sorted(unknown)}")
+    for name, value in options.items():
+        if name not in RESUMABLE_CHANGES and value != saved.get(name):
+            raise UsageError(
+                f"--{name.replace('_', '-')}: the checkpoint was made with {saved.get(name)!r}, got {value!r} "
+                "(resuming must not change results)"
+            )
+    config = Config(**{**saved, **options}).validate()
+    if config.rounds < finished_round:
+        raise UsageError(f"--rounds: the checkpoint has already finished round {finished_round}, got {config.rounds}")
+    return config

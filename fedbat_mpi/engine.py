@@ -6,7 +6,6 @@ order, broadcast the new float32 global model, and evaluate it with all ranks.
 """
 
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,10 +16,12 @@ from . import codec
 from .aggregate import aggregate
 from .algorithms import LocalTask, LocalUpdate, make_algorithm
 from .batches import ClientData
+from .checkpoint import RunState
 from .comm import Communicator
 from .config import Config
 from .data import Dataset, partition
 from .device import select_device
+from .errors import UsageError
 from .evaluate import evaluate
 from .layout import ModelLayout, model_sha256
 from .models import binarized_names, build_model
@@ -65,6 +66,17 @@ class Engine:
         self.test_images = dataset.test_x.to(self.device)
         self.test_labels = dataset.test_y.to(self.device)
         self.client_indices = partition(dataset.train_y.numpy(), config.num_clients, config.partition, config.seed)
+
+    def restore(self, state: RunState) -> None:
+        """Continue from a checkpoint's global model."""
+        try:
+            self.global_vector = self.layout.vector(state.tensors)
+        except ValueError as error:
+            raise UsageError(f"--resume: the checkpoint's model does not match --model {self.config.model}: {error}") from None
+
+    def run_state(self, round_index: int, metrics: list[dict]) -> RunState:
+        """What a checkpoint after ``round_index`` holds."""
+        return RunState(round_index, self.config.as_dict(), self.layout.tensors(self.global_vector), metrics, self.comm.size)
 
     def global_model_bytes(self) -> int:
         return 4 * self.layout.global_size
@@ -163,10 +175,6 @@ class Engine:
             phase_s=timer.phases,
             model_sha256=model_sha256(new_global),
         )
-
-    def rounds(self, first: int = 1) -> Iterator[RoundResult | None]:
-        for round_index in range(first, self.config.rounds + 1):
-            yield self.run_round(round_index)
 
 
 class _PhaseTimer:

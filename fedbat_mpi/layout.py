@@ -65,6 +65,24 @@ class ModelLayout:
             [t.detach().reshape(-1).to("cpu", torch.float32).numpy() for t in model.state_dict().values()]
         )
 
+    def tensors(self, global_vector: np.ndarray) -> dict[str, np.ndarray]:
+        """The global vector cut into named tensors (views), in state_dict order."""
+        out, offset = {}, 0
+        for name in self.names:
+            size = int(np.prod(self.shapes[name], dtype=np.int64))
+            out[name] = global_vector[offset : offset + size].reshape(self.shapes[name])
+            offset += size
+        return out
+
+    def vector(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """The global vector of named tensors; ValueError if names or shapes differ from the model."""
+        if list(tensors) != self.names:
+            raise ValueError("tensor names differ from the model's state_dict")
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != self.shapes[name]:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, the model {self.shapes[name]}")
+        return np.concatenate([np.asarray(t, dtype=np.float32).reshape(-1) for t in tensors.values()])
+
     def load(self, model: torch.nn.Module, global_vector: torch.Tensor) -> None:
         """Copy a global vector (a float32 tensor on the model's device) into the model."""
         offset = 0

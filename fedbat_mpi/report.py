@@ -25,15 +25,18 @@ def _size(num_bytes: float) -> str:
 class Report:
     """Writes one metrics row per round and prints progress; keeps totals for the summary."""
 
-    def __init__(self, config: Config, float32_payload_bytes: int, stream: TextIO = sys.stdout):
+    def __init__(self, config: Config, float32_payload_bytes: int, history: list[dict], stream: TextIO = sys.stdout):
+        """Start ``metrics.jsonl`` with ``history``, the rows of the rounds a checkpoint holds."""
         self.config = config
         self.float32_payload_bytes = float32_payload_bytes
         self.stream = stream
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(history)
         os.makedirs(config.out_dir, exist_ok=True)
         with open(os.path.join(config.out_dir, "config.yaml"), "w") as handle:
             yaml.safe_dump(config.as_dict(), handle, sort_keys=False)
         self.metrics = open(os.path.join(config.out_dir, "metrics.jsonl"), "w")
+        self.metrics.writelines(json.dumps(row) + "\n" for row in self.rows)
+        self.metrics.flush()
 
     def add(self, result: RoundResult) -> None:
         row = dataclasses.asdict(result)
@@ -56,7 +59,7 @@ class Report:
         float32_up = uploads * self.float32_payload_bytes
         best = max(rows, key=lambda row: row["test_acc"])
         return "\n".join([
-            f"{self.config.algorithm} on {self.config.dataset}: {len(rows)} rounds in {wall_s:.1f} s",
+            f"{self.config.algorithm} on {self.config.dataset}: {len(rows)} rounds, this run {wall_s:.1f} s",
             f"  final test accuracy {100 * rows[-1]['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% "
             f"(round {best['round']})",
             f"  uplink {_size(up)} ({_size(up / uploads)} per client per round), downlink {_size(down)}",

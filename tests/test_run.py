@@ -1,43 +1,11 @@
 """End to end through ``mpirun``: same model on any number of ranks, bytes on the wire, errors."""
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-TINY = ["--num-clients", "40", "--clients-per-round", "8", "--local-epochs", "1", "--rounds", "2",
-        "--batch-size", "64", "--eval-batch-size", "1000"]  # fmt: skip
-
-
-def _mpirun() -> str:
-    beside_python = Path(sys.executable).with_name("mpirun")
-    found = str(beside_python) if beside_python.exists() else shutil.which("mpirun")
-    if found is None:
-        pytest.fail("no mpirun beside the test's python or on PATH: set up MPI first (README)")
-    return found
-
-
-def launch(ranks: int | None, args: list[str], timeout: float = 300, script: list[str] | None = None, **env: str):
-    """``mpirun -n ranks python -m fedbat_mpi.run args`` (plain python when ranks is None)."""
-    program = script or ["-m", "fedbat_mpi.run"]
-    command = [sys.executable, *program, *args]
-    if ranks is not None:
-        command = [_mpirun(), "-n", str(ranks), *command]
-    env = dict(os.environ, OMP_NUM_THREADS="1", **env)
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _without_timings(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("time_s", "phase_s")}
+from .launch import TINY, launch, metrics, without_timings
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +24,7 @@ def test_same_model_sha256_for_1_2_4_and_8_ranks(fedbat_runs):
     rows = {ranks: metrics(out) for ranks, (out, _) in fedbat_runs.items()}
     assert len(rows[1]) == 2
     for ranks in (2, 4, 8):
-        assert [_without_timings(r) for r in rows[ranks]] == [_without_timings(r) for r in rows[1]]
+        assert without_timings(rows[ranks]) == without_timings(rows[1])
 
 
 def test_metrics_rows_have_every_field_and_plausible_values(fedbat_runs):

@@ -1,0 +1,146 @@
+"""HDF5 checkpoints: contents, atomic replacement, refusals, and the inspector."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fedbat_mpi import checkpoint
+from fedbat_mpi.config import Config, resumed_config
+from fedbat_mpi.errors import UsageError
+
+
+def _state(round_index: int = 3, clients: dict | None = None) -> checkpoint.RunState:
+    rng = np.random.default_rng(round_index)
+    tensors = {"conv.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "bn.weight": np.ones(4, np.float32)}
+    rows = [{"round": r, "test_acc": 0.1 * r, "model_sha256": f"{r:064x}"} for r in range(1, round_index + 1)]
+    return checkpoint.RunState(round_index, Config(rounds=10).as_dict(), tensors, rows, 4, clients or {})
+
+
+def _fingerprint(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    state = _state()
+    checkpoint.save(str(path), state, num_clients=40)
+    loaded = checkpoint.load(str(path))
+    assert (loaded.round, loaded.num_ranks, loaded.metrics, loaded.config) == (3, 4, state.metrics, state.config)
+    assert list(loaded.tensors) == list(state.tensors)
+    for name, tensor in state.tensors.items():
+        assert loaded.tensors[name].dtype == np.float32 and np.array_equal(loaded.tensors[name], tensor)
+    assert loaded.package_version and loaded.created
+    with h5py.File(path) as handle:
+        assert handle.attrs["format_version"] == checkpoint.FORMAT_VERSION
+        assert "keyed by (seed, stream, round, client id)" in handle.attrs["random_state"]
+
+
+def test_per_client_state_scales_to_10000_clients(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    rows = {c: np.full(2_000, c, dtype=np.float32) for c in range(0, 10_000, 97)}
+    checkpoint.save(str(path), _state(clients={"error_memory": rows}), num_clients=10_000)
+    with h5py.File(path) as handle:
+        data = handle["clients/error_memory"]
+        assert data.shape == (10_000, 2_000) and data.chunks == (1, 2_000) and data.compression == "gzip"
+    # Rows never written cost nothing: the file is far below 10,000 x 2,000 float32 (80 MB).
+    assert path.stat().st_size < 2_000_000
+    loaded = checkpoint.load(str(path)).client_state["error_memory"]
+    assert sorted(loaded) == sorted(rows) and np.array_equal(loaded[9_991], rows[9_991])
+
+
+def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state(2), num_clients=40)
+    checkpoint.save(str(path), _state(3), num_clients=40)
+    assert checkpoint.load(str(path)).round == 3
+    assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
+
+
+def test_a_failed_write_leaves_the_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state(2), num_clients=40)
+    before = _fingerprint(path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write", disk_full)
+    with pytest.raises(OSError):
+        checkpoint.save(str(path), _state(3), num_clients=40)
+    assert _fingerprint(path) == before and checkpoint.load(str(path)).round == 2
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILE_NAME]
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:5_000])
+
+
+def _corrupted(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0:8] = b"\0" * 8  # the HDF5 signature
+    path.write_bytes(bytes(data))
+
+
+def _foreign(path: Path) -> None:
+    path.unlink()
+    with h5py.File(path, "w") as handle:
+        handle["data"] = np.arange(10)
+
+
+def _not_hdf5(path: Path) -> None:
+    path.write_text("round: 3\n")
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_truncated, "cannot be read as a checkpoint"),
+    (_corrupted, "not an HDF5 file"),
+    (_foreign, "not a fedbat_mpi checkpoint"),
+    (_not_hdf5, "not an HDF5 file"),
+])  # fmt: skip
+def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, message):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state(), num_clients=40)
+    damage(path)
+    before = _fingerprint(path)
+    with pytest.raises(UsageError, match=message) as error:
+        checkpoint.load(str(path))
+    assert "\n" not in str(error.value) and str(error.value).startswith("--resume: ")
+    assert _fingerprint(path) == before
+
+
+def test_resuming_may_change_only_what_does_not_change_results():
+    saved = Config(rounds=10, model="cnn4-mnist").as_dict()
+    config = resumed_config(saved, {"rounds": 20, "device": "cpu", "threads": 2, "out": "x"}, finished_round=10)
+    assert (config.rounds, config.device, config.lr) == (20, "cpu", 0.1)
+    with pytest.raises(UsageError, match="--lr: the checkpoint was made with 0.1, got 0.5"):
+        resumed_config(saved, {"lr": 0.5}, finished_round=3)
+    with pytest.raises(UsageError, match="--rounds: the checkpoint has already finished round 10"):
+        resumed_config(saved, {"rounds": 5}, finished_round=10)
+    with pytest.raises(UsageError, match="unknown options"):
+        resumed_config({**saved, "momentum": 0.9}, {}, finished_round=3)
+
+
+def test_inspector_prints_round_configuration_and_sizes_without_mpi(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state(), num_clients=40)
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "round 3 of 10" in out and "on 4 ranks" in out and "2 tensors, 40 values" in out
+    assert "algorithm: fedbat" in out and f"{3:064x}" in out
+    check = subprocess.run([sys.executable, "-c", "import sys, fedbat_mpi.checkpoint; print('mpi4py' in sys.modules)"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.stdout.strip() == "False"
+
+
+def test_inspector_refuses_a_bad_file_with_exit_2(tmp_path):
+    bad = tmp_path / "x.h5"
+    bad.write_text("nope")
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
