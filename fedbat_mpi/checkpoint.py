@@ -21,6 +21,7 @@ point leaves either the old or the new checkpoint whole.
 ``python -m fedbat_mpi.checkpoint PATH`` prints a checkpoint's contents (no MPI needed).
 """
 
+import glob
 import json
 import os
 import shutil
@@ -89,7 +90,10 @@ def _write(handle: h5py.File, state: RunState, num_clients: int) -> None:
 def save(path: str, state: RunState, num_clients: int) -> None:
     """Write ``state`` to ``path`` atomically, keeping the checkpoint it replaces beside it."""
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    prefix = f".{os.path.basename(path)}.tmp-"
+    for stale in glob.glob(os.path.join(glob.escape(folder), prefix + "*")):  # left by a killed writer
+        os.remove(stale)
+    temporary = os.path.join(folder, f"{prefix}{os.getpid()}")
     try:
         with h5py.File(temporary, "w") as handle:
             _write(handle, state, num_clients)

@@ -55,6 +55,7 @@ def test_per_client_state_scales_to_10000_clients(tmp_path):
 
 def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
+    (tmp_path / f".{checkpoint.FILE_NAME}.tmp-99999").write_bytes(b"left by a killed writer")
     checkpoint.save(str(path), _state(2), num_clients=40)
     checkpoint.save(str(path), _state(3), num_clients=40)
     assert checkpoint.load(str(path)).round == 3

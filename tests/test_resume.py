@@ -1,0 +1,117 @@
+"""Exact resume through real runs: after a clean stop, a stop signal, or a rank killed with SIGKILL."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fedbat_mpi import checkpoint
+
+from .launch import TINY, command, environment, launch, metrics, without_timings
+
+ROUNDS = 6
+RUN = [*TINY, "--rounds", str(ROUNDS)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = launch(2, [*RUN, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return without_timings(metrics(out))
+
+
+def _rank_pids(out: Path) -> dict[int, int]:
+    """The pids of the rank processes of the run writing to ``out``, by rank (from /proc)."""
+    pids = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"fedbat_mpi.run" not in argv or str(out).encode() not in argv or b"-n" in argv:
+            continue
+        for item in env:
+            key, _, value = item.partition(b"=")
+            if key in (b"PMI_RANK", b"OMPI_COMM_WORLD_RANK"):
+                pids[int(value)] = int(entry.name)
+    return pids
+
+
+def _start_and_wait_for_rows(out: Path, rows: int, extra: list[str]) -> subprocess.Popen:
+    process = subprocess.Popen(command(2, [*RUN, "--out", str(out), *extra]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
+    deadline = time.monotonic() + 120
+    metrics_file = out / "metrics.jsonl"
+    while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= rows):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"run ended or stalled before {rows} rounds: {process.communicate()}")
+        time.sleep(0.1)
+    return process
+
+
+def test_resume_equals_the_uninterrupted_run_on_same_and_other_rank_counts(tmp_path, uninterrupted):
+    first = tmp_path / "first"
+    done = launch(None, [*TINY, "--rounds", "3", "--out", str(first)])
+    assert done.returncode == 0, done.stderr
+    for ranks in (1, 2, 4):
+        out = tmp_path / f"resumed-{ranks}"
+        shutil.copytree(first, out)
+        done = launch(ranks if ranks > 1 else None, ["--resume", "--out", str(out), "--rounds", str(ROUNDS)])
+        assert done.returncode == 0, done.stderr
+        assert "resuming after round 3 (checkpoint written on 1 ranks)" in done.stdout
+        assert without_timings(metrics(out)) == uninterrupted
+
+
+def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = _start_and_wait_for_rows(out, 1, ["--checkpoint-every", "0"])
+    os.kill(_rank_pids(out)[1], signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "stop signal received" in stdout
+    stopped_at = checkpoint.load(str(out / checkpoint.FILE_NAME)).round
+    assert 1 <= stopped_at < ROUNDS
+    done = launch(4, ["--resume", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert without_timings(metrics(out)) == uninterrupted
+
+
+def test_sigkill_of_one_rank_ends_all_and_the_last_checkpoint_resumes(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = _start_and_wait_for_rows(out, 2, ["--checkpoint-every", "1"])
+    pids = _rank_pids(out)
+    assert sorted(pids) == [0, 1]
+    os.kill(pids[1], signal.SIGKILL)
+    try:
+        process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("ranks still running 30 s after one was killed")
+    assert process.returncode != 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids.values())
+    state = checkpoint.load(str(out / checkpoint.FILE_NAME))
+    assert 1 <= state.round < ROUNDS
+    done = launch(2, ["--resume", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert without_timings(metrics(out)) == uninterrupted
+
+
+def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    done = launch(None, [*TINY, "--rounds", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    path = out / checkpoint.FILE_NAME
+    before = path.read_bytes()
+    done = launch(2, [*TINY, "--rounds", "1", "--out", str(out)])
+    assert done.returncode == 2 and "already holds a checkpoint" in done.stderr
+    assert path.read_bytes() == before
+    done = launch(2, ["--resume", "--out", str(out), "--lr", "0.5"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--lr" in done.stderr
+    assert path.read_bytes() == before
