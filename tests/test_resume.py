@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from fedbat_mpi import checkpoint
@@ -114,4 +115,24 @@ def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path):
     assert path.read_bytes() == before
     done = launch(2, ["--resume", "--out", str(out), "--lr", "0.5"])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--lr" in done.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_or_foreign_checkpoint_exits_2_with_one_line_and_stays_untouched(tmp_path, damage):
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / checkpoint.FILE_NAME
+    if damage == "truncated":
+        done = launch(None, [*TINY, "--rounds", "1", "--out", str(out)])
+        assert done.returncode == 0, done.stderr
+        path.write_bytes(path.read_bytes()[:4096])
+    else:
+        with h5py.File(path, "w") as handle:
+            handle["weights"] = [1.0, 2.0]
+    before = path.read_bytes()
+    done = launch(2, ["--resume", "--out", str(out)], timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in done.stderr
     assert path.read_bytes() == before
