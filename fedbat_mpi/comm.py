@@ -62,6 +62,22 @@ class Communicator:
                     at = int(starts[rank]) + begin
                     recv[at : at + sizes[rank]] = scratch[displs[rank] : displs[rank] + sizes[rank]]
 
+    def scatter_bytes(self, parts: list[np.ndarray] | None) -> np.ndarray:
+        """Rank 0 sends ``parts[r]`` (uint8) to rank r with ``Scatterv``; every rank returns its part."""
+        counts = np.array([p.size for p in parts], dtype=np.int64) if self.is_root else np.empty(self.size, np.int64)
+        self._comm.Bcast(counts, root=0)
+        mine = np.empty(int(counts[self.rank]), dtype=np.uint8)
+        piece = max(1, self.max_message_bytes // self.size)
+        for begin in range(0, max(int(counts.max()), 1), piece):
+            sizes = np.clip(counts - begin, 0, piece)
+            displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            spec = None
+            if self.is_root:
+                scratch = np.concatenate([np.zeros(0, np.uint8)] + [p[begin : begin + piece] for p in parts])
+                spec = [scratch, sizes.tolist(), displs.tolist(), MPI.BYTE]
+            self._comm.Scatterv(spec, [mine[begin : begin + sizes[self.rank]], MPI.BYTE], root=0)
+        return mine
+
     def broadcast(self, array: np.ndarray) -> None:
         """Broadcast a contiguous array from rank 0 in place, split into messages if large."""
         raw = array.reshape(-1).view(np.uint8)

@@ -42,6 +42,7 @@ class Config:
     partition: str = "iid"
     rho: float = 6.0
     warmup: float = 0.5
+    zsign_sigma: float = 1.0
     weighting: str = "batches"
     seed: int = 0
     out: str | None = None
@@ -63,6 +64,8 @@ class Config:
             _fail("lr", "a positive number", self.lr)
         if not self.rho >= 0:
             _fail("rho", "a number >= 0", self.rho)
+        if not self.zsign_sigma > 0:
+            _fail("zsign_sigma", "a positive number", self.zsign_sigma)
         if not 0 <= self.warmup <= 1:
             _fail("warmup", "a fraction in [0, 1]", self.warmup)
         if self.checkpoint_every < 0:

@@ -3,6 +3,11 @@
 A round: draw the clients (same on every rank), train this rank's share on its device, pack each
 client's update into the wire format, ``Gatherv`` the bytes to rank 0, aggregate there in client-id
 order, broadcast the new float32 global model, and evaluate it with all ranks.
+
+Algorithms with per-client state (EF-SignSGD's error memory) keep it on rank 0: each round it is
+scattered to the ranks that train the sampled clients (timed as ``broadcast``) and gathered back with
+the payloads (timed as ``gather``, not counted as uplink: it is the simulator's bookkeeping, not
+something a real client would send).
 """
 
 import time
@@ -59,7 +64,9 @@ class Engine:
         self.layout = ModelLayout(model, binarized_names(model))
         self.global_vector = self.layout.global_vector(model)
         self.model = model.to(self.device)
-        self.algorithm = make_algorithm(config.algorithm, config.rho, config.warmup)
+        self.algorithm = make_algorithm(config.algorithm, config.rho, config.warmup, config.zsign_sigma)
+        self.state_size = self.algorithm.state_size(self.layout)
+        self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
         self.dataset = dataset
         self.train_images = dataset.train_x.to(self.device)
         self.train_labels = dataset.train_y.to(self.device)
@@ -73,10 +80,15 @@ class Engine:
             self.global_vector = self.layout.vector(state.tensors)
         except ValueError as error:
             raise UsageError(f"--resume: the checkpoint's model does not match --model {self.config.model}: {error}") from None
+        if self.algorithm.state_name and self.comm.is_root:
+            self.client_states = dict(state.client_state.get(self.algorithm.state_name, {}))
 
     def run_state(self, round_index: int, metrics: list[dict]) -> RunState:
         """What a checkpoint after ``round_index`` holds."""
-        return RunState(round_index, self.config.as_dict(), self.layout.tensors(self.global_vector), metrics, self.comm.size)
+        name = self.algorithm.state_name
+        client_state = {name: self.client_states} if name else {}
+        tensors = self.layout.tensors(self.global_vector)
+        return RunState(round_index, self.config.as_dict(), tensors, metrics, self.comm.size, client_state)
 
     def global_model_bytes(self) -> int:
         return 4 * self.layout.global_size
@@ -90,7 +102,28 @@ class Engine:
         ds = self.dataset
         return ClientData(self.train_images[index], self.train_labels[index], ds.train_mean, ds.train_std, ds.augment)
 
-    def train_client(self, round_index: int, client_id: int, global_on_device: torch.Tensor) -> tuple[LocalUpdate, float]:
+    def send_client_states(self, clients: np.ndarray) -> dict[int, torch.Tensor]:
+        """Rank 0 sends each sampled client's state to the rank that trains it (``Scatterv``)."""
+        parts = None
+        if self.comm.is_root:
+            zeros = np.zeros(self.state_size, dtype=np.float32)
+            blocks = [clients_of_rank(clients, self.comm.size, rank) for rank in range(self.comm.size)]
+            parts = [np.concatenate([zeros[:0], *(self.client_states.get(int(c), zeros) for c in block)]).view(np.uint8)
+                     for block in blocks]  # fmt: skip
+        mine = self.comm.scatter_bytes(parts).view(np.float32).reshape(-1, self.state_size)
+        hosted = clients_of_rank(clients, self.comm.size, self.comm.rank).tolist()
+        return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(hosted, mine)}
+
+    def collect_client_states(self, clients: np.ndarray, states: list[np.ndarray]) -> None:
+        """The trained clients' new states return to rank 0 (``Gatherv``, in client-id order)."""
+        received, _ = self.comm.gather_bytes(np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8))
+        if self.comm.is_root:
+            rows = received.view(np.float32).reshape(len(clients), self.state_size)
+            self.client_states.update({int(c): row.copy() for c, row in zip(clients, rows)})
+
+    def train_client(
+        self, round_index: int, client_id: int, global_on_device: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[LocalUpdate, float]:
         """Train one client from the global model; return its update and aggregation weight."""
         config, device = self.config, self.device
 
@@ -111,6 +144,7 @@ class Engine:
             num_steps=config.local_epochs * batches_per_epoch,
             lr=config.lr,
             generator=generator,
+            state=state,
         )
         weight = batches_per_epoch if config.weighting == "batches" else len(data)
         return self.algorithm.train(task), float(weight)
@@ -138,14 +172,22 @@ class Engine:
         timer = _PhaseTimer()
         clients = sample_clients(config.seed, round_index, config.num_clients, config.clients_per_round)
         global_on_device = torch.from_numpy(self.global_vector).to(self.device)
-        parts = [np.zeros(0, dtype=np.uint8)]
+        states: dict[int, torch.Tensor] = {}
+        if self.state_size:
+            with timer("broadcast"):
+                states = self.send_client_states(clients)
+        parts, new_states = [np.zeros(0, dtype=np.uint8)], []
         for client_id in clients_of_rank(clients, comm.size, comm.rank).tolist():
             with timer("train"):
-                update, weight = self.train_client(round_index, client_id, global_on_device)
+                update, weight = self.train_client(round_index, client_id, global_on_device, states.get(client_id))
             with timer("pack"):
                 parts.append(self.pack(client_id, update, weight))
+                if self.state_size:
+                    new_states.append(update.state.detach().float().cpu().numpy())
         with timer("gather"):
             received, _ = comm.gather_bytes(np.concatenate(parts))
+            if self.state_size:
+                self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
                 payloads = codec.decode_all(received)

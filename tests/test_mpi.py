@@ -8,6 +8,7 @@ import torch
 from mpi4py import MPI
 
 from fedbat_mpi import codec
+from fedbat_mpi.algorithms import ALGORITHMS
 from fedbat_mpi.aggregate import aggregate
 from fedbat_mpi.comm import Communicator
 from fedbat_mpi.config import Config
@@ -88,16 +89,30 @@ def test_aggregation_over_ranks_equals_serial_reference(layout_and_model, kind):
     assert _all_equal_on_every_rank(comm, new.tobytes())
 
 
-@pytest.mark.parametrize("algorithm", ["fedbat", "fedavg"])
-def test_a_round_on_all_ranks_equals_the_same_round_on_one(algorithm, tmp_path):
-    config = Config(algorithm=algorithm, num_clients=8, clients_per_round=4, local_epochs=1, batch_size=64,
-                    rounds=1, device="cpu", model="cnn4-mnist")  # fmt: skip
+@pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 1000])
+def test_scattered_parts_reach_their_ranks(max_message_bytes):
+    comm = Communicator(max_message_bytes=max_message_bytes)
+    parts = [np.full(3000 * r, r, dtype=np.uint8) for r in range(comm.size)] if comm.is_root else None
+    mine = comm.scatter_bytes(parts)
+    assert mine.size == 3000 * comm.rank and np.all(mine == comm.rank)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_rounds_on_all_ranks_equal_the_same_rounds_on_one(algorithm, tmp_path):
+    config = Config(algorithm=algorithm, num_clients=40, clients_per_round=4, local_epochs=1, batch_size=64,
+                    rounds=2, device="cpu", model="cnn4-mnist", eval_batch_size=1000)  # fmt: skip
     dataset = load_dataset("embedded", None)
     comm = Communicator()
-    parallel = Engine(config, comm, dataset).run_round(1)
+    engine = Engine(config, comm, dataset)
+    parallel = [engine.run_round(1), engine.run_round(2)][-1]
     if comm.is_root:
-        serial = Engine(config, Communicator(MPI.COMM_SELF), dataset).run_round(1)
+        serial_engine = Engine(config, Communicator(MPI.COMM_SELF), dataset)
+        serial = [serial_engine.run_round(1), serial_engine.run_round(2)][-1]
         assert parallel.model_sha256 == serial.model_sha256
+        if algorithm == "ef-signsgd":  # the error memory of every client that trained is kept on rank 0
+            assert sorted(engine.client_states) == sorted(serial_engine.client_states)
+            for client, memory in serial_engine.client_states.items():
+                assert np.array_equal(engine.client_states[client], memory)
         assert parallel.clients == serial.clients
         assert parallel.uplink_bytes == serial.uplink_bytes
         assert (parallel.test_acc, parallel.test_loss, parallel.train_loss) == (serial.test_acc, serial.test_loss, serial.train_loss)

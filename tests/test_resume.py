@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from fedbat_mpi import checkpoint
@@ -136,3 +137,17 @@ def test_a_damaged_or_foreign_checkpoint_exits_2_with_one_line_and_stays_untouch
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in done.stderr
     assert path.read_bytes() == before
+
+
+def test_ef_signsgd_error_memory_survives_checkpoint_and_resume(tmp_path):
+    # 8 clients, 4 a round: clients come back, so their memory shapes later rounds.
+    run = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "8", "--clients-per-round", "4"]
+    whole = tmp_path / "whole"
+    assert launch(2, [*run, "--rounds", "4", "--out", str(whole)]).returncode == 0
+    part = tmp_path / "part"
+    assert launch(None, [*run, "--rounds", "2", "--out", str(part)]).returncode == 0
+    memory = checkpoint.load(str(part / checkpoint.FILE_NAME)).client_state["error_memory"]
+    assert memory and all(np.any(row != 0) for row in memory.values())
+    done = launch(2, ["--resume", "--out", str(part), "--rounds", "4"])
+    assert done.returncode == 0, done.stderr
+    assert without_timings(metrics(part)) == without_timings(metrics(whole))

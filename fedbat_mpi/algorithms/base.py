@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..codec import BodyKind
 from ..layout import ModelLayout
@@ -24,6 +25,7 @@ class LocalTask:
     num_steps: int
     lr: float
     generator: Callable[[Stream], torch.Generator]  # the client's stream for (seed, round, id)
+    state: torch.Tensor | None = None  # the client's persistent state (zeros before its first round)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class LocalUpdate:
     scales: torch.Tensor  # float32, one per binarized tensor for sign bodies, else empty
     body: torch.Tensor  # bool signs (True for +scale) or float32 update values, flat
     train_loss: float
+    state: torch.Tensor | None = None  # the client's new persistent state, kept by rank 0
 
 
 class Algorithm(ABC):
@@ -45,10 +48,27 @@ class Algorithm(ABC):
 
     name: str
     kind: BodyKind
+    state_name: str | None = None  # per-client state kept between rounds (and in checkpoints)
+
+    def state_size(self, layout: ModelLayout) -> int:
+        """The number of float32 values of per-client state; 0 for stateless algorithms."""
+        return 0
 
     @abstractmethod
     def train(self, task: LocalTask) -> LocalUpdate:
         """Train one client from the global model and return its update."""
+
+
+def local_sgd_update(task: LocalTask) -> tuple[torch.Tensor, float]:
+    """Plain local SGD on every parameter; returns the flat update of the binarized tensors
+    (``w_end - w_start``, state_dict order) and the mean training loss."""
+    model = task.model
+    names = task.layout.binarized_names
+    start = [model.get_parameter(name).detach().clone() for name in names]
+    params = [p.requires_grad_(True) for p in model.parameters()]
+    loss = sgd_steps(task, params, lambda _, batch: F.cross_entropy(model(batch[0]), batch[1]))
+    delta = torch.cat([(model.get_parameter(n).detach() - w0).reshape(-1) for n, w0 in zip(names, start)])
+    return delta, loss
 
 
 def sgd_steps(task: LocalTask, params: list[torch.Tensor], loss_fn: Callable[[int, Batch], torch.Tensor]) -> float:

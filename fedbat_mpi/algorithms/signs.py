@@ -1,0 +1,101 @@
+"""Post-training sign baselines: local SGD as in FedAvg, then each binarized tensor's finished update
+``d`` (``w_end - w_start``) is compressed to one bit per entry and one float32 scale.
+
+Every baseline uploads the same wire body as FedBAT (sign bits + one scale per tensor), and rank 0
+adds ``sum_k p_k scale_k sign_k`` like FedBAT's ``alpha * b``.
+
+=============  ===============================================================================
+``signsgd``    ``mean|d| * sign(d)``: SignSGD (Bernstein et al., ICML 2018) applied to the local
+               update, scaled per tensor by the mean magnitude (the scale-aware form of
+               FEDBAT.md §3).
+``ef-signsgd`` ``p = d + e``, upload ``(||p||_1 / n) * sign(p)``, keep ``e <- p - upload``: EF-SignSGD
+               (Karimireddy et al., ICML 2019). The error memory ``e`` is per client, kept by
+               rank 0 between the client's rounds (stale while it is not sampled) and in checkpoints.
+``stosign``    ``B * (+1 w.p. (1 + d/B)/2, else -1)`` with ``B = max|d|`` per tensor: the unbiased
+               stochastic sign (Jin et al., 2020; Safaryan & Richtárik, ICML 2021).
+``zsign``      ``sigma * sign(d + sigma * xi)``, ``xi ~ U[-1, 1]``: z-SignFedAvg (Tang et al., 2023)
+               with uniform noise (z = infinity), unbiased where ``|d| <= sigma``. The noise scale
+               is ``sigma = --zsign-sigma * rms(d)`` per tensor (default 1), so entries beyond
+               sigma keep their sign deterministically; ``stosign`` is the case ``sigma = max|d|``.
+=============  ===============================================================================
+
+``sign(0)`` is sent as +1. Noise comes from the client's upload stream (seed, round, client id).
+"""
+
+from abc import abstractmethod
+
+import torch
+
+from ..codec import BodyKind
+from ..layout import ModelLayout
+from ..rng import Stream
+from .base import Algorithm, LocalTask, LocalUpdate, local_sgd_update
+
+
+def _per_tensor(layout: ModelLayout, values: torch.Tensor) -> list[torch.Tensor]:
+    return [values[seg.offset : seg.offset + seg.size] for seg in layout.binarized]
+
+
+class PostTrainingSign(Algorithm):
+    """Local SGD, then a per-tensor 1-bit compressor of the finished update."""
+
+    kind = BodyKind.SIGNS
+
+    @abstractmethod
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, positive)`` for one tensor's update: the float scale and the bool signs."""
+
+    def train(self, task: LocalTask) -> LocalUpdate:
+        delta, loss = local_sgd_update(task)
+        upload = task.generator(Stream.UPLOAD)
+        scales, signs = zip(*(self.compress(d, upload) for d in _per_tensor(task.layout, delta)))
+        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), loss)
+
+
+class SignSGD(PostTrainingSign):
+    name = "signsgd"
+
+    def compress(self, d, generator):
+        return d.abs().mean(), d >= 0
+
+
+class StochasticSign(PostTrainingSign):
+    name = "stosign"
+
+    def compress(self, d, generator):
+        bound = d.abs().max()
+        u = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype)
+        positive = u < (1 + d / bound) / 2 if bound > 0 else d >= 0
+        return bound, positive
+
+
+class ZSign(PostTrainingSign):
+    name = "zsign"
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    def compress(self, d, generator):
+        sigma = self.sigma * d.square().mean().sqrt()
+        xi = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype) * 2 - 1
+        return sigma, d + sigma * xi >= 0
+
+
+class EFSignSGD(Algorithm):
+    name = "ef-signsgd"
+    kind = BodyKind.SIGNS
+    state_name = "error_memory"
+
+    def state_size(self, layout: ModelLayout) -> int:
+        return layout.update_size
+
+    def train(self, task: LocalTask) -> LocalUpdate:
+        delta, loss = local_sgd_update(task)
+        corrected = delta if task.state is None else delta + task.state
+        scales, signs, memory = [], [], []
+        for p in _per_tensor(task.layout, corrected):
+            scale, positive = p.abs().mean(), p >= 0
+            scales.append(scale)
+            signs.append(positive)
+            memory.append(p - scale * (positive.to(p.dtype) * 2 - 1))
+        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), loss, torch.cat(memory))

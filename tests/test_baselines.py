@@ -1,0 +1,98 @@
+"""The post-training sign baselines: each compressor against its formula, and its payload size."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fedbat_mpi import codec
+from fedbat_mpi.algorithms import make_algorithm
+from fedbat_mpi.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+
+from .test_binarize import _tiny_task
+
+
+def _update(seed: int = 0, size: int = 1000) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed)) * 1e-2
+
+
+def _mean_of_draws(compressor, d: torch.Tensor, draws: int = 4000) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    total = torch.zeros_like(d)
+    for _ in range(draws):
+        scale, positive = compressor.compress(d, generator)
+        total += scale * (positive.float() * 2 - 1)
+    return total / draws
+
+
+def test_signsgd_is_mean_magnitude_times_sign():
+    d = _update()
+    scale, positive = SignSGD().compress(d, torch.Generator())
+    assert scale.item() == pytest.approx(d.abs().mean().item())
+    assert torch.equal(positive, d >= 0)
+
+
+def test_stochastic_sign_is_unbiased_with_the_max_as_bound():
+    d = _update(size=200)
+    scale, _ = StochasticSign().compress(d, torch.Generator().manual_seed(0))
+    assert scale.item() == pytest.approx(d.abs().max().item())
+    mean = _mean_of_draws(StochasticSign(), d)
+    assert torch.all((mean - d).abs() <= 5 * scale / np.sqrt(4000))
+
+
+def test_zsign_uses_rms_scaled_noise_and_is_unbiased_inside_sigma():
+    d = _update(size=200)
+    compressor = ZSign(sigma=1.5)
+    sigma = 1.5 * d.square().mean().sqrt()
+    scale, _ = compressor.compress(d, torch.Generator().manual_seed(0))
+    assert scale.item() == pytest.approx(sigma.item(), rel=1e-6)
+    mean = _mean_of_draws(compressor, d)
+    inside = d.abs() <= sigma
+    expected = torch.where(inside, d, torch.sign(d) * sigma)
+    assert torch.all((mean - expected).abs() <= 5 * sigma / np.sqrt(4000))
+    assert not torch.all(inside)  # some entries lie beyond sigma and keep their sign
+
+
+def _corrected(update, layout) -> torch.Tensor:
+    """EF-SignSGD's corrected update p = memory + upload, rebuilt from what the client returned."""
+    sizes = torch.tensor([seg.size for seg in layout.binarized])
+    return update.state + update.scales.repeat_interleave(sizes) * (update.body.float() * 2 - 1)
+
+
+def test_ef_signsgd_memory_carries_the_compression_error():
+    task, _ = _tiny_task(num_steps=3)
+    update = EFSignSGD().train(task)
+    assert update.state.shape == (task.layout.update_size,)
+    p, signs = _corrected(update, task.layout), update.body.float() * 2 - 1
+    for index, seg in enumerate(task.layout.binarized):
+        window = slice(seg.offset, seg.offset + seg.size)
+        # upload = (||p||_1 / n) sign(p), memory = p - upload
+        assert update.scales[index].item() == pytest.approx(p[window].abs().mean().item(), rel=1e-5)
+        assert torch.equal(update.body[window], p[window] >= 0)
+
+
+def test_ef_signsgd_adds_the_memory_before_compressing():
+    task, model = _tiny_task(num_steps=2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    memory = torch.full((task.layout.update_size,), 0.5)
+    with_memory = EFSignSGD().train(dataclasses.replace(task, state=memory))
+    model.load_state_dict(start)
+    without = EFSignSGD().train(task)
+    # The same local steps, so the corrected updates differ by exactly the memory.
+    difference = _corrected(with_memory, task.layout) - _corrected(without, task.layout)
+    np.testing.assert_allclose(difference.numpy(), memory.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["signsgd", "ef-signsgd", "stosign", "zsign"])
+def test_every_baseline_uploads_one_bit_per_weight_and_one_scale_per_tensor(name):
+    task, model = _tiny_task(num_steps=2)
+    update = make_algorithm(name, rho=6.0, warmup=0.5, zsign_sigma=1.0).train(task)
+    layout = task.layout
+    assert update.kind is codec.BodyKind.SIGNS and update.body.dtype == torch.bool
+    assert update.scales.shape == (len(layout.binarized),) and update.body.numel() == layout.update_size
+    payload = codec.Payload(0, 1.0, update.train_loss, update.kind, update.scales.numpy(),
+                            layout.dense_vector(model).numpy(), codec.pack_signs(update.body.numpy()),
+                            layout.update_size)  # fmt: skip
+    raw = codec.encode(payload)
+    assert raw.size == codec.payload_size(codec.BodyKind.SIGNS, layout.update_size, len(layout.binarized), layout.dense_size)
