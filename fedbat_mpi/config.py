@@ -16,9 +16,9 @@ import yaml
 
 from .algorithms import ALGORITHMS
 from .checkpoint import FILE_NAME
+from .data.partition import parse_scheme
 from .errors import UsageError
 
-PARTITION_PATTERN = re.compile(r"^(iid|dir:(?P<beta>[0-9.eE+-]+)|labels:(?P<fraction>[0-9.eE+-]+))$")
 DEVICES = ("auto", "cpu", "cuda")
 # Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow).
 RESUMABLE_CHANGES = frozenset({"rounds", "out", "checkpoint_every", "device", "threads", "data_dir"})
@@ -78,14 +78,7 @@ class Config:
             _fail("device", "auto, cpu, cuda or cuda:N", self.device)
         if self.weighting not in WEIGHTINGS:
             _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", self.weighting)
-        match = PARTITION_PATTERN.match(self.partition)
-        if not match:
-            _fail("partition", "iid, dir:BETA or labels:FRACTION", self.partition)
-        beta, fraction = match["beta"], match["fraction"]
-        if beta is not None and not _is_float(beta, lambda v: v > 0):
-            _fail("partition", "dir:BETA with BETA > 0", self.partition)
-        if fraction is not None and not _is_float(fraction, lambda v: 0 < v <= 1):
-            _fail("partition", "labels:FRACTION with 0 < FRACTION <= 1", self.partition)
+        parse_scheme(self.partition)
         return self
 
     @property
@@ -98,13 +91,6 @@ class Config:
 
 def _fail(option: str, expected: str, got: Any) -> None:
     raise UsageError(f"--{option.replace('_', '-')}: expected {expected}, got {got!r}")
-
-
-def _is_float(text: str, ok) -> bool:
-    try:
-        return ok(float(text))
-    except ValueError:
-        return False
 
 
 def _paper_presets() -> dict[str, dict[str, Any]]:
