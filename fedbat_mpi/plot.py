@@ -1,0 +1,68 @@
+"""``python -m fedbat_mpi.plot RUN_DIR... --out DIR``: accuracy curves of runs as PNG files.
+
+Runs are grouped by setting (data set and partition); each group gets one figure with test accuracy
+against the round and against the cumulative uplink bytes (log scale), one line per algorithm.
+"""
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import UsageError  # noqa: E402
+from .runs import RunRecord, read_run  # noqa: E402
+
+
+def plot_setting(setting: str, runs: list[RunRecord], path: Path) -> None:
+    figure, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for run in sorted(runs, key=lambda r: r.algorithm):
+        rounds = [row["round"] for row in run.rows]
+        accuracy = [100 * row["test_acc"] for row in run.rows]
+        by_round.plot(rounds, accuracy, marker=".", label=run.algorithm)
+        by_bytes.plot(run.cumulative_uplink(), accuracy, marker=".", label=run.algorithm)
+    by_round.set(xlabel="round", ylabel="test accuracy (%)", title=f"{setting}: accuracy by round")
+    by_bytes.set(xlabel="uplink bytes (all clients, cumulative)", ylabel="test accuracy (%)", xscale="log",
+                 title=f"{setting}: accuracy by uplink bytes")  # fmt: skip
+    for axes in (by_round, by_bytes):
+        axes.grid(alpha=0.3)
+    by_round.legend()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_runs(folders: list[str], out: str) -> list[Path]:
+    """One PNG per setting under ``out``; returns their paths."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for folder in folders:
+        run = read_run(folder)
+        groups[run.setting].append(run)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for setting, runs in sorted(groups.items()):
+        path = Path(out) / f"accuracy-{setting.replace(' ', '-').replace(':', '')}.png"
+        plot_setting(setting, runs, path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedbat_mpi.plot", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
+    args = parser.parse_args(argv)
+    try:
+        for path in plot_runs(args.runs, args.out):
+            print(path)
+    except UsageError as error:
+        print(f"fedbat_mpi.plot: error: {error}", file=sys.stderr)
+        return error.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``python -m fedbat_mpi.summary RUN_DIR... [--target ACC]``: a Markdown table comparing runs.
+
+Per run: best and final test accuracy, the first round reaching the target accuracy and the uplink
+bytes sent until then, and the uplink per client per round.
+"""
+
+import argparse
+import sys
+
+from .errors import UsageError
+from .runs import RunRecord, read_run
+
+
+def _megabytes(num_bytes: float) -> str:
+    return f"{num_bytes / 1e6:,.1f} MB"
+
+
+def table(runs: list[RunRecord], target: float) -> str:
+    header = (f"| setting | algorithm | rounds | best acc (round) | final acc | first round ≥ {100 * target:g} % "
+              f"| uplink to {100 * target:g} % | uplink per client per round |")  # fmt: skip
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r.setting, r.algorithm)):
+        rows = run.rows
+        best = max(rows, key=lambda row: row["test_acc"])
+        reached = next((i for i, row in enumerate(rows) if row["test_acc"] >= target), None)
+        uplink = run.cumulative_uplink()
+        per_client = uplink[-1] / sum(len(row["clients"]) for row in rows)
+        lines.append(
+            f"| {run.setting} | {run.algorithm} | {len(rows)} | {100 * best['test_acc']:.2f} % ({best['round']}) "
+            f"| {100 * rows[-1]['test_acc']:.2f} % | {rows[reached]['round'] if reached is not None else '—'} "
+            f"| {_megabytes(uplink[reached]) if reached is not None else '—'} | {per_client / 1e3:,.1f} kB |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedbat_mpi.summary", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--target", type=float, default=0.8, help="target test accuracy (default: 0.8)")
+    args = parser.parse_args(argv)
+    try:
+        print(table([read_run(folder) for folder in args.runs], args.target))
+    except UsageError as error:
+        print(f"fedbat_mpi.summary: error: {error}", file=sys.stderr)
+        return error.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Comparing finished runs: the Markdown summary table and the PNG accuracy curves."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from fedbat_mpi.config import Config
+
+
+def _fake_run(folder: Path, algorithm: str, partition: str, accuracies: list[float], uplink: int) -> Path:
+    """A run folder as fedbat_mpi.run writes it (config.yaml + metrics.jsonl)."""
+    folder.mkdir(parents=True)
+    config = Config(algorithm=algorithm, partition=partition, dataset="fmnist").as_dict()
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"round": r + 1, "clients": list(range(10)), "test_acc": acc, "uplink_bytes": uplink}
+            for r, acc in enumerate(accuracies)]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_summary_reports_best_final_and_cost_to_target(tmp_path):
+    fedbat = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.82, 0.81], 500_000)
+    fedavg = _fake_run(tmp_path / "b", "fedavg", "iid", [0.6, 0.7, 0.79], 15_000_000)
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.summary", str(fedbat), str(fedavg), "--target", "0.8"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2] == "| fmnist iid | fedavg | 3 | 79.00 % (3) | 79.00 % | — | — | 1,500.0 kB |"
+    assert lines[3] == "| fmnist iid | fedbat | 3 | 82.00 % (2) | 81.00 % | 2 | 1.0 MB | 50.0 kB |"
+
+
+def test_plots_are_written_per_setting_and_are_png(tmp_path):
+    runs = [
+        _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.8], 500_000),
+        _fake_run(tmp_path / "b", "fedavg", "iid", [0.6, 0.7], 15_000_000),
+        _fake_run(tmp_path / "c", "fedbat", "dir:0.3", [0.4, 0.6], 500_000),
+    ]
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.plot", *map(str, runs), "--out", str(tmp_path / "png")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = sorted((tmp_path / "png").iterdir())
+    assert [f.name for f in files] == ["accuracy-fmnist-dir0.3.png", "accuracy-fmnist-iid.png"]
+    for file in files:
+        assert file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and file.stat().st_size > 10_000
+
+
+def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.summary", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
