@@ -78,7 +78,7 @@ class SlurmCluster:
     def run(self, *command: str, check: bool = True, timeout: float = 30, **kwargs):
         """A Slurm client command against this cluster: its CompletedProcess, output as text."""
         kwargs.setdefault("env", self.env)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, **kwargs)
         if check and done.returncode != 0:
             failure = f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()}"
             raise AssertionError(f"{failure}\n{self.logs()}")
@@ -155,7 +155,7 @@ class SlurmCluster:
         # In the foreground, daemons also log to stderr: munged only there, slurm* before their log opens.
         with open(self.root / "log" / f"{name}.out", "ab") as log:  # the child keeps its own descriptor
             self._daemons[name] = subprocess.Popen(
-                [name, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                [find(name), *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
                 start_new_session=True,  # a Ctrl-C to pytest must leave the stop to stop()
             )  # fmt: skip
 
@@ -206,6 +206,11 @@ class ClusterUnavailable(Exception):
     """Slurm cannot be started on this machine."""
 
 
+def find(program: str) -> str | None:
+    """A program's path: on PATH, or in the sbin folders, which users' PATH often leaves out."""
+    return shutil.which(program) or shutil.which(program, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
 def free_ports(count: int) -> list[int]:
     """Ports on 127.0.0.1 free at this moment (held open together, so all distinct)."""
     with contextlib.ExitStack() as stack:
@@ -218,7 +223,7 @@ def free_ports(count: int) -> list[int]:
 @contextlib.contextmanager
 def running(root: Path):
     """A started ``SlurmCluster`` under ``root``; skips when Slurm is missing or will not start."""
-    missing = [name for name in (*DAEMONS, *CLIENTS) if shutil.which(name) is None]
+    missing = [name for name in (*DAEMONS, *CLIENTS) if find(name) is None]
     if missing:
         pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
     if os.geteuid() != 0:

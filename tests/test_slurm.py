@@ -5,6 +5,7 @@ variables: 2 tasks on the 2-CPU node (``--overcommit``), no GPUs (``--gpus-per-t
 the script's 1), the test's Python, and a tiny run of the embedded data on top of the CIFAR-100 preset.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,15 @@ def job_output(submit_dir: Path, job_id: str) -> str:
     return path.read_text(errors="replace") if path.exists() else "(no job output yet)"
 
 
+def inspect_checkpoint(out: Path) -> tuple[int, int]:
+    """(round, rounds) of ``out/checkpoint.h5``, read by ``python -m fedbat_mpi.checkpoint``."""
+    inspected = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(out / "checkpoint.h5")],
+                               check=False, capture_output=True, text=True, timeout=60, env=environment())  # fmt: skip
+    found = re.search(r"^  round (\d+) of (\d+)$", inspected.stdout, re.MULTILINE)
+    assert found, f"python -m fedbat_mpi.checkpoint: {inspected.stdout}{inspected.stderr}"
+    return int(found[1]), int(found[2])
+
+
 def explain(cluster, submit_dir: Path, job_id: str) -> str:
     """What to look at when a check fails: the job's output and the daemons' logs."""
     return f"\n--- job {job_id} output\n{job_output(submit_dir, job_id)}\n{cluster.logs()}"
@@ -49,8 +59,9 @@ def explain(cluster, submit_dir: Path, job_id: str) -> str:
 
 def wait_for_job(cluster, submit_dir: Path, job_id: str, what: str, ready, timeout: float):
     """``cluster.wait_for`` that shows the job's output when it times out."""
-    details = lambda: job_output(submit_dir, job_id)  # noqa: E731
-    return cluster.wait_for(f"{what} (job {job_id})", ready, timeout, details=details)
+    return cluster.wait_for(
+        f"{what} (job {job_id})", ready, timeout, details=lambda: job_output(submit_dir, job_id)
+    )
 
 
 def wait_until_ended(cluster, submit_dir: Path, job_id: str, timeout: float) -> dict[str, str]:
@@ -74,30 +85,37 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_uninterrupted_mod
     wait_for_job(cluster, submit_dir, job_id, "2 rounds done", two_rounds_done, timeout=120)
     cluster.run("scancel", "--signal=USR1", job_id)  # to the job steps, as --signal=USR1@180 does
 
-    # The first start ends with 75 and a requeue; Slurm holds the job back for about cred_expire
-    # (5 s here) before it starts again.
+    # The ranks stop after the round they are in, checkpoint and exit 75; the script requeues the job.
+    # Slurm holds a requeued job back for about cred_expire (5 s here), so the checkpoint is still
+    # the one of the stop when we look at it (or a later one, should the job already run again).
+    def requeued():
+        return f"requeued job {job_id}" in job_output(submit_dir, job_id)
+
+    wait_for_job(cluster, submit_dir, job_id, "the requeue", requeued, timeout=90)
+    output = job_output(submit_dir, job_id)
+    why = explain(cluster, submit_dir, job_id)
+    assert "fedbat_mpi.run exited with status 75" in output, why
+    stopped_after = int(output.split("stop signal received: checkpoint after round ")[1].split()[0])
+    assert 2 <= stopped_after < ROUNDS, why
+    assert inspect_checkpoint(out)[0] >= stopped_after, why
+
     job = wait_until_ended(cluster, submit_dir, job_id, timeout=150)
     output = job_output(submit_dir, job_id)
     why = explain(cluster, submit_dir, job_id)
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", why
     assert job["Restarts"] == "1", why
-    assert "fedbat_mpi.run exited with status 75" in output and f"requeued job {job_id}" in output, why
     starts = [line for line in output.splitlines() if "fedbat_mpi.run --preset" in line]
     assert len(starts) == 2 and "(start 2)" in starts[1], why
     assert not starts[0].endswith("--resume") and starts[1].endswith("--resume"), why
-    assert "resuming after round" in output, why
-    stopped_after = int(output.split("checkpoint after round ")[1].split()[0])
-    assert 2 <= stopped_after < ROUNDS, why
-    inspected = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(out / "checkpoint.h5")],
-                               capture_output=True, text=True, timeout=60, env=environment())  # fmt: skip
-    assert f"round {ROUNDS} of {ROUNDS}" in inspected.stdout, inspected.stdout + inspected.stderr
+    assert f"resuming after round {stopped_after}" in output, why
+    assert inspect_checkpoint(out) == (ROUNDS, ROUNDS), why
 
     # The same run without Slurm and without a stop. Not alongside the job: MPICH's ranks poll
     # while they wait, and four of them on two cores make every round several times slower.
     reference_out = tmp_path / "uninterrupted"
     reference = subprocess.run(
         command(2, ["--preset", "cifar100-dir0.1", *TINY.split(), "--out", str(reference_out)]),
-        capture_output=True, text=True, timeout=120, env=environment(),
+        check=False, capture_output=True, text=True, timeout=120, env=environment(),
     )  # fmt: skip
     assert reference.returncode == 0, reference.stdout + reference.stderr
     resumed_rows, reference_rows = metrics(out), metrics(reference_out)
