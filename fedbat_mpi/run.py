@@ -2,136 +2,22 @@
 
 Exit status: 0 when the run is finished; 2 with one line on stderr for a mistake the user can fix
 (bad option, missing data set, unreadable or mismatched checkpoint, too many ranks); 75 when a stop
-signal (SIGTERM, SIGUSR1) ended the run early with a checkpoint, to be continued with ``--resume``;
+signal (SIGTERM, SIGUSR1) ended the run early, with a checkpoint, to be continued with ``--resume``;
 1 after an unexpected failure on any rank, which ends every rank through ``MPI_Abort`` so that
 none is left waiting in a collective.
 """
 
-import os
 import sys
-import time
-import traceback
-from dataclasses import dataclass, replace
 
-import torch
-
-from . import checkpoint
-from .comm import Communicator
-from .config import Config, build_parser, parse_command_line, resumed_config
-from .data import load_dataset
-from .engine import Engine
-from .errors import UsageError
-from .report import Report
-from .signals import PREEMPTED, StopRequest
-
-
-@dataclass
-class Run:
-    """A run ready to go on this rank."""
-
-    config: Config
-    engine: Engine
-    checkpoint_path: str
-    resumed: checkpoint.RunState | None
-
-
-def _set_up(argv: list[str], comm: Communicator) -> Run:
-    invocation = parse_command_line(argv)
-    resumed = None
-    if invocation.resume is None:
-        config = Config(**invocation.options).validate()
-        if os.path.exists(os.path.join(config.out_dir, checkpoint.FILE_NAME)):
-            raise UsageError(
-                f"--out: {config.out_dir} already holds a checkpoint; add --resume to continue that run "
-                "or choose another --out"
-            )
-    else:
-        path = invocation.checkpoint_path()
-        resumed = checkpoint.load(path)
-        options = dict(invocation.options)
-        if invocation.resume and "out" not in options:
-            options["out"] = os.path.dirname(os.path.abspath(path))
-        config = resumed_config(resumed.config, options, resumed.round)
-    if comm.size > config.clients_per_round:
-        raise UsageError(
-            f"--clients-per-round: expected at least the number of MPI ranks ({comm.size}), "
-            f"got {config.clients_per_round}"
-        )
-    torch.set_num_threads(config.threads)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    config = replace(config, model=config.model or dataset.default_model)
-    engine = Engine(config, comm, dataset)
-    if resumed is not None:
-        engine.restore(resumed)
-    return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed)
-
-
-def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
-    """Set up on every rank; on a UsageError anywhere, the lowest failing rank prints it once."""
-    error: UsageError | None = None
-    try:
-        run = _set_up(argv, comm)
-    except UsageError as caught:
-        error, run = caught, None
-    failed = comm.lowest_rank_with(error is not None)
-    if failed is None:
-        return run
-    if comm.rank == failed:
-        where = "" if failed == 0 else f" (on rank {failed})"
-        print(f"fedbat_mpi: error{where}: {error}", file=sys.stderr, flush=True)
-    return None
-
-
-def train(argv: list[str], comm: Communicator) -> int:
-    """Set up, run the remaining rounds with checkpoints, and report; returns the exit status."""
-    start = time.perf_counter()
-    run = _agreed_set_up(argv, comm)
-    if run is None:
-        return UsageError.exit_status
-    config, engine = run.config, run.engine
-    stop = StopRequest()
-    history = run.resumed.metrics if run.resumed else []
-    report = Report(config, engine.float32_payload_bytes(), history) if comm.is_root else None
-    first = run.resumed.round + 1 if run.resumed else 1
-    if report is not None and run.resumed:
-        print(f"resuming after round {run.resumed.round} (checkpoint written on {run.resumed.num_ranks} ranks)", flush=True)
-    for round_index in range(first, config.rounds + 1):
-        result = engine.run_round(round_index)
-        if report is not None:
-            report.add(result)
-        stopping = comm.any(stop.requested)
-        due = config.checkpoint_every and round_index % config.checkpoint_every == 0
-        if stopping or due or round_index == config.rounds:
-            if report is not None:
-                checkpoint.save(run.checkpoint_path, engine.run_state(round_index, report.rows), config.num_clients)
-            comm.barrier()
-        if stopping:
-            if report is not None:
-                report.close()
-                print(f"stop signal received: checkpoint after round {round_index} in {run.checkpoint_path}; "
-                      f"continue with --resume (exit status {PREEMPTED})", flush=True)  # fmt: skip
-            return PREEMPTED
-    stop.restore()
-    if report is not None:
-        report.close()
-        print(report.summary(time.perf_counter() - start), flush=True)
-    return 0
+from .signals import StopRequest
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    comm = Communicator()
-    if "-h" in argv or "--help" in argv:
-        if comm.is_root:
-            build_parser().print_help()
-        return 0
-    try:
-        return train(argv, comm)
-    except BaseException:  # noqa: BLE001 - any failure must end every rank, not leave them waiting
-        traceback.print_exc()
-        sys.stderr.flush()
-        comm.abort(1)
-        return 1
+    # The handlers come first: a batch system may signal a job that is still importing torch.
+    stop = StopRequest()
+    from . import runner
+
+    return runner.main(sys.argv[1:] if argv is None else argv, stop)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ class StopRequest:
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        self.install()
+
+    def install(self) -> None:
+        """(Re)install the handlers, e.g. after a library replaced them; keeps what was received."""
+        for number in STOP_SIGNALS:
+            signal.signal(number, self._handle)
 
     @property
     def requested(self) -> bool:
@@ -30,7 +35,3 @@ class StopRequest:
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
         self.signal_name = signal.Signals(number).name
-
-    def restore(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)

@@ -151,3 +151,17 @@ def test_ef_signsgd_error_memory_survives_checkpoint_and_resume(tmp_path):
     done = launch(2, ["--resume", "--out", str(part), "--rounds", "4"])
     assert done.returncode == 0, done.stderr
     assert without_timings(metrics(part)) == without_timings(metrics(whole))
+
+
+def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(command(2, [*RUN, "--out", str(out)]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(pids := _rank_pids(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the ranks are importing torch and starting MPI now
+    os.kill(pids[1], signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "stop signal received before the first round" in stdout
