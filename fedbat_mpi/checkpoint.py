@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import UsageError
+from .errors import UsageError, run_command
 
 FORMAT = "fedbat_mpi checkpoint"
 FORMAT_VERSION = 1
@@ -198,13 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(argv) != 1 or argv[0].startswith("-"):
         print(usage, file=sys.stderr)
-        return 2
-    try:
-        print(describe(argv[0]))
-    except UsageError as error:
-        print(f"fedbat_mpi.checkpoint: error: {error}", file=sys.stderr)
-        return error.exit_status
-    return 0
+        return UsageError.exit_status
+    return run_command("fedbat_mpi.checkpoint", lambda: print(describe(argv[0])))
 
 
 if __name__ == "__main__":

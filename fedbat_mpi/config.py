@@ -17,7 +17,7 @@ import yaml
 from .algorithms import ALGORITHMS
 from .checkpoint import FILE_NAME
 from .data.partition import parse_scheme
-from .errors import UsageError
+from .errors import OneLineParser, UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
 # Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow).
@@ -108,14 +108,9 @@ def _paper_presets() -> dict[str, dict[str, Any]]:
 PRESETS: dict[str, dict[str, Any]] = {"embedded": {}, **_paper_presets()}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m fedbat_mpi.run``; every option shows its default."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m fedbat_mpi.run",
         description="FedBAT and its baselines, clients hosted by MPI ranks. "
         "With no options: FedBAT on the embedded Fashion-MNIST sample.",

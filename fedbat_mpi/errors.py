@@ -1,4 +1,8 @@
-"""The error type for mistakes a user can fix: bad options, missing files, mismatched state."""
+"""The error type for mistakes a user can fix, and how every command reports them."""
+
+import argparse
+import sys
+from collections.abc import Callable
 
 
 class UsageError(Exception):
@@ -9,3 +13,20 @@ class UsageError(Exception):
     """
 
     exit_status = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are UsageErrors (one line) instead of a usage block."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def run_command(prog: str, body: Callable[[], None]) -> int:
+    """Run a command's body; a UsageError becomes ``prog: error: ...`` on stderr and exit status 2."""
+    try:
+        body()
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return error.exit_status
+    return 0

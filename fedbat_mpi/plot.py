@@ -4,7 +4,6 @@ Runs are grouped by setting (data set and partition); each group gets one figure
 against the round and against the cumulative uplink bytes (log scale), one line per algorithm.
 """
 
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .errors import UsageError  # noqa: E402
+from .errors import OneLineParser, run_command  # noqa: E402
 from .runs import RunRecord, read_run  # noqa: E402
 
 
@@ -50,18 +49,17 @@ def plot_runs(folders: list[str], out: str) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedbat_mpi.plot", description=__doc__.split("\n")[0])
+def _command(argv: list[str] | None) -> None:
+    parser = OneLineParser(prog="python -m fedbat_mpi.plot", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
     args = parser.parse_args(argv)
-    try:
-        for path in plot_runs(args.runs, args.out):
-            print(path)
-    except UsageError as error:
-        print(f"fedbat_mpi.plot: error: {error}", file=sys.stderr)
-        return error.exit_status
-    return 0
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("fedbat_mpi.plot", lambda: _command(argv))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,9 @@ Per run: best and final test accuracy, the first round reaching the target accur
 bytes sent until then, and the uplink per client per round.
 """
 
-import argparse
 import sys
 
-from .errors import UsageError
+from .errors import OneLineParser, run_command
 from .runs import RunRecord, read_run
 
 
@@ -33,17 +32,16 @@ def table(runs: list[RunRecord], target: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedbat_mpi.summary", description=__doc__.split("\n")[0])
+def _command(argv: list[str] | None) -> None:
+    parser = OneLineParser(prog="python -m fedbat_mpi.summary", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--target", type=float, default=0.8, help="target test accuracy (default: 0.8)")
     args = parser.parse_args(argv)
-    try:
-        print(table([read_run(folder) for folder in args.runs], args.target))
-    except UsageError as error:
-        print(f"fedbat_mpi.summary: error: {error}", file=sys.stderr)
-        return error.exit_status
-    return 0
+    print(table([read_run(folder) for folder in args.runs], args.target))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("fedbat_mpi.summary", lambda: _command(argv))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_ef_signsgd_memory_carries_the_compression_error():
     task, _ = _tiny_task(num_steps=3)
     update = EFSignSGD().train(task)
     assert update.state.shape == (task.layout.update_size,)
-    p, signs = _corrected(update, task.layout), update.body.float() * 2 - 1
+    p = _corrected(update, task.layout)
     for index, seg in enumerate(task.layout.binarized):
         window = slice(seg.offset, seg.offset + seg.size)
         # upload = (||p||_1 / n) sign(p), memory = p - upload

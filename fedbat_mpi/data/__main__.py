@@ -13,17 +13,12 @@ from fedbat_mpi.config import Config
 from fedbat_mpi.data.datasets import DATASET_NAMES, load_dataset
 from fedbat_mpi.data.download import SOURCES, download
 from fedbat_mpi.data.partition import partition
-from fedbat_mpi.errors import UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
+from fedbat_mpi.errors import OneLineParser, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
     defaults = Config()
-    parser = _Parser(prog="python -m fedbat_mpi.data", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m fedbat_mpi.data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("download", help="fetch a data set from its official source (MD5-checked)")
     fetch.add_argument("name", choices=sorted(SOURCES))
@@ -54,21 +49,20 @@ def partition_stats(labels: np.ndarray, shards: list[np.ndarray], num_classes: i
     return "\n".join(lines)
 
 
+def _command(argv: list[str] | None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "download":
+        for path in download(args.name, args.data_dir):
+            print(f"verified {path}")
+    else:
+        dataset = load_dataset(args.dataset, args.data_dir)
+        labels = dataset.train_y.numpy()
+        shards = partition(labels, args.num_clients, args.partition, args.seed)
+        print(partition_stats(labels, shards, dataset.num_classes))
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if args.command == "download":
-            for path in download(args.name, args.data_dir):
-                print(f"verified {path}")
-        else:
-            dataset = load_dataset(args.dataset, args.data_dir)
-            labels = dataset.train_y.numpy()
-            shards = partition(labels, args.num_clients, args.partition, args.seed)
-            print(partition_stats(labels, shards, dataset.num_classes))
-    except UsageError as error:
-        print(f"fedbat_mpi.data: error: {error}", file=sys.stderr)
-        return error.exit_status
-    return 0
+    return run_command("fedbat_mpi.data", lambda: _command(argv))
 
 
 if __name__ == "__main__":
