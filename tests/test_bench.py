@@ -1,0 +1,38 @@
+"""Every benchmark in bench/ starts and writes its JSON (tiny sizes, ``--quick``; no timings checked)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+# (script, extra options, a key every result row has). At most 2 ranks, so the suite stays serial.
+SMOKE = [
+    ("codec", ["--models", "cnn4-mnist"], "pack_unpack_vs_copy_bool"),
+    ("aggregate", [], "decode_plus_aggregate_s"),
+    ("gather", ["--ranks", "2"], "fedbat_vs_raw"),
+    ("scaling", ["--ranks", "1"], "updates_per_s"),  # one 1-rank run: the cheapest real run
+    ("phases", ["--cases", "cnn4-svhn", "--rounds", "2"], "machinery_share"),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "key"), SMOKE, ids=[s[0] for s in SMOKE])
+def test_benchmark_starts_and_writes_json(name, options, key, tmp_path):
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json", str(out), *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == name
+    assert record["machine"]["cpu"] and record["machine"]["date_utc"]
+    assert record["results"] and all(key in row for row in record["results"])
+    assert f"wrote {out}" in done.stdout
