@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one short script (a few minutes):
 #   1. 1 and 2 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA);
-#   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank.
+#   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
+#   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
 # Usage: bench/gpu_check.sh [OUT_DIR]. Uses .venv/ when it exists; otherwise the machine's python3
 # with mpi4py and MPI wheels from .whl/ (see README, "GPU check").
 set -euo pipefail
@@ -37,3 +38,4 @@ for ranks in 8 1; do
     "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run --device cuda --out "$out/default-$ranks" | tail -n 6
     echo "default on $ranks rank(s) sharing one GPU: $(awk "BEGIN {print $(date +%s.%N) - $start}") s wall"
 done
+"$py" bench/scaling.py --ranks 1 2 4 8 --device cuda --clients-per-round 16 --rounds 4 --json "$out/scaling-gpu.json"
