@@ -12,9 +12,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .algorithms import ALGORITHMS  # noqa: E402
 from .errors import OneLineParser, run_command  # noqa: E402
 from .runs import RunRecord, read_run  # noqa: E402
+
+
+def _color(algorithm: str) -> str:
+    """The same colour for an algorithm in every figure."""
+    return f"C{ALGORITHMS.index(algorithm) % 10}" if algorithm in ALGORITHMS else "black"
 
 
 def plot_setting(setting: str, runs: list[RunRecord], path: Path) -> None:
@@ -22,11 +29,13 @@ def plot_setting(setting: str, runs: list[RunRecord], path: Path) -> None:
     for run in sorted(runs, key=lambda r: r.algorithm):
         rounds = [row["round"] for row in run.rows]
         accuracy = [100 * row["test_acc"] for row in run.rows]
-        by_round.plot(rounds, accuracy, marker=".", label=run.algorithm)
-        by_bytes.plot(run.cumulative_uplink(), accuracy, marker=".", label=run.algorithm)
+        style = {"marker": ".", "label": run.algorithm, "color": _color(run.algorithm)}
+        by_round.plot(rounds, accuracy, **style)
+        by_bytes.plot(run.cumulative_uplink(), accuracy, **style)
     by_round.set(xlabel="round", ylabel="test accuracy (%)", title=f"{setting}: accuracy by round")
     by_bytes.set(xlabel="uplink bytes (all clients, cumulative)", ylabel="test accuracy (%)", xscale="log",
                  title=f"{setting}: accuracy by uplink bytes")  # fmt: skip
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (by_round, by_bytes):
         axes.grid(alpha=0.3)
     by_round.legend()
