@@ -33,15 +33,24 @@ def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch
 
 
 class _StochasticBinarize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        x, b = _signs(m, alpha, u)
-        ctx.save_for_backward(x, b)
-        ctx.alpha_shape = alpha.shape
-        return alpha * b
+    """``alpha * b`` with the designed derivatives; also runs under ``torch.func.vmap``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def forward(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor):
+        x, b = _signs(m, alpha, u)
+        return alpha * b, x, b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, x, b = output
+        ctx.save_for_backward(x, b)
+        ctx.mark_non_differentiable(x, b)
+        ctx.alpha_shape = inputs[1].shape
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None]:
         x, b = ctx.saved_tensors
         inside = x.abs() <= 1
         grad_m = grad * inside
@@ -49,14 +58,22 @@ class _StochasticBinarize(torch.autograd.Function):
         return grad_m, grad_alpha.reshape(ctx.alpha_shape), None
 
 
+def binarize_with_noise(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``B(m; alpha)`` for given uniform noise ``u`` (same shape as ``m``)."""
+    return _StochasticBinarize.apply(m, alpha, u)[0]
+
+
 def binarize(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``B(m; alpha)`` with fresh noise from ``generator``; differentiable in ``m`` and ``alpha``."""
-    u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-    return _StochasticBinarize.apply(m, alpha, u)
+    return binarize_with_noise(m, alpha, uniform_noise(m, generator))
+
+
+def uniform_noise(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """U[0, 1) noise shaped like ``m``, drawn from ``generator``."""
+    return torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
 
 
 def sample_signs(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A fresh sample of the signs of ``B(m; alpha)`` as a bool tensor (True for +alpha)."""
     with torch.no_grad():
-        u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-        return _signs(m, alpha, u)[1] > 0
+        return _signs(m, alpha, uniform_noise(m, generator))[1] > 0

@@ -49,12 +49,13 @@ class Config:
     checkpoint_every: int = 10
     device: str = "auto"
     threads: int = 1
+    client_group: int = 1
     eval_batch_size: int = 500
 
     def validate(self) -> "Config":
         """Return self, or raise UsageError naming the first bad option."""
         positive = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
-                    "threads", "eval_batch_size")  # fmt: skip
+                    "threads", "eval_batch_size", "client_group")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 _fail(name, "a positive integer", getattr(self, name))

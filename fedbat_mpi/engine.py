@@ -121,10 +121,8 @@ class Engine:
             rows = received.view(np.float32).reshape(len(clients), self.state_size)
             self.client_states.update({int(c): row.copy() for c, row in zip(clients, rows)})
 
-    def train_client(
-        self, round_index: int, client_id: int, global_on_device: torch.Tensor, state: torch.Tensor | None = None
-    ) -> tuple[LocalUpdate, float]:
-        """Train one client from the global model; return its update and aggregation weight."""
+    def local_task(self, round_index: int, client_id: int, state: torch.Tensor | None) -> tuple[LocalTask, float]:
+        """One client's local training on this rank's model, and the client's aggregation weight."""
         config, device = self.config, self.device
 
         def generator(stream: Stream) -> torch.Generator:
@@ -132,8 +130,6 @@ class Engine:
 
         data = self.client_data(client_id)
         batches_per_epoch = data.num_batches(config.batch_size)
-        self.layout.load(self.model, global_on_device)
-        self.model.train()
         task = LocalTask(
             client_id=client_id,
             model=self.model,
@@ -147,7 +143,28 @@ class Engine:
             state=state,
         )
         weight = batches_per_epoch if config.weighting == "batches" else len(data)
-        return self.algorithm.train(task), float(weight)
+        return task, float(weight)
+
+    def client_groups(self, hosted: list[int]) -> list[list[int]]:
+        """This rank's clients in groups trained at once: up to ``--client-group`` clients with equal
+        sample counts (so their steps have equal shapes); single clients where grouping is off."""
+        if self.config.client_group == 1 or not self.algorithm.groupable:
+            return [[client] for client in hosted]
+        by_size: dict[int, list[int]] = {}
+        for client in hosted:
+            by_size.setdefault(len(self.client_indices[client]), []).append(client)
+        size = self.config.client_group
+        return [members[i : i + size] for members in by_size.values() for i in range(0, len(members), size)]
+
+    def train_clients(
+        self, round_index: int, group: list[int], global_on_device: torch.Tensor, states: dict[int, torch.Tensor]
+    ) -> list[tuple[LocalUpdate, float]]:
+        """Train a group of clients from the global model: their updates and aggregation weights."""
+        self.layout.load(self.model, global_on_device)
+        self.model.train()
+        tasks, weights = zip(*(self.local_task(round_index, c, states.get(c)) for c in group))
+        updates = self.algorithm.train_group(list(tasks)) if len(group) > 1 else [self.algorithm.train(tasks[0])]
+        return list(zip(updates, weights))
 
     def pack(self, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
         """The client's payload bytes (sign bits packed 8 per byte, or float32 values)."""
@@ -160,7 +177,7 @@ class Engine:
             train_loss=update.train_loss,
             kind=update.kind,
             scales=update.scales.detach().cpu().numpy(),
-            dense=self.layout.dense_vector(self.model).cpu().numpy(),
+            dense=update.dense.detach().cpu().numpy(),
             body=body,
             update_size=self.layout.update_size,
         )
@@ -177,13 +194,14 @@ class Engine:
             with timer("broadcast"):
                 states = self.send_client_states(clients)
         parts, new_states = [np.zeros(0, dtype=np.uint8)], []
-        for client_id in clients_of_rank(clients, comm.size, comm.rank).tolist():
+        for group in self.client_groups(clients_of_rank(clients, comm.size, comm.rank).tolist()):
             with timer("train"):
-                update, weight = self.train_client(round_index, client_id, global_on_device, states.get(client_id))
+                trained = self.train_clients(round_index, group, global_on_device, states)
             with timer("pack"):
-                parts.append(self.pack(client_id, update, weight))
-                if self.state_size:
-                    new_states.append(update.state.detach().float().cpu().numpy())
+                for client_id, (update, weight) in zip(group, trained):
+                    parts.append(self.pack(client_id, update, weight))
+                    if self.state_size:
+                        new_states.append(update.state.detach().float().cpu().numpy())
         with timer("gather"):
             received, _ = comm.gather_bytes(np.concatenate(parts))
             if self.state_size:

@@ -16,6 +16,6 @@ if Communicator().rank == failing_rank:
     def fail(*args, **kwargs):
         raise RuntimeError(f"injected failure on rank {failing_rank}")
 
-    engine.Engine.train_client = fail
+    engine.Engine.train_clients = fail
 
 sys.exit(run.main())

@@ -8,7 +8,7 @@ import torch
 from fedbat_mpi import binarize as binarize_module
 from fedbat_mpi.algorithms import FedBAT, LocalTask
 from fedbat_mpi.algorithms import fedbat as fedbat_module
-from fedbat_mpi.binarize import ALPHA_MAX, ALPHA_MIN, _StochasticBinarize, binarize, sample_signs, step_size
+from fedbat_mpi.binarize import ALPHA_MAX, ALPHA_MIN, binarize, binarize_with_noise, sample_signs, step_size
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 
@@ -47,7 +47,7 @@ def test_gradients_match_the_designed_derivatives_on_a_hand_computed_case():
     u = torch.tensor([0.9, 0.5, 0.2, 0.3, 0.0])
     # xi = floor((x + 1)/2 + u): [floor(-1+0.9), floor(0+0.5), floor(0.75+0.2), floor(0.75+0.3), floor(1.5)]
     #    = [-1 -> 0, 0, 0, 1, 1 -> 1]  so b = [-1, -1, -1, +1, +1]
-    out = _StochasticBinarize.apply(m, alpha, u)
+    out = binarize_with_noise(m, alpha, u)
     assert torch.allclose(out, torch.tensor([-0.1, -0.1, -0.1, 0.1, 0.1]))
     g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     (out * g).sum().backward()

@@ -30,11 +30,12 @@ class LocalTask:
 
 @dataclass
 class LocalUpdate:
-    """What a client uploads besides its dense (BatchNorm) tensors."""
+    """What a client uploads, and what it keeps."""
 
     kind: BodyKind
     scales: torch.Tensor  # float32, one per binarized tensor for sign bodies, else empty
     body: torch.Tensor  # bool signs (True for +scale) or float32 update values, flat
+    dense: torch.Tensor  # the dense (BatchNorm) tensors after training, flat float32
     train_loss: float
     state: torch.Tensor | None = None  # the client's new persistent state, kept by rank 0
 
@@ -49,6 +50,7 @@ class Algorithm(ABC):
     name: str
     kind: BodyKind
     state_name: str | None = None  # per-client state kept between rounds (and in checkpoints)
+    groupable: bool = False  # implements train_group
 
     def state_size(self, layout: ModelLayout) -> int:
         """The number of float32 values of per-client state; 0 for stateless algorithms."""
@@ -57,6 +59,10 @@ class Algorithm(ABC):
     @abstractmethod
     def train(self, task: LocalTask) -> LocalUpdate:
         """Train one client from the global model and return its update."""
+
+    def train_group(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
+        """Train clients with equal step shapes at once, as ``train`` would one by one (``grouped.py``)."""
+        raise NotImplementedError(f"{self.name} trains clients one at a time")
 
 
 def local_sgd_update(task: LocalTask) -> tuple[torch.Tensor, float]:

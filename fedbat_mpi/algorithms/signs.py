@@ -49,7 +49,8 @@ class PostTrainingSign(Algorithm):
         delta, loss = local_sgd_update(task)
         upload = task.generator(Stream.UPLOAD)
         scales, signs = zip(*(self.compress(d, upload) for d in _per_tensor(task.layout, delta)))
-        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), loss)
+        dense = task.layout.dense_vector(task.model)
+        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), dense, loss)
 
 
 class SignSGD(PostTrainingSign):
@@ -98,4 +99,5 @@ class EFSignSGD(Algorithm):
             scales.append(scale)
             signs.append(positive)
             memory.append(p - scale * (positive.to(p.dtype) * 2 - 1))
-        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), loss, torch.cat(memory))
+        dense = task.layout.dense_vector(task.model)
+        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), dense, loss, torch.cat(memory))
