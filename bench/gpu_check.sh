@@ -3,23 +3,11 @@
 #   1. 1 and 2 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
-# Usage: bench/gpu_check.sh [OUT_DIR]. Uses .venv/ when it exists; otherwise the machine's python3
-# with mpi4py and MPI wheels from .whl/ (see README, "GPU check").
+# Usage: bench/gpu_check.sh [OUT_DIR] (environment: bench/gpu_env.sh).
 set -euo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-check}}
 mkdir -p "$out"
-if [ -x .venv/bin/python ]; then
-    py=.venv/bin/python
-else
-    # A venv that sees python3's own packages (torch) through a .pth file, with MPI wheels on top.
-    python3 -m venv /tmp/fedbat-venv
-    py=/tmp/fedbat-venv/bin/python
-    python3 -c "import site; print('\n'.join(site.getsitepackages()))" \
-        >"$("$py" -c "import site; print(site.getsitepackages()[0])")/machine-packages.pth"
-    "$py" -m pip install -q --no-index --no-deps .whl/*.whl
-fi
-mpirun=$(dirname "$py")/mpirun
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+source bench/gpu_env.sh
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
 
 tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --device cuda)
