@@ -4,7 +4,8 @@ For each model and number of clients, a fresh Python process builds that many re
 (random signs, FedBAT-range step sizes, BatchNorm tensors), encodes them into one buffer as rank 0
 receives it from the gather, and times
 
-- ``decode``: ``codec.decode_all(buffer)`` (header parsing; the payloads stay views into the buffer);
+- ``decode``: ``codec.decode_all(buffer, shape)`` (header parsing and checks; the payloads stay views into
+  the buffer);
 - ``aggregate``: ``aggregate.aggregate(layout, global_vector, payloads)``: its first call (``cold``:
   fresh pages for its temporaries) and the median of ``--repeats`` further calls (``warm``: what
   every round after the first costs in a long run), with the minor page faults of each (a fault is a
@@ -89,16 +90,15 @@ def measure(model: str, clients: int, repeats: int) -> dict:
     layout, net = benchlib.model_layout(model)
     global_vector = layout.global_vector(net)
     rss_start = max_rss_mb()
-    size = codec.payload_size(
-        codec.BodyKind.SIGNS, layout.update_size, len(layout.binarized), layout.dense_size
-    )
+    shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
+    size = shape.size
     buffer = np.empty(clients * size, dtype=np.uint8)  # what rank 0's gather delivers
     for client in range(clients):
         buffer[client * size : (client + 1) * size] = codec.encode(benchlib.make_payload(layout, client))
     rss_payloads = max_rss_mb()
 
     start = time.perf_counter()
-    payloads = codec.decode_all(buffer)
+    payloads = codec.decode_all(buffer, shape)
     decode_s = time.perf_counter() - start
     faults = minor_faults()
     start = time.perf_counter()
@@ -123,7 +123,7 @@ def measure(model: str, clients: int, repeats: int) -> dict:
     decodes = []
     for _ in range(repeats):
         start = time.perf_counter()
-        codec.decode_all(buffer)
+        codec.decode_all(buffer, shape)
         decodes.append(time.perf_counter() - start)
     del result, again
     tracemalloc.start()

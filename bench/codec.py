@@ -73,8 +73,10 @@ def measure(model: str, repeats: int, copies: int | None, memory_mb: int) -> dic
     def take() -> dict:  # consecutive calls touch different sets; one set returns after `copies` calls
         return sets[next(turn) % copies]
 
+    shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
+
     def decode_and_unpack():
-        for p in codec.decode_all(take()["encoded"]):
+        for p in codec.decode_all(take()["encoded"], shape):
             p.signs()
 
     def copy(source: str, destination: str):

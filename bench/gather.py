@@ -70,7 +70,8 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
 
     received, _ = comm.gather_bytes(data)  # check what arrives before timing it
     if comm.is_root:
-        assert [p.client_id for p in codec.decode_all(received)] == list(range(clients))
+        shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
+        assert [p.client_id for p in codec.decode_all(received, shape)] == list(range(clients))
     variants = {"fedbat": fedbat, "raw": raw, "raw_fresh": raw_fresh, "counts": counts_only}
     times = {name: [] for name in variants}
     for turn in range(repeats + 1):  # turn 0 is untimed warm-up

@@ -4,16 +4,20 @@ For sign bodies, ``w_l <- w_l + sum_k p_k alpha_{k,l} b_{k,l}`` per binarized te
 (FEDBAT.md §1.8); for float32 bodies, ``w <- w + sum_k p_k delta_k``. Dense tensors become
 ``sum_k p_k dense_k``. Weights ``p_k`` are the clients' weights normalised to sum to 1. Clients are
 summed in client-id order, so the result does not depend on which rank hosted which client.
+
+The payloads come checked by ``codec.decode_all``; their float32 arrays are not scanned one by one.
+Instead the new global vector is checked once (``np.isfinite``), and only if it is not finite are the
+payloads searched for the client responsible (``codec.PayloadError``), so no NaN model goes out.
 """
 
 import numpy as np
 
-from .codec import BodyKind, Payload
+from .codec import BodyKind, Payload, non_finite_error
 from .layout import ModelLayout
 
 
 def aggregate(layout: ModelLayout, global_vector: np.ndarray, payloads: list[Payload]) -> np.ndarray:
-    """The new global vector (float32) after one round's ``payloads``."""
+    """The new global vector (float32) after one round's ``payloads``; PayloadError if it is not finite."""
     if not payloads:
         raise ValueError("no client payloads to aggregate")
     payloads = sorted(payloads, key=lambda p: p.client_id)
@@ -34,4 +38,6 @@ def aggregate(layout: ModelLayout, global_vector: np.ndarray, payloads: list[Pay
         new[seg.global_offset : seg.global_offset + seg.size] += update[seg.offset : seg.offset + seg.size]
     for seg in layout.dense:
         new[seg.global_offset : seg.global_offset + seg.size] = dense[seg.offset : seg.offset + seg.size]
+    if not np.isfinite(new).all():
+        raise non_finite_error(payloads)
     return new

@@ -24,13 +24,27 @@ offset type    field
 
 So a sign payload is ``align8(48 + 4*S + 4*D + ceil(d/8))`` bytes and a float32 payload
 ``align8(48 + 4*D + 4*d)`` bytes (:func:`payload_size`).
+
+Rank 0 reads a round's payloads with :func:`decode_all` against the :class:`PayloadShape` that this
+run's model and algorithm produce, and raises :class:`PayloadError` (naming the byte offset, the client
+and the cause) for: a truncated buffer, bad magic, another format version, an unknown body kind, a
+header whose body kind, S, d or D differs from the expected shape, an aggregation weight that is not
+finite and > 0, a scale that is not finite and >= 0 (zero is a zero update), and a client id sent
+twice. The other float32 values (dense tensors, float32 bodies) are not scanned here: the aggregation
+checks that the new global model is finite and, only when it is not, names the client responsible.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .layout import ModelLayout
 
 MAGIC = b"FBAT"
 VERSION = 1
@@ -41,6 +55,13 @@ HEADER_SIZE = _HEADER.size
 class BodyKind(IntEnum):
     SIGNS = 1
     FLOAT32 = 2
+
+
+_KINDS = frozenset(BodyKind)
+
+
+class PayloadError(ValueError):
+    """A client payload that rank 0 cannot use: malformed, not this run's shape, or bad values."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,26 @@ def payload_size(kind: BodyKind, update_size: int, num_scales: int, dense_size: 
     return _align8(HEADER_SIZE + floats + _body_size(kind, update_size))
 
 
+@dataclass(frozen=True)
+class PayloadShape:
+    """The body kind and dimensions that every payload of a run must declare in its header."""
+
+    kind: BodyKind
+    num_scales: int  # S
+    update_size: int  # d
+    dense_size: int  # D
+
+    @classmethod
+    def of(cls, layout: "ModelLayout", kind: BodyKind) -> "PayloadShape":
+        """The shape of a model's payloads: one scale per binarized tensor for sign bodies, else none."""
+        num_scales = len(layout.binarized) if kind is BodyKind.SIGNS else 0
+        return cls(kind, num_scales, layout.update_size, layout.dense_size)
+
+    @cached_property
+    def size(self) -> int:
+        return payload_size(self.kind, self.update_size, self.num_scales, self.dense_size)
+
+
 def pack_signs(positive: np.ndarray) -> np.ndarray:
     """Pack a bool array (True for +scale) into bytes, 8 entries per byte."""
     return np.packbits(positive.reshape(-1))
@@ -102,35 +143,101 @@ def encode(payload: Payload) -> np.ndarray:
     return out
 
 
-def decode(buffer: np.ndarray, offset: int = 0) -> tuple[Payload, int]:
-    """Read the payload starting at ``offset``; return it and the offset of the next one."""
-    if buffer.size - offset < HEADER_SIZE:
-        raise ValueError(f"truncated payload header at byte {offset}")
+def decode(buffer: np.ndarray, expected: PayloadShape, offset: int = 0) -> tuple[Payload, int]:
+    """Read the payload at ``offset`` and check its header against ``expected``; return the payload
+    and the offset of the next one. Scales and duplicates are checked by :func:`decode_all`."""
+    left = buffer.size - offset
+    if left < HEADER_SIZE:
+        raise PayloadError(f"payload at byte {offset}: truncated header ({left} of {HEADER_SIZE} bytes)")
     magic, version, kind, _, client_id, num_scales, update_size, dense_size, weight, loss = (
         _HEADER.unpack_from(buffer, offset)
     )
-    if magic != MAGIC or version != VERSION:
-        raise ValueError(f"not a version-{VERSION} FedBAT payload at byte {offset}")
-    kind = BodyKind(kind)
-    end = offset + payload_size(kind, update_size, num_scales, dense_size)
-    if end > buffer.size:
-        raise ValueError(f"truncated payload of client {client_id} at byte {offset}")
+    if magic != MAGIC:
+        raise PayloadError(f"payload at byte {offset}: bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise PayloadError(f"payload at byte {offset}: format version {version}, expected {VERSION}")
+    where = f"payload at byte {offset} (client {client_id})"
+    header = (kind, num_scales, update_size, dense_size)
+    if header != (expected.kind, expected.num_scales, expected.update_size, expected.dense_size):
+        raise PayloadError(f"{where}: {_mismatch(header, expected)}")
+    if not 0 < weight < math.inf:
+        raise PayloadError(f"{where}: aggregation weight {weight}, expected a finite number > 0")
+    size = expected.size
+    if left < size:
+        raise PayloadError(f"{where}: truncated ({left} of {size} bytes)")
     start = offset + HEADER_SIZE
     floats = np.frombuffer(buffer, dtype="<f4", count=num_scales + dense_size, offset=start)
     body_start = start + 4 * floats.size
-    body = buffer[body_start : body_start + _body_size(kind, update_size)]
-    if kind is BodyKind.FLOAT32:
+    body = buffer[body_start : body_start + _body_size(expected.kind, update_size)]
+    if expected.kind is BodyKind.FLOAT32:
         body = np.frombuffer(buffer, dtype="<f4", count=update_size, offset=body_start)
     payload = Payload(
-        client_id, weight, loss, kind, floats[:num_scales], floats[num_scales:], body, update_size
+        client_id, weight, loss, expected.kind, floats[:num_scales], floats[num_scales:], body, update_size
     )
-    return payload, end
+    return payload, offset + size
 
 
-def decode_all(buffer: np.ndarray) -> list[Payload]:
-    """Every payload in a buffer of concatenated payloads."""
-    payloads, offset = [], 0
+def _mismatch(header: tuple[int, int, int, int], expected: PayloadShape) -> str:
+    """Why a header's (kind, S, d, D) differs from the expected shape."""
+    kind, num_scales, update_size, dense_size = header
+    if kind not in _KINDS:
+        return f"unknown body kind {kind}"
+    if kind != expected.kind:
+        return f"body kind {BodyKind(kind).name}, this run's algorithm sends {expected.kind.name}"
+    if num_scales != expected.num_scales:
+        return f"{num_scales} scales, this run's model and algorithm send {expected.num_scales}"
+    if update_size != expected.update_size:
+        return f"update size d = {update_size}, the model's binarized tensors have {expected.update_size}"
+    return f"dense size D = {dense_size}, the model's dense tensors have {expected.dense_size}"
+
+
+def decode_all(buffer: np.ndarray, expected: PayloadShape) -> list[Payload]:
+    """Every payload in a round's buffer of concatenated payloads, checked as the module docstring says."""
+    payloads, offsets, offset = [], {}, 0  # offsets: client id -> byte offset of its payload
     while offset < buffer.size:
-        payload, offset = decode(buffer, offset)
+        payload, end = decode(buffer, expected, offset)
+        client = payload.client_id
+        if client in offsets:
+            where = f"payload at byte {offset} (client {client})"
+            raise PayloadError(f"{where}: duplicate client id (first sent at byte {offsets[client]})")
         payloads.append(payload)
+        offsets[client] = offset
+        offset = end
+    scales = np.concatenate([np.zeros(0, np.float32), *(p.scales for p in payloads)])
+    if not _valid_scales(scales).all():  # one check for the round; the search below only on failure
+        raise _scale_error(payloads, offsets)
     return payloads
+
+
+def _valid_scales(scales: np.ndarray) -> np.ndarray:
+    """True where a scale is finite and >= 0 (NaN fails both comparisons)."""
+    return (scales >= 0) & (scales < np.inf)
+
+
+def _scale_error(payloads: list[Payload], offsets: dict[int, int]) -> PayloadError:
+    """The error for the first payload with a scale that is not finite and >= 0."""
+    payload = next(p for p in payloads if not _valid_scales(p.scales).all())
+    index = int(np.argmin(_valid_scales(payload.scales)))
+    return PayloadError(
+        f"payload at byte {offsets[payload.client_id]} (client {payload.client_id}): scale {index} is "
+        f"{payload.scales[index]}, expected a finite number >= 0"
+    )
+
+
+def non_finite_error(payloads: list[Payload]) -> PayloadError:
+    """Why a round's new global model is not finite: the first client (in id order) with a non-finite
+    weight or float32 value, else overflow. The slow search, run only after the cheap check failed."""
+    for payload in sorted(payloads, key=lambda p: p.client_id):
+        where = f"client {payload.client_id}"
+        if not math.isfinite(payload.weight):
+            return PayloadError(f"{where}: aggregation weight {payload.weight} is not finite")
+        arrays = {"scale": payload.scales, "dense value": payload.dense}
+        if payload.kind is BodyKind.FLOAT32:
+            arrays["update value"] = payload.body
+        for name, values in arrays.items():
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                index = int(bad[0])
+                cause = f"{name} {index} is {values[index]}"
+                return PayloadError(f"{where}: {cause}; the new global model would not be finite")
+    return PayloadError("the new global model is not finite though every payload's values are: overflow")

@@ -7,6 +7,7 @@ checkpoint's configuration instead of the defaults, and may change only what doe
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -61,12 +62,12 @@ class Config:
                 _fail(name, "a positive integer", getattr(self, name))
         if self.algorithm not in ALGORITHMS:
             _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
-        if not self.lr > 0:
-            _fail("lr", "a positive number", self.lr)
-        if not self.rho >= 0:
-            _fail("rho", "a number >= 0", self.rho)
-        if not self.zsign_sigma > 0:
-            _fail("zsign_sigma", "a positive number", self.zsign_sigma)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            _fail("lr", "a positive finite number", self.lr)
+        if not (self.rho >= 0 and math.isfinite(self.rho)):
+            _fail("rho", "a finite number >= 0", self.rho)
+        if not (self.zsign_sigma > 0 and math.isfinite(self.zsign_sigma)):
+            _fail("zsign_sigma", "a positive finite number", self.zsign_sigma)
         if not 0 <= self.warmup <= 1:
             _fail("warmup", "a fraction in [0, 1]", self.warmup)
         if self.checkpoint_every < 0:

@@ -5,19 +5,30 @@ import torch
 from .errors import UsageError
 
 
-def select_device(option: str, local_rank: int) -> torch.device:
-    """``--device``: ``auto`` takes ``cuda:(local_rank % #GPUs)`` when CUDA works, else the CPU."""
-    if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
+def choose_device(option: str, local_rank: int, cuda_available: bool, gpu_count: int) -> torch.device:
+    """The device ``--device option`` names on a node with ``gpu_count`` usable GPUs.
+
+    ``auto`` takes ``cuda:(local_rank % #GPUs)`` when CUDA works, else the CPU; ``cuda`` does the
+    same but refuses a node without CUDA; ``cuda:N`` must name a visible GPU.
+    """
+    if option == "cpu" or (option == "auto" and not cuda_available):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
+    if not cuda_available or gpu_count < 1:
         raise UsageError(f"--device: {option} requested but CUDA is not available on this node")
     if option in ("auto", "cuda"):
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    else:
-        device = torch.device(option)
-        if device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device: {option} but only {torch.cuda.device_count()} GPUs are visible")
-    torch.cuda.set_device(device)
-    torch.backends.cudnn.deterministic = True  # same model for any number of ranks on GPUs too
-    torch.backends.cudnn.benchmark = False
+        return torch.device("cuda", local_rank % gpu_count)
+    device = torch.device(option)
+    if device.index >= gpu_count:
+        raise UsageError(f"--device: {option} but only {gpu_count} GPUs are visible")
+    return device
+
+
+def select_device(option: str, local_rank: int) -> torch.device:
+    """This rank's device for ``--device option``; on a GPU, made current with deterministic cuDNN."""
+    available = torch.cuda.is_available()
+    device = choose_device(option, local_rank, available, torch.cuda.device_count() if available else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.deterministic = True  # same model for any number of ranks on GPUs too
+        torch.backends.cudnn.benchmark = False
     return device

@@ -208,7 +208,11 @@ class Engine:
                 self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
-                payloads = codec.decode_all(received)
+                payloads = codec.decode_all(received, codec.PayloadShape.of(self.layout, self.algorithm.kind))
+                sent = sorted(p.client_id for p in payloads)
+                if sent != clients.tolist():
+                    raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
+                                             f"the round sampled {clients.tolist()}")  # fmt: skip
                 new_global = aggregate(self.layout, self.global_vector, payloads)
             else:
                 new_global = np.empty_like(self.global_vector)

@@ -36,3 +36,27 @@ def test_benchmark_starts_and_writes_json(name, options, key, tmp_path):
     assert record["machine"]["cpu"] and record["machine"]["date_utc"]
     assert record["results"] and all(key in row for row in record["results"])
     assert f"wrote {out}" in done.stdout
+
+
+def _write_run(folder: Path, shas: list[str], time_s: float = 1.0) -> Path:
+    folder.mkdir()
+    rows = [{"round": r, "test_acc": 0.5, "model_sha256": sha, "time_s": time_s, "phase_s": {"train": time_s}}
+            for r, sha in enumerate(shas, start=1)]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("other", "status", "needle"),
+    [
+        (["a", "b"], 0, "identical"),
+        (["a", "c"], 1, "round 2: model_sha256 differ"),
+        (["a"], 1, "1 rounds instead of 2"),
+    ],
+)
+def test_same_runs_fails_when_runs_differ_and_ignores_timings(tmp_path, other, status, needle):
+    first = _write_run(tmp_path / "first", ["a", "b"])
+    second = _write_run(tmp_path / "second", other, time_s=9.0)
+    done = subprocess.run([sys.executable, str(BENCH / "same_runs.py"), str(first), str(second)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == status and needle in done.stdout, done.stdout + done.stderr

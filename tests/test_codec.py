@@ -1,4 +1,8 @@
-"""The wire format: bit packing, payload layout and size, and the server aggregation."""
+"""The wire format: bit packing, payload layout and size, what decoding rejects, the server aggregation."""
+
+import dataclasses
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -52,7 +56,7 @@ def test_payload_round_trip_and_documented_size(layouts, model_key, kind):
     body = -(-d // 8) if kind is codec.BodyKind.SIGNS else 4 * d
     assert raw.size == codec.payload_size(kind, d, num_scales, dense)
     assert raw.size == -(-(48 + 4 * num_scales + 4 * dense + body) // 8) * 8
-    decoded, end = codec.decode(raw)
+    decoded, end = codec.decode(raw, codec.PayloadShape.of(layout, kind))
     assert end == raw.size
     assert (decoded.client_id, decoded.weight, decoded.train_loss, decoded.kind) == (
         payload.client_id, payload.weight, payload.train_loss, payload.kind)  # fmt: skip
@@ -73,21 +77,11 @@ def test_fedbat_payload_is_one_bit_per_weight_plus_scales_and_batchnorm(layouts)
 
 def test_concatenated_payloads_decode_in_order(layouts):
     layout, _ = layouts[("cnn4-mnist", 10)]
-    payloads = [make_payload(layout, cid, kind) for cid, kind in [(3, codec.BodyKind.SIGNS), (1, codec.BodyKind.FLOAT32), (2, codec.BodyKind.SIGNS)]]
-    decoded = codec.decode_all(np.concatenate([codec.encode(p) for p in payloads]))
+    payloads = [make_payload(layout, cid, codec.BodyKind.SIGNS) for cid in (3, 1, 2)]
+    shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
+    decoded = codec.decode_all(np.concatenate([codec.encode(p) for p in payloads]), shape)
     assert [p.client_id for p in decoded] == [3, 1, 2]
     assert all(np.array_equal(a.body, b.body) for a, b in zip(decoded, payloads))
-
-
-def test_corrupt_or_truncated_buffers_are_refused(layouts):
-    layout, _ = layouts[("cnn4-mnist", 10)]
-    raw = codec.encode(make_payload(layout, 1, codec.BodyKind.SIGNS))
-    with pytest.raises(ValueError, match="truncated"):
-        codec.decode(raw[:-8])
-    bad = raw.copy()
-    bad[:4] = np.frombuffer(b"XXXX", dtype=np.uint8)
-    with pytest.raises(ValueError, match="not a version-1"):
-        codec.decode(bad)
 
 
 @pytest.mark.parametrize("kind", list(codec.BodyKind))
@@ -100,3 +94,174 @@ def test_aggregation_equals_the_per_tensor_reference(layouts, kind):
     np.testing.assert_allclose(result, reference_aggregate(layout, global_vector, payloads), rtol=1e-5, atol=1e-6)
     # Client order in the input does not matter: rank 0 sums in client-id order.
     assert model_sha256(aggregate(layout, global_vector, payloads[::-1])) == model_sha256(result)
+
+
+# ---- the wire format pinned: payloads written out byte by byte from the module docstring's table ----
+
+# A model with two binarized tensors (8 + 3 = 11 entries, so S = 2, d = 11) and one dense one (D = 3).
+TINY_SIGNS = [True, False, True, True, False, False, False, True, True, True, False]
+TINY_SIGN_BYTES = bytes.fromhex(
+    "46424154"  # 0: magic "FBAT"
+    "0100"  # 4: version 1 (uint16)
+    "01"  # 6: body kind 1, sign bits
+    "00"  # 7: reserved
+    "03000000"  # 8: client id 3 (uint32)
+    "02000000"  # 12: S = 2 (uint32)
+    "0b00000000000000"  # 16: d = 11 (uint64)
+    "0300000000000000"  # 24: D = 3 (uint64)
+    "0000000000000040"  # 32: weight 2.0 (float64)
+    "000000000000e03f"  # 40: train loss 0.5 (float64)
+    "0000803e" "0000003e"  # 48: scales 0.25, 0.125 (float32)
+    "0000803f" "000000c0" "0000003f"  # 56: dense 1.0, -2.0, 0.5 (float32)
+    "b1"  # 68: entries 1-8, first in the most significant bit: 1011 0001
+    "c0"  # 69: entries 9-11, then zero bits: 110 00000
+    "0000"  # 70: zero padding to 72 = align8(48 + 4*2 + 4*3 + 2)
+)  # fmt: skip
+TINY_FLOAT32_BYTES = bytes.fromhex(
+    "46424154" "0100" "02" "00"  # 0: magic, version 1, body kind 2 (float32 values), reserved
+    "02010000"  # 8: client id 258
+    "00000000"  # 12: S = 0
+    "0300000000000000"  # 16: d = 3
+    "0100000000000000"  # 24: D = 1
+    "0000000000000840"  # 32: weight 3.0
+    "000000000000e03f"  # 40: train loss 0.5
+    "000000c0"  # 48: dense -2.0
+    "0000803f" "0000003f" "000080be"  # 52: values 1.0, 0.5, -0.25; 64 = align8(48 + 4 + 12), no padding
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_layouts() -> dict:
+    """For sign payloads: two binarized tensors of 8 and 3 entries and a dense one of 3 (the bias);
+    for float32 payloads: a binarized tensor of 3 entries and a dense one of 1."""
+    signs = torch.nn.Sequential(torch.nn.Linear(2, 4, bias=False), torch.nn.Linear(1, 3))
+    floats = torch.nn.Sequential(torch.nn.Linear(1, 3, bias=False), torch.nn.Linear(1, 1, bias=False))
+    return {
+        codec.BodyKind.SIGNS: ModelLayout(signs, ["0.weight", "1.weight"]),
+        codec.BodyKind.FLOAT32: ModelLayout(floats, ["0.weight"]),
+    }
+
+
+def _tiny_sign_payload(client_id: int = 3) -> codec.Payload:
+    scales, dense = np.float32([0.25, 0.125]), np.float32([1.0, -2.0, 0.5])
+    body = codec.pack_signs(np.array(TINY_SIGNS))
+    return codec.Payload(client_id, 2.0, 0.5, codec.BodyKind.SIGNS, scales, dense, body, 11)
+
+
+def _tiny_float32_payload(client_id: int = 258) -> codec.Payload:
+    values, dense = np.float32([1.0, 0.5, -0.25]), np.float32([-2.0])
+    return codec.Payload(client_id, 3.0, 0.5, codec.BodyKind.FLOAT32, np.float32([]), dense, values, 3)
+
+
+def _signs_shape() -> codec.PayloadShape:
+    return codec.PayloadShape(codec.BodyKind.SIGNS, 2, 11, 3)
+
+
+def test_a_sign_payload_is_exactly_the_documented_bytes(tiny_layouts):
+    tiny_layout = tiny_layouts[codec.BodyKind.SIGNS]
+    assert codec.encode(_tiny_sign_payload()).tobytes() == TINY_SIGN_BYTES
+    assert codec.PayloadShape.of(tiny_layout, codec.BodyKind.SIGNS) == _signs_shape()
+    assert _signs_shape().size == len(TINY_SIGN_BYTES) == 72
+    raw = np.frombuffer(TINY_SIGN_BYTES, dtype=np.uint8)
+    payload, end = codec.decode(raw, _signs_shape())
+    assert end == 72
+    assert (payload.client_id, payload.weight, payload.train_loss) == (3, 2.0, 0.5)
+    assert payload.kind is codec.BodyKind.SIGNS
+    assert payload.scales.tolist() == [0.25, 0.125] and payload.dense.tolist() == [1.0, -2.0, 0.5]
+    assert payload.signs().tolist() == [int(s) for s in TINY_SIGNS]
+    # Bit 1 means +scale: aggregated alone onto a zero model, each entry is +-its tensor's scale.
+    new = aggregate(tiny_layout, np.zeros(tiny_layout.global_size, np.float32), [payload])
+    a, b = 0.25, 0.125
+    assert new.tolist() == [a, -a, a, a, -a, -a, -a, a] + [b, b, -b] + [1.0, -2.0, 0.5]
+
+
+def test_a_float32_payload_is_exactly_the_documented_bytes(tiny_layouts):
+    assert codec.encode(_tiny_float32_payload()).tobytes() == TINY_FLOAT32_BYTES
+    shape = codec.PayloadShape(codec.BodyKind.FLOAT32, 0, 3, 1)
+    assert codec.PayloadShape.of(tiny_layouts[codec.BodyKind.FLOAT32], codec.BodyKind.FLOAT32) == shape
+    assert shape.size == len(TINY_FLOAT32_BYTES) == 64
+    payload, end = codec.decode(np.frombuffer(TINY_FLOAT32_BYTES, dtype=np.uint8), shape)
+    assert end == 64 and (payload.client_id, payload.weight, payload.train_loss) == (258, 3.0, 0.5)
+    assert payload.kind is codec.BodyKind.FLOAT32
+    assert payload.scales.size == 0 and payload.dense.tolist() == [-2.0]
+    assert payload.body.dtype == np.float32 and payload.body.tolist() == [1.0, 0.5, -0.25]
+
+
+# ---- what decoding rejects: each defect in the second payload of a round (at byte 72) ----
+
+
+def _patched(offset: int, fmt: str, value) -> np.ndarray:
+    raw = bytearray(TINY_SIGN_BYTES)
+    struct.pack_into(fmt, raw, offset, value)
+    return np.frombuffer(bytes(raw), dtype=np.uint8)
+
+
+DEFECTS = {
+    "bad-magic": (_patched(0, "<4s", b"FBAX"), "payload at byte 72: bad magic b'FBAX', expected b'FBAT'"),
+    "version": (_patched(4, "<H", 2), "payload at byte 72: format version 2, expected 1"),
+    "unknown-kind": (_patched(6, "<B", 7), "payload at byte 72 (client 3): unknown body kind 7"),
+    "other-kind": (_patched(6, "<B", 2), "(client 3): body kind FLOAT32, this run's algorithm sends SIGNS"),
+    "scales": (_patched(12, "<I", 3), "(client 3): 3 scales, this run's model and algorithm send 2"),
+    "update-size": (_patched(16, "<Q", 12), "(client 3): update size d = 12, the model's binarized tensors"),
+    "dense-size": (_patched(24, "<Q", 4), "(client 3): dense size D = 4, the model's dense tensors have 3"),
+    "nan-weight": (_patched(32, "<d", np.nan), "(client 3): aggregation weight nan, expected a finite"),
+    "inf-weight": (_patched(32, "<d", np.inf), "(client 3): aggregation weight inf, expected"),
+    "zero-weight": (_patched(32, "<d", 0.0), "(client 3): aggregation weight 0.0, expected"),
+    "negative-weight": (_patched(32, "<d", -2.0), "(client 3): aggregation weight -2.0, expected"),
+    "nan-scale": (_patched(52, "<f", np.nan), "(client 3): scale 1 is nan, expected a finite number >= 0"),
+    "inf-scale": (_patched(48, "<f", np.inf), "(client 3): scale 0 is inf, expected"),
+    "negative-scale": (_patched(48, "<f", -0.25), "(client 3): scale 0 is -0.25, expected"),
+    "truncated": (np.frombuffer(TINY_SIGN_BYTES[:64], np.uint8), "(client 3): truncated (64 of 72 bytes)"),
+    "truncated-header": (np.frombuffer(TINY_SIGN_BYTES[:40], np.uint8), "at byte 72: truncated header"),
+    "duplicate": (_patched(8, "<I", 4), "at byte 72 (client 4): duplicate client id (first sent at byte 0)"),
+}
+
+
+@pytest.mark.parametrize("defect", DEFECTS)
+def test_decoding_rejects_a_bad_payload_naming_where_and_why(defect):
+    bad, message = DEFECTS[defect]
+    buffer = np.concatenate([codec.encode(_tiny_sign_payload(client_id=4)), bad])
+    with pytest.raises(codec.PayloadError, match=re.escape(message)):
+        codec.decode_all(buffer, _signs_shape())
+
+
+def test_decoding_accepts_a_zero_scale_the_scale_of_a_zero_update():
+    payload, = codec.decode_all(_patched(48, "<f", 0.0), _signs_shape())
+    assert payload.scales.tolist() == [0.0, 0.125]
+
+
+TINY = {codec.BodyKind.SIGNS: _tiny_sign_payload, codec.BodyKind.FLOAT32: _tiny_float32_payload}
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "index", "value", "message"),
+    [
+        (codec.BodyKind.SIGNS, "dense", 1, np.nan, "client 3: dense value 1 is nan"),
+        (codec.BodyKind.SIGNS, "dense", 0, np.inf, "client 3: dense value 0 is inf"),
+        (codec.BodyKind.FLOAT32, "dense", 0, -np.inf, "client 258: dense value 0 is -inf"),
+        (codec.BodyKind.FLOAT32, "body", 2, np.nan, "client 258: update value 2 is nan"),
+    ],
+    ids=["signs-dense-nan", "signs-dense-inf", "float32-dense-minus-inf", "float32-body-nan"],
+)
+def test_a_non_finite_value_never_becomes_the_global_model(tiny_layouts, kind, field, index, value, message):
+    """Decoding does not scan the float32 arrays; the aggregate is checked once, then the client named."""
+    bad = TINY[kind]()
+    getattr(bad, field)[index] = value
+    layout = tiny_layouts[kind]
+    shape = codec.PayloadShape.of(layout, kind)
+    buffer = np.concatenate([codec.encode(TINY[kind](client_id=1)), codec.encode(bad)])
+    payloads = codec.decode_all(buffer, shape)
+    with pytest.raises(codec.PayloadError, match=re.escape(message)):
+        aggregate(layout, np.zeros(layout.global_size, np.float32), payloads)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_aggregation_names_a_non_finite_weight_and_an_overflow(tiny_layouts):
+    layout = tiny_layouts[codec.BodyKind.FLOAT32]
+    zeros = np.zeros(layout.global_size, np.float32)
+    nan_weight = dataclasses.replace(_tiny_float32_payload(), weight=float("nan"))
+    with pytest.raises(codec.PayloadError, match="client 258: aggregation weight nan is not finite"):
+        aggregate(layout, zeros, [nan_weight])
+    huge = dataclasses.replace(_tiny_float32_payload(), body=np.full(3, 3e38, np.float32))
+    with pytest.raises(codec.PayloadError, match="not finite though every payload's values are: overflow"):
+        aggregate(layout, np.full(layout.global_size, 3e38, np.float32), [huge])

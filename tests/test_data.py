@@ -112,7 +112,32 @@ def test_fmnist_debian_package() -> None:
     data = load_dataset("fmnist", str(DEBIAN_DATASETS))
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.train_y).tolist() == [6000] * 10
-    np.testing.assert_array_equal(data.test_x[:8000].numpy(), load_dataset("embedded", None).train_x.numpy())
+    folder = DEBIAN_DATASETS / "fashion-mnist"
+    for split, images, labels in (("train", data.train_x, data.train_y), ("t10k", data.test_x, data.test_y)):
+        np.testing.assert_array_equal(labels.numpy(), _idx_body(folder / f"{split}-labels-idx1-ubyte"))
+        np.testing.assert_array_equal(images.reshape(-1).numpy(), _idx_body(folder / f"{split}-images-idx3-ubyte"))
+    embedded = load_dataset("embedded", None)
+    np.testing.assert_array_equal(data.test_x[:8000].numpy(), embedded.train_x.numpy())
+    np.testing.assert_array_equal(data.test_y[8000:].numpy(), embedded.test_y.numpy())
+
+
+def _idx_body(path: Path) -> np.ndarray:
+    """The bytes after an IDX header (magic, then one big-endian uint32 per dimension), read directly."""
+    raw = gzip.decompress(path.with_name(path.name + ".gz").read_bytes()) if not path.exists() else path.read_bytes()
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * raw[3])
+
+
+def test_embedded_data_is_the_shipped_fmnist_test_set_as_written() -> None:
+    data = load_dataset("embedded", None)
+    folder = Path(__file__).resolve().parents[1] / "fedbat_mpi" / "data" / "embedded"
+    labels = _idx_body(folder / "t10k-labels-idx1-ubyte")
+    images = _idx_body(folder / "t10k-images-idx3-ubyte").reshape(-1, 1, 28, 28)
+    np.testing.assert_array_equal(data.train_y.numpy(), labels[:8000])
+    np.testing.assert_array_equal(data.test_y.numpy(), labels[8000:])
+    np.testing.assert_array_equal(data.train_x.numpy(), images[:8000])
+    np.testing.assert_array_equal(data.test_x.numpy(), images[8000:])
+    # Fashion-MNIST's test set: 1,000 images of each class, so ten classes in the held-out part too.
+    assert np.bincount(labels).tolist() == [1000] * 10
 
 
 def test_fmnist_missing_file(tmp_path: Path) -> None:

@@ -53,12 +53,13 @@ def test_gathered_payloads_equal_what_each_rank_sent(layout_and_model, max_messa
     if comm.is_root:
         expected = [make_payload(layout, cid, kinds[cid % 2]) for r in range(comm.size) for cid in _hosted(r)]
         assert counts.tolist() == [sum(codec.encode(p).size for p in expected if p.client_id // 100 == r) for r in range(comm.size)]
-        received = codec.decode_all(buffer)
-        assert [p.client_id for p in received] == [p.client_id for p in expected]
-        for got, want in zip(received, expected):
-            assert got.weight == want.weight and got.kind is want.kind
+        offset = 0
+        for want in expected:  # the kinds alternate, so each payload is read against its own shape
+            got, offset = codec.decode(buffer, codec.PayloadShape.of(layout, want.kind), offset)
+            assert got.client_id == want.client_id and got.weight == want.weight and got.kind is want.kind
             assert np.array_equal(got.scales, want.scales) and np.array_equal(got.dense, want.dense)
             assert np.array_equal(got.body, want.body)
+        assert offset == buffer.size
     else:
         assert buffer is None
 
@@ -81,7 +82,7 @@ def test_aggregation_over_ranks_equals_serial_reference(layout_and_model, kind):
     buffer, _ = comm.gather_bytes(np.concatenate(parts))
     new = np.empty_like(global_vector)
     if comm.is_root:
-        new = aggregate(layout, global_vector, codec.decode_all(buffer))
+        new = aggregate(layout, global_vector, codec.decode_all(buffer, codec.PayloadShape.of(layout, kind)))
         serial = [make_payload(layout, int(c), kind) for c in clients]
         assert model_sha256(new) == model_sha256(aggregate(layout, global_vector, serial))
         np.testing.assert_allclose(new, reference_aggregate(layout, global_vector, serial), rtol=1e-5, atol=1e-6)

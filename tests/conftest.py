@@ -1,0 +1,19 @@
+"""Suite-wide rule: with ``FEDBAT_NO_SKIPS=1`` (set by ``.ci/run`` once it has installed every
+prerequisite: Slurm, munge, the Fashion-MNIST package) a skipped test fails, naming its skip reason,
+so that CI cannot lose a test without a sign."""
+
+import os
+
+import pytest
+
+NO_SKIPS = os.environ.get("FEDBAT_NO_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped although FEDBAT_NO_SKIPS=1 (its prerequisites were installed): {reason}"

@@ -1,0 +1,69 @@
+"""Run ``fedbat_mpi.run`` with rank 1 sending one bad payload in round 2, the defect named by ``BAD_PAYLOAD``.
+
+Used by test_bad_payloads.py: the payload travels through the ``Gatherv`` to rank 0, which must reject
+it. The first client that rank 1 packs in round 2 gets the defect, announced on stderr as
+``sending a bad payload for client N``. Defects:
+
+- ``nan-weight``, ``negative-weight``: the aggregation weight in the header;
+- ``update-size``: the header's d one more than the model's (the body is unchanged);
+- ``duplicate``: the payload sent twice;
+- ``unsampled``: the header names a client that the round did not sample (id + 1000);
+- ``nan-value``: a NaN as the first update value (float32 bodies) or dense value (sign bodies).
+"""
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import torch
+
+from fedbat_mpi import codec, engine, run
+from fedbat_mpi.algorithms import LocalUpdate
+from fedbat_mpi.comm import Communicator
+
+BAD_ROUND = 2
+defect = os.environ["BAD_PAYLOAD"]
+run_round, pack = engine.Engine.run_round, engine.Engine.pack
+
+
+def bad_payload(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
+    if defect == "nan-weight":
+        return pack(self, client_id, update, float("nan"))
+    if defect == "negative-weight":
+        return pack(self, client_id, update, -weight)
+    if defect == "nan-value":
+        field = "body" if update.kind is codec.BodyKind.FLOAT32 else "dense"
+        values = getattr(update, field).clone()
+        values[0] = torch.nan
+        return pack(self, client_id, dataclasses.replace(update, **{field: values}), weight)
+    raw = pack(self, client_id, update, weight)
+    if defect == "duplicate":
+        return np.concatenate([raw, raw])
+    if defect == "unsampled":
+        raw[8:12] = np.array([client_id + 1000], dtype="<u4").view(np.uint8)
+        return raw
+    if defect == "update-size":
+        raw[16:24] = np.array([self.layout.update_size + 1], dtype="<u8").view(np.uint8)
+        return raw
+    raise ValueError(f"BAD_PAYLOAD: unknown defect {defect!r}")
+
+
+def run_round_with_a_bad_payload(self: engine.Engine, round_index: int):
+    self.bad_payload_due = round_index == BAD_ROUND
+    return run_round(self, round_index)
+
+
+def pack_maybe_bad(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
+    if not self.bad_payload_due:
+        return pack(self, client_id, update, weight)
+    self.bad_payload_due = False
+    print(f"sending a bad payload for client {client_id}: {defect}", file=sys.stderr, flush=True)
+    return bad_payload(self, client_id, update, weight)
+
+
+if Communicator().rank == 1:
+    engine.Engine.run_round = run_round_with_a_bad_payload
+    engine.Engine.pack = pack_maybe_bad
+
+sys.exit(run.main())

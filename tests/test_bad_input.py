@@ -1,0 +1,112 @@
+"""Every option's check end to end: a bad input is one line on stderr from one rank, exit status 2,
+no traceback, and nothing written (no output folder; an existing checkpoint stays as it was).
+
+Each case is a real 2-rank ``mpirun`` run, so the line must come from the rank that found the
+mistake while the other rank leaves quietly.
+"""
+
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from fedbat_mpi import checkpoint
+
+from .launch import launch
+
+# (id, options, the start of the expected stderr line after "fedbat_mpi: error: ")
+OPTION_CASES = [
+    ("rounds", ["--rounds", "-1"], "--rounds: expected a positive integer, got -1"),
+    ("local-epochs", ["--local-epochs", "0"], "--local-epochs: expected a positive integer, got 0"),
+    ("batch-size", ["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    ("unknown-option", ["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ("not-a-number", ["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    ("lr-zero", ["--lr", "0"], "--lr: expected a positive finite number, got 0.0"),
+    ("lr-inf", ["--lr", "inf"], "--lr: expected a positive finite number, got inf"),
+    ("rho-negative", ["--rho", "-1"], "--rho: expected a finite number >= 0, got -1.0"),
+    ("rho-nan", ["--rho", "nan"], "--rho: expected a finite number >= 0, got nan"),
+    ("warmup-above-1", ["--warmup", "1.5"], "--warmup: expected a fraction in [0, 1], got 1.5"),
+    ("warmup-negative", ["--warmup", "-0.1"], "--warmup: expected a fraction in [0, 1], got -0.1"),
+    ("zsign-sigma", ["--zsign-sigma", "0"], "--zsign-sigma: expected a positive finite number, got 0.0"),
+    ("weighting", ["--weighting", "clients"], "--weighting: expected one of batches, samples, got 'clients'"),
+    ("algorithm", ["--algorithm", "sgd"], "--algorithm: expected one of fedbat, fedavg, signsgd, ef-signsgd"),
+    ("seed", ["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+    ("checkpoint-every", ["--checkpoint-every", "-1"], "--checkpoint-every: expected an integer >= 0"),
+    ("more-per-round", ["--clients-per-round", "50"], "--clients-per-round: expected at most --num-clients (40)"),
+    ("fewer-than-ranks", ["--clients-per-round", "1"], "--clients-per-round: expected at least the number of MPI ranks (2)"),
+    ("device-name", ["--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("device-index", ["--device", "cuda:99"], "--device: cuda:99 "),
+    ("partition", ["--partition", "halves"], "--partition: expected iid, dir:BETA"),
+    ("partition-beta", ["--partition", "dir:0"], "--partition: expected iid, dir:BETA"),
+    ("partition-too-many", ["--partition", "dir:0.3", "--num-clients", "801", "--clients-per-round", "8"],
+     "--partition dir:0.3: needs 10 samples per client"),
+    ("num-clients", ["--num-clients", "8001", "--clients-per-round", "8"], "--num-clients: expected 1..8000"),
+    ("preset", ["--preset", "nope"], "--preset: expected one of embedded, fmnist-iid"),
+    ("dataset", ["--dataset", "mnist"], "--dataset: expected one of embedded, fmnist, svhn, cifar10, cifar100"),
+    ("data-dir-missing", ["--dataset", "svhn"], "--data-dir: required for --dataset svhn"),
+    ("data-dir-absent", ["--dataset", "fmnist", "--data-dir", "/nonexistent"], "--data-dir: expected a directory"),
+    ("data-files-absent", ["--dataset", "fmnist", "--data-dir", "/"], "fashion-mnist: /fashion-mnist/"),
+    ("model", ["--model", "vgg"], "--model: expected one of"),
+    ("config-absent", ["--config", "/nonexistent.yaml"], "--config: cannot read /nonexistent.yaml"),
+]
+if not torch.cuda.is_available():
+    OPTION_CASES.append(("device-cuda", ["--device", "cuda"], "--device: cuda requested but CUDA is not available"))
+
+YAML_CASES = [
+    ("broken", "rounds: [1\n", "is not valid YAML"),
+    ("not-a-mapping", "- 1\n- 2\n", "must hold a mapping of option names to values"),
+    ("unknown-key", "roundz: 3\n", "--config: unknown option 'roundz'"),
+    ("wrong-type", "rounds: many\n", "--rounds: expected int, got 'many'"),
+]
+
+
+def _assert_one_line_exit_2(done, expected: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("fedbat_mpi: error") and expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("options,expected", [c[1:] for c in OPTION_CASES], ids=[c[0] for c in OPTION_CASES])
+def test_a_bad_option_is_one_line_and_exit_2(options, expected, tmp_path):
+    out = tmp_path / "out"
+    done = launch(2, [*options, "--out", str(out)], timeout=120)
+    _assert_one_line_exit_2(done, expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in YAML_CASES], ids=[c[0] for c in YAML_CASES])
+def test_a_bad_config_file_is_one_line_and_exit_2(text, expected, tmp_path):
+    config, out = tmp_path / "options.yaml", tmp_path / "out"
+    config.write_text(text)
+    done = launch(2, ["--config", str(config), "--out", str(out)], timeout=120)
+    _assert_one_line_exit_2(done, expected)
+    assert not out.exists()
+
+
+def test_resume_from_a_missing_file_is_one_line_and_exit_2(tmp_path):
+    missing = tmp_path / "run" / checkpoint.FILE_NAME
+    done = launch(2, ["--resume", str(missing)], timeout=120)
+    _assert_one_line_exit_2(done, f"--resume: no checkpoint at {missing}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_of_another_format_version_is_refused_and_kept(tmp_path):
+    path = tmp_path / "run" / checkpoint.FILE_NAME
+    path.parent.mkdir()
+    with h5py.File(path, "w") as handle:
+        handle.attrs["format"] = checkpoint.FORMAT
+        handle.attrs["format_version"] = checkpoint.FORMAT_VERSION + 1
+    before = path.read_bytes()
+    done = launch(2, ["--resume", str(path)], timeout=120)
+    _assert_one_line_exit_2(done, f"has checkpoint format {checkpoint.FORMAT_VERSION + 1}; this version reads")
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_file_that_is_not_hdf5_is_refused_and_kept(tmp_path):
+    path = Path(tmp_path) / checkpoint.FILE_NAME
+    path.write_text("not a checkpoint\n")
+    done = launch(2, ["--resume", str(path)], timeout=120)
+    _assert_one_line_exit_2(done, "is not an HDF5 file")
+    assert path.read_text() == "not a checkpoint\n"

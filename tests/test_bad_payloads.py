@@ -1,0 +1,36 @@
+"""End to end through ``mpirun``: a bad payload from rank 1 ends every rank, named, and nothing is saved."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fedbat_mpi import checkpoint
+
+from .launch import TINY, launch, metrics
+
+SCRIPT = [str(Path(__file__).with_name("send_bad_payload.py"))]
+
+# (defect injected by send_bad_payload.py, algorithm, what rank 0's error says after naming the client)
+CASES = [
+    ("nan-weight", "fedbat", r"aggregation weight nan, expected a finite number > 0"),
+    ("update-size", "fedbat", r"update size d = \d+, the model's binarized tensors have \d+"),
+    ("duplicate", "signsgd", r"duplicate client id \(first sent at byte \d+\)"),
+    ("nan-value", "fedavg", r"update value 0 is nan; the new global model would not be finite"),
+    ("unsampled", "stosign", r"payloads came from clients \[.*\], the round sampled \[.*\]"),
+]
+
+
+@pytest.mark.parametrize(("defect", "algorithm", "cause"), CASES, ids=[c[0] for c in CASES])
+def test_a_bad_payload_from_rank_1_ends_every_rank_and_names_the_client(defect, algorithm, cause, tmp_path):
+    one_client_a_rank = ["--clients-per-round", "2", "--checkpoint-every", "1", "--algorithm", algorithm]
+    args = [*TINY, *one_client_a_rank, "--out", str(tmp_path)]
+    # mpirun returns only when every rank has ended; a rank left waiting would run into the timeout.
+    done = launch(2, args, timeout=120, script=SCRIPT, BAD_PAYLOAD=defect)
+    assert done.returncode != 0
+    client = re.search(r"sending a bad payload for client (\d+)", done.stderr).group(1)
+    named = rf"client {client}\)?: {cause}" if defect != "unsampled" else rf"round 2: {cause}"
+    assert re.search(rf"PayloadError: .*{named}", done.stderr), done.stderr[-3000:]
+    # Round 2 failed on rank 0 before its checkpoint: round 1's checkpoint and metrics are all there is.
+    assert [row["round"] for row in metrics(tmp_path)] == [1]
+    assert checkpoint.load(str(tmp_path / checkpoint.FILE_NAME)).round == 1
