@@ -1,5 +1,8 @@
 """The run configuration: one typed dataclass, read from presets, a YAML file and the command line.
 
+Its fields are the engine's options (``RunOptions``) plus every registered algorithm's declared
+hyper-parameters (``algorithms.hyperparameters()``), each with its default, help text and check.
+
 Precedence, lowest first: the built-in defaults (the embedded default run), ``--preset NAME``,
 ``--config FILE.yaml``, then options given on the command line. A resumed run starts from the
 checkpoint's configuration instead of the defaults, and may change only what does not change results.
@@ -15,20 +18,24 @@ from typing import Any
 
 import yaml
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, hyperparameters
 from .checkpoint import FILE_NAME
 from .data.partition import parse_scheme
 from .errors import OneLineParser, UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
-# Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow).
-RESUMABLE_CHANGES = frozenset({"rounds", "out", "checkpoint_every", "device", "threads", "data_dir"})
+# Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow),
+# and algorithm options declared resumable.
+RESUMABLE_CHANGES = frozenset(
+    {"rounds", "out", "checkpoint_every", "device", "threads", "data_dir"}
+    | {option.name for option in hyperparameters() if option.resumable}
+)
 WEIGHTINGS = ("batches", "samples")
 
 
 @dataclass(frozen=True)
-class Config:
-    """Every option of a run. Defaults are the embedded default run."""
+class RunOptions:
+    """The engine's options of a run (``Config`` adds the algorithms'). Defaults: the embedded default run."""
 
     algorithm: str = "fedbat"
     dataset: str = "embedded"
@@ -41,9 +48,6 @@ class Config:
     batch_size: int = 32
     lr: float = 0.1
     partition: str = "iid"
-    rho: float = 6.0
-    warmup: float = 0.5
-    zsign_sigma: float = 1.0
     weighting: str = "batches"
     seed: int = 0
     out: str | None = None
@@ -64,12 +68,9 @@ class Config:
             _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             _fail("lr", "a positive finite number", self.lr)
-        if not (self.rho >= 0 and math.isfinite(self.rho)):
-            _fail("rho", "a finite number >= 0", self.rho)
-        if not (self.zsign_sigma > 0 and math.isfinite(self.zsign_sigma)):
-            _fail("zsign_sigma", "a positive finite number", self.zsign_sigma)
-        if not 0 <= self.warmup <= 1:
-            _fail("warmup", "a fraction in [0, 1]", self.warmup)
+        for option in hyperparameters():
+            if not option.valid(getattr(self, option.name)):
+                _fail(option.name, option.expected, getattr(self, option.name))
         if self.checkpoint_every < 0:
             _fail("checkpoint_every", "an integer >= 0 (0: only at the end)", self.checkpoint_every)
         if self.seed < 0:
@@ -89,6 +90,16 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(option.name, option.type, dataclasses.field(default=option.default)) for option in hyperparameters()],
+    bases=(RunOptions,),
+    frozen=True,
+)
+Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
+HELP = {option.name: option.help for option in hyperparameters()}
 
 
 def _fail(option: str, expected: str, got: Any) -> None:
@@ -126,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     for field in fields(Config):
         flag = "--" + field.name.replace("_", "-")
+        about = f"{HELP[field.name]} " if field.name in HELP else ""
         parser.add_argument(flag, type=_option_type(field.name), metavar=field.name.upper(),
-                            help=f"(default: {getattr(defaults, field.name)})")  # fmt: skip
+                            help=f"{about}(default: {getattr(defaults, field.name)})")  # fmt: skip
     return parser
 
 

@@ -64,7 +64,7 @@ class Engine:
         self.layout = ModelLayout(model, binarized_names(model))
         self.global_vector = self.layout.global_vector(model)
         self.model = model.to(self.device)
-        self.algorithm = make_algorithm(config.algorithm, config.rho, config.warmup, config.zsign_sigma)
+        self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
         self.dataset = dataset
@@ -146,15 +146,10 @@ class Engine:
         return task, float(weight)
 
     def client_groups(self, hosted: list[int]) -> list[list[int]]:
-        """This rank's clients in groups trained at once: up to ``--client-group`` clients with equal
-        sample counts (so their steps have equal shapes); single clients where grouping is off."""
-        if self.config.client_group == 1 or not self.algorithm.groupable:
-            return [[client] for client in hosted]
-        by_size: dict[int, list[int]] = {}
-        for client in hosted:
-            by_size.setdefault(len(self.client_indices[client]), []).append(client)
+        """This rank's clients in groups trained at once: runs of up to ``--client-group`` clients in
+        client-id order (clients of any size; see ``algorithms/group.py``)."""
         size = self.config.client_group
-        return [members[i : i + size] for members in by_size.values() for i in range(0, len(members), size)]
+        return [hosted[i : i + size] for i in range(0, len(hosted), size)]
 
     def train_clients(
         self, round_index: int, group: list[int], global_on_device: torch.Tensor, states: dict[int, torch.Tensor]
@@ -163,8 +158,7 @@ class Engine:
         self.layout.load(self.model, global_on_device)
         self.model.train()
         tasks, weights = zip(*(self.local_task(round_index, c, states.get(c)) for c in group))
-        updates = self.algorithm.train_group(list(tasks)) if len(group) > 1 else [self.algorithm.train(tasks[0])]
-        return list(zip(updates, weights))
+        return list(zip(self.algorithm.train(list(tasks)), weights))
 
     def pack(self, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
         """The client's payload bytes (sign bits packed 8 per byte, or float32 values)."""

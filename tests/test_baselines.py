@@ -43,7 +43,7 @@ def test_stochastic_sign_is_unbiased_with_the_max_as_bound():
 
 def test_zsign_uses_rms_scaled_noise_and_is_unbiased_inside_sigma():
     d = _update(size=200)
-    compressor = ZSign(sigma=1.5)
+    compressor = ZSign(zsign_sigma=1.5)
     sigma = 1.5 * d.square().mean().sqrt()
     scale, _ = compressor.compress(d, torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(sigma.item(), rel=1e-6)
@@ -62,7 +62,7 @@ def _corrected(update, layout) -> torch.Tensor:
 
 def test_ef_signsgd_memory_carries_the_compression_error():
     task, _ = _tiny_task(num_steps=3)
-    update = EFSignSGD().train(task)
+    [update] = EFSignSGD().train([task])
     assert update.state.shape == (task.layout.update_size,)
     p = _corrected(update, task.layout)
     for index, seg in enumerate(task.layout.binarized):
@@ -76,9 +76,9 @@ def test_ef_signsgd_adds_the_memory_before_compressing():
     task, model = _tiny_task(num_steps=2)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     memory = torch.full((task.layout.update_size,), 0.5)
-    with_memory = EFSignSGD().train(dataclasses.replace(task, state=memory))
+    [with_memory] = EFSignSGD().train([dataclasses.replace(task, state=memory)])
     model.load_state_dict(start)
-    without = EFSignSGD().train(task)
+    [without] = EFSignSGD().train([task])
     # The same local steps, so the corrected updates differ by exactly the memory.
     difference = _corrected(with_memory, task.layout) - _corrected(without, task.layout)
     np.testing.assert_allclose(difference.numpy(), memory.numpy(), rtol=1e-5, atol=1e-6)
@@ -87,7 +87,7 @@ def test_ef_signsgd_adds_the_memory_before_compressing():
 @pytest.mark.parametrize("name", ["signsgd", "ef-signsgd", "stosign", "zsign"])
 def test_every_baseline_uploads_one_bit_per_weight_and_one_scale_per_tensor(name):
     task, model = _tiny_task(num_steps=2)
-    update = make_algorithm(name, rho=6.0, warmup=0.5, zsign_sigma=1.0).train(task)
+    [update] = make_algorithm(name, rho=6.0, warmup=0.5, zsign_sigma=1.0).train([task])
     layout = task.layout
     assert update.kind is codec.BodyKind.SIGNS and update.body.dtype == torch.bool
     assert update.scales.shape == (len(layout.binarized),) and update.body.numel() == layout.update_size

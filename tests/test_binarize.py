@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fedbat_mpi import binarize as binarize_module
-from fedbat_mpi.algorithms import FedBAT, LocalTask
+from fedbat_mpi.algorithms import LocalTask
+from fedbat_mpi.algorithms.fedbat import FedBAT
 from fedbat_mpi.algorithms import fedbat as fedbat_module
 from fedbat_mpi.binarize import ALPHA_MAX, ALPHA_MIN, binarize, binarize_with_noise, sample_signs, step_size
 from fedbat_mpi.layout import ModelLayout
@@ -107,12 +108,12 @@ def test_warmup_switches_after_exactly_floor_phi_k_steps(monkeypatch, num_steps,
     task, _ = _tiny_task(num_steps)
     calls = []
 
-    def spy(m, alpha, generator):
+    def spy(m, alpha, u):
         calls.append((m.detach().clone(), alpha.detach().clone()))
-        return binarize_module.binarize(m, alpha, generator)
+        return binarize_module.binarize_with_noise(m, alpha, u)
 
-    monkeypatch.setattr(fedbat_module, "binarize", spy)
-    update = FedBAT(rho=6.0, warmup=warmup).train(task)
+    monkeypatch.setattr(fedbat_module, "binarize_with_noise", spy)
+    [update] = FedBAT(rho=6.0, warmup=warmup).train([task])
     num_tensors = 2
     assert len(calls) == (num_steps - expected_warm) * num_tensors
     # At the first binarized step s = 0, so alpha = clamp(alpha0) with alpha0 = mean|m| of the warm-up.

@@ -82,7 +82,8 @@ def _package(
     task = LocalTask(
         0, model, ModelLayout(model, names), lambda: iter(batches), len(batches), lr, _streams(seed), state
     )
-    return make_algorithm(name, rho=rho, warmup=warmup, zsign_sigma=SIGMA).train(task)
+    [update] = make_algorithm(name, rho=rho, warmup=warmup, zsign_sigma=SIGMA).train([task])
+    return update
 
 
 def _assert_signs(signs: torch.Tensor, reference: Reference, border: float) -> None:

@@ -1,24 +1,33 @@
-"""Federated algorithms, each a client-side rule on the shared engine; looked up by name."""
+"""Federated algorithms, each one file that registers itself (``base.register``) with its options.
+
+Adding an algorithm: a module here with an ``Algorithm`` subclass decorated with ``@register``,
+imported below; its ``hyperparameters`` become command-line options, configuration fields, ``--help``
+lines, start-up checks and resume rules.
+"""
+
+from typing import Any
 
 from ..errors import UsageError
-from .base import Algorithm, LocalTask, LocalUpdate
-from .fedavg import FedAvg
-from .fedbat import FedBAT
-from .signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+from . import fedbat, fedavg, signs  # noqa: F401, I001  (each registers its algorithms, in this order)
+from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate
 
-ALGORITHMS = ("fedbat", "fedavg", "signsgd", "ef-signsgd", "stosign", "zsign")
+ALGORITHMS = tuple(REGISTRY)
 
 
-def make_algorithm(name: str, rho: float, warmup: float, zsign_sigma: float) -> Algorithm:
-    """The algorithm called ``name`` (``--algorithm``) with its options."""
-    if name == "fedbat":
-        return FedBAT(rho=rho, warmup=warmup)
-    if name == "zsign":
-        return ZSign(sigma=zsign_sigma)
-    simple = {"fedavg": FedAvg, "signsgd": SignSGD, "ef-signsgd": EFSignSGD, "stosign": StochasticSign}
-    if name in simple:
-        return simple[name]()
-    raise UsageError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")
+def hyperparameters() -> tuple[HyperParameter, ...]:
+    """Every registered algorithm's options, each once, in registration order."""
+    declared: dict[str, HyperParameter] = {}
+    for cls in REGISTRY.values():
+        declared.update({option.name: option for option in cls.hyperparameters})
+    return tuple(declared.values())
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LocalTask", "LocalUpdate", "make_algorithm"]
+def make_algorithm(name: str, **options: Any) -> Algorithm:
+    """The algorithm called ``name`` (``--algorithm``) with its options (others are ignored)."""
+    if name not in REGISTRY:
+        raise UsageError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")
+    cls = REGISTRY[name]
+    return cls(**{option.name: options[option.name] for option in cls.hyperparameters if option.name in options})
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "HyperParameter", "LocalTask", "LocalUpdate", "hyperparameters", "make_algorithm"]

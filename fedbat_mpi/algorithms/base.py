@@ -1,11 +1,12 @@
-"""The interface every federated algorithm implements: train one client, return its update."""
+"""The interface every federated algorithm implements, its options, and the registry of algorithms."""
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..codec import BodyKind
 from ..layout import ModelLayout
@@ -16,7 +17,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class LocalTask:
-    """One client's local training: the model already holds the global weights."""
+    """One client's local training: the model holds the global weights (and is not changed)."""
 
     client_id: int
     model: torch.nn.Module
@@ -40,54 +41,60 @@ class LocalUpdate:
     state: torch.Tensor | None = None  # the client's new persistent state, kept by rank 0
 
 
+@dataclass(frozen=True)
+class HyperParameter:
+    """An option an algorithm declares: it becomes ``--NAME`` (dashes for underscores), a field of the
+    run's configuration, a line of ``--help``, a check at start-up and a resume rule."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    expected: str  # what a valid value is, in words, for the error message
+    valid: Callable[[Any], bool]
+    resumable: bool = False  # whether a resumed run may change it (only if results do not change)
+
+
+def finite_at_least(low: float, inclusive: bool = True) -> Callable[[float], bool]:
+    """A check for a finite number above ``low`` (or equal to it when ``inclusive``)."""
+    return lambda value: math.isfinite(value) and (value >= low if inclusive else value > low)
+
+
 class Algorithm(ABC):
-    """A federated algorithm: a client-side training rule and the wire body it uploads.
+    """A federated algorithm: how a group of clients trains and what each uploads.
 
     The server side is shared: rank 0 adds the weighted mean of the decoded updates
     (``scale * sign`` or the float32 values) to the binarized tensors and averages dense tensors.
+    Subclasses are registered with :func:`register`; their ``hyperparameters`` arrive as keyword
+    arguments of the constructor.
     """
 
-    name: str
-    kind: BodyKind
-    state_name: str | None = None  # per-client state kept between rounds (and in checkpoints)
-    groupable: bool = False  # implements train_group
+    name: ClassVar[str]
+    kind: ClassVar[BodyKind]
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = ()
+    state_name: ClassVar[str | None] = None  # per-client state kept between rounds (and in checkpoints)
+
+    def __init__(self, **options: Any):
+        for option in self.hyperparameters:
+            setattr(self, option.name, options.get(option.name, option.default))
 
     def state_size(self, layout: ModelLayout) -> int:
         """The number of float32 values of per-client state; 0 for stateless algorithms."""
         return 0
 
     @abstractmethod
-    def train(self, task: LocalTask) -> LocalUpdate:
-        """Train one client from the global model and return its update."""
-
-    def train_group(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
-        """Train clients with equal step shapes at once, as ``train`` would one by one (``grouped.py``)."""
-        raise NotImplementedError(f"{self.name} trains clients one at a time")
+    def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
+        """Train a group of clients from the global model (``group.train_group``); their updates in order."""
 
 
-def local_sgd_update(task: LocalTask) -> tuple[torch.Tensor, float]:
-    """Plain local SGD on every parameter; returns the flat update of the binarized tensors
-    (``w_end - w_start``, state_dict order) and the mean training loss."""
-    model = task.model
-    names = task.layout.binarized_names
-    start = [model.get_parameter(name).detach().clone() for name in names]
-    params = [p.requires_grad_(True) for p in model.parameters()]
-    loss = sgd_steps(task, params, lambda _, batch: F.cross_entropy(model(batch[0]), batch[1]))
-    delta = torch.cat([(model.get_parameter(n).detach() - w0).reshape(-1) for n, w0 in zip(names, start)])
-    return delta, loss
+REGISTRY: dict[str, type[Algorithm]] = {}
 
 
-def sgd_steps(task: LocalTask, params: list[torch.Tensor], loss_fn: Callable[[int, Batch], torch.Tensor]) -> float:
-    """Run ``task.num_steps`` plain SGD steps (FEDBAT.md §1.6); return the mean training loss.
-
-    ``loss_fn(step, batch)`` computes the loss of one mini-batch; ``step`` counts from 1.
-    """
-    optimizer = torch.optim.SGD(params, lr=task.lr)
-    total = torch.zeros((), device=params[0].device)
-    for step, batch in enumerate(task.batches(), start=1):
-        loss = loss_fn(step, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()
-    return float(total) / max(task.num_steps, 1)
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` available as ``--algorithm cls.name``."""
+    declared = {option.name: option for other in REGISTRY.values() for option in other.hyperparameters}
+    for option in cls.hyperparameters:
+        if option.name in declared and declared[option.name] != option:
+            raise ValueError(f"{cls.name} declares option {option.name} differently from another algorithm")
+    REGISTRY[cls.name] = cls
+    return cls

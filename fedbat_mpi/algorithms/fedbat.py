@@ -1,110 +1,114 @@
 """FedBAT (Li et al., ICML 2024): learn the binary update during local training (FEDBAT.md §1).
 
 Each binarized tensor ``w`` gets a latent update ``m`` and a step-size parameter ``s`` (both reset to
-zero every round). The first ``floor(warmup * K)`` of the round's K local steps train ``m`` in full
+zero every round). The first ``floor(warmup * K)`` of a client's K local steps train ``m`` in full
 precision (``W = w + m``); then ``alpha0 = mean|m|`` per tensor and the remaining steps train through
 the binarizer (``W = w + B(m; alpha)``, ``alpha = clamp(alpha0 * exp(rho * s), 5e-4, 5e-2)``).
 The upload is a fresh sample of the signs of ``B(m; alpha)`` plus ``alpha`` per tensor.
 If warm-up covers every step (``warmup = 1``), ``alpha0`` is taken from the final ``m``.
+Clients of a group may have different K, so each switches phase at its own step.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from ..binarize import binarize, binarize_with_noise, sample_signs, step_size, uniform_noise
+from ..binarize import binarize_with_noise, sample_signs, step_size, uniform_noise
 from ..codec import BodyKind
 from ..rng import Stream
-from .base import Algorithm, Batch, LocalTask, LocalUpdate, sgd_steps
-from .grouped import dense_of, group_sgd, stacked
+from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
+from .group import Stacked, dense_of, stacked_state, train_group
+
+WARM_UP, BINARIZED = "warm-up", "binarized"
 
 
+def _update(name: str) -> str:
+    return f"update:{name}"
+
+
+def _log_scale(name: str) -> str:
+    return f"log_scale:{name}"
+
+
+@register
 class FedBAT(Algorithm):
     name = "fedbat"
     kind = BodyKind.SIGNS
-    groupable = True
-
-    def __init__(self, rho: float, warmup: float):
-        self.rho = rho
-        self.warmup = warmup
+    hyperparameters = (
+        HyperParameter("rho", float, 6.0, "FedBAT's step-size learning factor ρ (0: a fixed step size)",
+                       "a finite number >= 0", finite_at_least(0.0)),
+        HyperParameter("warmup", float, 0.5, "FedBAT's warm-up fraction φ of the local steps",
+                       "a fraction in [0, 1]", lambda value: 0 <= value <= 1),
+    )  # fmt: skip
+    rho: float
+    warmup: float
 
     def warmup_steps(self, num_steps: int) -> int:
         """The number of full-precision steps at the start of a round: ``floor(warmup * K)``."""
         return math.floor(self.warmup * num_steps + 1e-9)
 
-    def train(self, task: LocalTask) -> LocalUpdate:
-        model = task.model
-        names = task.layout.binarized_names
-        frozen = {name: model.get_parameter(name).requires_grad_(False) for name in names}
-        latent = {name: torch.zeros_like(w, requires_grad=True) for name, w in frozen.items()}
-        log_scale = {name: torch.zeros((), device=w.device, requires_grad=True) for name, w in frozen.items()}
-        others = [p.requires_grad_(True) for n, p in model.named_parameters() if n not in frozen]
-        noise = task.generator(Stream.BINARIZER)
-        warm_steps = self.warmup_steps(task.num_steps)
-        alpha0: dict[str, torch.Tensor] = {}
-
-        def loss_fn(step: int, batch: Batch) -> torch.Tensor:
-            if step == warm_steps + 1:
-                alpha0.update({n: m.detach().abs().mean() for n, m in latent.items()})
-            if alpha0:
-                weights = {
-                    n: frozen[n] + binarize(m, step_size(alpha0[n], log_scale[n], self.rho), noise)
-                    for n, m in latent.items()
-                }
-            else:
-                weights = {n: frozen[n] + m for n, m in latent.items()}
-            return F.cross_entropy(functional_call(model, weights, (batch[0],)), batch[1])
-
-        loss = sgd_steps(task, [*latent.values(), *log_scale.values(), *others], loss_fn)
-        if not alpha0:
-            alpha0.update({n: m.detach().abs().mean() for n, m in latent.items()})
-        alphas, signs = self._upload(latent, log_scale, alpha0, task.generator(Stream.UPLOAD))
-        return LocalUpdate(self.kind, alphas, signs, task.layout.dense_vector(model), loss)
-
-    def _upload(self, latent: dict, log_scale: dict, alpha0: dict, generator: torch.Generator):
-        """The uploaded step sizes (float32, per tensor) and a fresh sample of the signs (bool, flat)."""
-        with torch.no_grad():
-            alphas = [step_size(alpha0[n], log_scale[n], self.rho) for n in latent]
-            signs = [sample_signs(m, a, generator).reshape(-1) for m, a in zip(latent.values(), alphas)]
-        return torch.stack(alphas).float(), torch.cat(signs)
-
-    def train_group(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
-        """``train`` for a group of clients at once (``grouped.py``)."""
+    def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
         names = layout.binarized_names
         frozen = {n: model.get_parameter(n).detach() for n in names}
-        latent = {n: torch.zeros((size, *w.shape), device=w.device, requires_grad=True) for n, w in frozen.items()}
-        log_scale = {n: torch.zeros(size, device=w.device, requires_grad=True) for n, w in frozen.items()}
-        others = {n: stacked(p, size).requires_grad_(True) for n, p in model.named_parameters() if n not in frozen}
-        buffers = {n: stacked(b, size) for n, b in model.named_buffers()}
+        others, buffers = stacked_state(model, size, exclude=frozenset(names))
+        params = {
+            **{_update(n): w.new_zeros((size, *w.shape)).requires_grad_(True) for n, w in frozen.items()},
+            **{_log_scale(n): w.new_zeros(size).requires_grad_(True) for n, w in frozen.items()},
+            **others,
+        }  # fmt: skip
+        warm_steps = [self.warmup_steps(task.num_steps) for task in tasks]
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
-        warm_steps = self.warmup_steps(tasks[0].num_steps)
-        alpha0: dict[str, torch.Tensor] = {}
+        alpha0 = {n: w.new_zeros(size) for n, w in frozen.items()}
 
-        def warm_loss(m, other, buffer, x, y):
-            weights = {n: frozen[n] + m[n] for n in names}
-            return F.cross_entropy(functional_call(model, ({**weights, **other}, buffer), (x,)), y)
+        def take_alpha0(k: int) -> None:
+            for n in names:
+                alpha0[n][k] = params[_update(n)][k].detach().abs().mean()
 
-        def binarized_loss(m, s, a0, u, other, buffer, x, y):
-            weights = {n: frozen[n] + binarize_with_noise(m[n], step_size(a0[n], s[n], self.rho), u[n]) for n in names}
-            return F.cross_entropy(functional_call(model, ({**weights, **other}, buffer), (x,)), y)
+        def phase_of(k: int, step: int) -> str:
+            return WARM_UP if step <= warm_steps[k] else BINARIZED
 
-        def losses_of(step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            if step == warm_steps + 1:
-                alpha0.update({n: m.detach().abs().flatten(1).mean(1) for n, m in latent.items()})
-            if not alpha0:
-                return vmap(warm_loss)(latent, others, buffers, x, y)
-            u = {n: torch.stack([uniform_noise(latent[n][0], g) for g in noise]) for n in names}
-            return vmap(binarized_loss)(latent, log_scale, alpha0, u, others, buffers, x, y)
+        def extras_of(phase: str, step: int, members: list[int]) -> Stacked:
+            if phase == WARM_UP:
+                return {}
+            for k in members:
+                if step == warm_steps[k] + 1:
+                    take_alpha0(k)
+            index = torch.tensor(members, device=next(iter(frozen.values())).device)
+            draws = [[uniform_noise(w, noise[k]) for w in frozen.values()] for k in members]  # each client's order
+            return {
+                **{f"alpha0:{n}": alpha0[n][index] for n in names},
+                **{f"noise:{n}": torch.stack([d[i] for d in draws]) for i, n in enumerate(names)},
+            }
 
-        losses = group_sgd(tasks, [*latent.values(), *log_scale.values(), *others.values()], losses_of)
-        if not alpha0:
-            alpha0.update({n: m.detach().abs().flatten(1).mean(1) for n, m in latent.items()})
-        updates, state = [], {**others, **buffers}
+        def loss_of(phase: str):
+            def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
+                if phase == WARM_UP:
+                    weights = {n: frozen[n] + p[_update(n)] for n in names}
+                else:
+                    weights = {
+                        n: frozen[n] + binarize_with_noise(
+                            p[_update(n)], step_size(extras[f"alpha0:{n}"], p[_log_scale(n)], self.rho),
+                            extras[f"noise:{n}"])
+                        for n in names
+                    }  # fmt: skip
+                trained = {n: p[n] for n in others}
+                return F.cross_entropy(functional_call(model, ({**weights, **trained}, b), (x,)), y)
+
+            return loss
+
+        losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of)
+        state = {**others, **buffers}
+        updates = []
         for k, task in enumerate(tasks):
-            pick = lambda tensors: {n: t[k] for n, t in tensors.items()}  # noqa: E731
-            alphas, signs = self._upload(pick(latent), pick(log_scale), pick(alpha0), task.generator(Stream.UPLOAD))
-            updates.append(LocalUpdate(self.kind, alphas, signs, dense_of(layout, state, k), losses[k]))
+            if warm_steps[k] >= task.num_steps:  # warm-up to the end: alpha0 from the final m
+                take_alpha0(k)
+            with torch.no_grad():
+                upload = task.generator(Stream.UPLOAD)
+                alphas = [step_size(alpha0[n][k], params[_log_scale(n)][k], self.rho) for n in names]
+                signs = [sample_signs(params[_update(n)][k], a, upload).reshape(-1) for n, a in zip(names, alphas)]
+            updates.append(LocalUpdate(self.kind, torch.stack(alphas).float(), torch.cat(signs),
+                                       dense_of(layout, state, k), losses[k]))  # fmt: skip
         return updates

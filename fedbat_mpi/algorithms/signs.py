@@ -29,7 +29,8 @@ import torch
 from ..codec import BodyKind
 from ..layout import ModelLayout
 from ..rng import Stream
-from .base import Algorithm, LocalTask, LocalUpdate, local_sgd_update
+from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
+from .group import local_sgd
 
 
 def _per_tensor(layout: ModelLayout, values: torch.Tensor) -> list[torch.Tensor]:
@@ -37,7 +38,7 @@ def _per_tensor(layout: ModelLayout, values: torch.Tensor) -> list[torch.Tensor]
 
 
 class PostTrainingSign(Algorithm):
-    """Local SGD, then a per-tensor 1-bit compressor of the finished update."""
+    """Local SGD, then a per-tensor 1-bit compressor of each client's finished update."""
 
     kind = BodyKind.SIGNS
 
@@ -45,14 +46,17 @@ class PostTrainingSign(Algorithm):
     def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, positive)`` for one tensor's update: the float scale and the bool signs."""
 
-    def train(self, task: LocalTask) -> LocalUpdate:
-        delta, loss = local_sgd_update(task)
-        upload = task.generator(Stream.UPLOAD)
-        scales, signs = zip(*(self.compress(d, upload) for d in _per_tensor(task.layout, delta)))
-        dense = task.layout.dense_vector(task.model)
-        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), dense, loss)
+    def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
+        deltas, dense, losses = local_sgd(tasks)
+        updates = []
+        for task, delta, values, loss in zip(tasks, deltas, dense, losses):
+            upload = task.generator(Stream.UPLOAD)
+            scales, signs = zip(*(self.compress(d, upload) for d in _per_tensor(task.layout, delta)))
+            updates.append(LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), values, loss))
+        return updates
 
 
+@register
 class SignSGD(PostTrainingSign):
     name = "signsgd"
 
@@ -60,6 +64,32 @@ class SignSGD(PostTrainingSign):
         return d.abs().mean(), d >= 0
 
 
+@register
+class EFSignSGD(Algorithm):
+    name = "ef-signsgd"
+    kind = BodyKind.SIGNS
+    state_name = "error_memory"
+
+    def state_size(self, layout: ModelLayout) -> int:
+        return layout.update_size
+
+    def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
+        deltas, dense, losses = local_sgd(tasks)
+        updates = []
+        for task, delta, values, loss in zip(tasks, deltas, dense, losses):
+            corrected = delta if task.state is None else delta + task.state
+            scales, signs, memory = [], [], []
+            for p in _per_tensor(task.layout, corrected):
+                scale, positive = p.abs().mean(), p >= 0
+                scales.append(scale)
+                signs.append(positive)
+                memory.append(p - scale * (positive.to(p.dtype) * 2 - 1))
+            updates.append(LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), values, loss,
+                                       torch.cat(memory)))  # fmt: skip
+        return updates
+
+
+@register
 class StochasticSign(PostTrainingSign):
     name = "stosign"
 
@@ -70,34 +100,16 @@ class StochasticSign(PostTrainingSign):
         return bound, positive
 
 
+@register
 class ZSign(PostTrainingSign):
     name = "zsign"
-
-    def __init__(self, sigma: float):
-        self.sigma = sigma
+    hyperparameters = (
+        HyperParameter("zsign_sigma", float, 1.0, "z-SignFedAvg's noise scale, in units of the update's RMS per "
+                       "tensor", "a positive finite number", finite_at_least(0.0, inclusive=False)),
+    )  # fmt: skip
+    zsign_sigma: float
 
     def compress(self, d, generator):
-        sigma = self.sigma * d.square().mean().sqrt()
+        sigma = self.zsign_sigma * d.square().mean().sqrt()
         xi = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype) * 2 - 1
         return sigma, d + sigma * xi >= 0
-
-
-class EFSignSGD(Algorithm):
-    name = "ef-signsgd"
-    kind = BodyKind.SIGNS
-    state_name = "error_memory"
-
-    def state_size(self, layout: ModelLayout) -> int:
-        return layout.update_size
-
-    def train(self, task: LocalTask) -> LocalUpdate:
-        delta, loss = local_sgd_update(task)
-        corrected = delta if task.state is None else delta + task.state
-        scales, signs, memory = [], [], []
-        for p in _per_tensor(task.layout, corrected):
-            scale, positive = p.abs().mean(), p >= 0
-            scales.append(scale)
-            signs.append(positive)
-            memory.append(p - scale * (positive.to(p.dtype) * 2 - 1))
-        dense = task.layout.dense_vector(task.model)
-        return LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), dense, loss, torch.cat(memory))

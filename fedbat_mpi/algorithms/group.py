@@ -1,0 +1,137 @@
+"""The one training loop of every algorithm: a group of clients trained at once.
+
+Each client of a group has its own copy of the trained tensors and of the BatchNorm statistics
+(stacked along a leading client dimension), its own data, its own number of steps ``K_k`` and its own
+random streams. At step ``t`` the clients that still have steps are put in buckets of equal batch size
+and equal *phase* (e.g. FedBAT's warm-up or binarized steps); a bucket runs as one vectorised forward
+pass (``torch.func.vmap`` over ``functional_call``), a bucket of one client as a plain call. One
+backward pass of the summed losses follows: clients share no trained tensor, so each gets its own
+gradient, and plain SGD leaves the clients that did not train at ``t`` untouched (their gradient is
+zero). So every client sees exactly its own samples (ragged last batches and BatchNorm statistics
+included) and takes exactly its own ``K_k`` steps: a group's updates equal training its clients one
+after another up to float rounding, and a group of one *is* one-by-one training.
+"""
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from ..layout import ModelLayout
+from .base import LocalTask
+
+Stacked = dict[Any, torch.Tensor]  # tensors with a leading client dimension, by name
+# One client's loss on one batch: (trained tensors, buffers, inputs, labels, per-client extras) -> scalar.
+ClientLoss = Callable[[Stacked, Stacked, torch.Tensor, torch.Tensor, Stacked], torch.Tensor]
+
+
+def stacked(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` copies of ``tensor`` along a new leading dimension."""
+    return tensor.detach().unsqueeze(0).repeat(size, *([1] * tensor.dim())).clone()
+
+
+def stacked_state(model: torch.nn.Module, size: int, exclude: frozenset[str] = frozenset()) -> tuple[Stacked, Stacked]:
+    """Trainable copies of the model's parameters (but ``exclude``) and copies of its buffers, per client."""
+    params = {n: stacked(p, size).requires_grad_(True) for n, p in model.named_parameters() if n not in exclude}
+    buffers = {n: stacked(b, size) for n, b in model.named_buffers()}
+    return params, buffers
+
+
+def dense_of(layout: ModelLayout, tensors: Stacked, client: int) -> torch.Tensor:
+    """One client's dense (BatchNorm) tensors from stacked parameters and buffers, flat float32."""
+    if not layout.dense:
+        return torch.zeros(0)
+    return torch.cat([tensors[seg.name][client].detach().reshape(-1).float() for seg in layout.dense])
+
+
+def train_group(
+    tasks: list[LocalTask],
+    params: Stacked,
+    buffers: Stacked,
+    phase_of: Callable[[int, int], Hashable],
+    loss_of: Callable[[Hashable], ClientLoss],
+    extras_of: Callable[[Hashable, int, list[int]], Stacked],
+) -> list[float]:
+    """Plain SGD (FEDBAT.md §1.6) on every client's ``params`` for its ``K_k`` steps; each client's
+    mean training loss.
+
+    ``phase_of(k, step)`` names the phase of client ``k`` at ``step`` (counted from 1), ``loss_of(phase)``
+    is one client's loss in that phase, and ``extras_of(phase, step, members)`` gives the bucket's
+    per-client extra inputs, stacked in member order (e.g. FedBAT's step sizes and noise).
+    """
+    size = len(tasks)
+    device = next(iter(params.values())).device
+    optimizer = torch.optim.SGD(list(params.values()), lr=tasks[0].lr)
+    totals = torch.zeros(size, device=device)
+    batches = [task.batches() for task in tasks]
+    for step in range(1, max(task.num_steps for task in tasks) + 1):
+        buckets: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        for k, task in enumerate(tasks):
+            if step <= task.num_steps:
+                x, y = next(batches[k])
+                buckets.setdefault((phase_of(k, step), y.shape[0]), []).append((k, x, y))
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=device)
+        updated_buffers = []
+        for (phase, _), entries in buckets.items():
+            members = [k for k, _, _ in entries]
+            extras = extras_of(phase, step, members)
+            losses, bucket_buffers = _bucket_losses(loss_of(phase), params, buffers, entries, extras)
+            totals[members] += losses.detach()
+            loss = loss + losses.sum()
+            updated_buffers.append((members, bucket_buffers))
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # after the backward pass, which may need the buffers as they were
+            for members, bucket_buffers in updated_buffers:
+                for n, b in buffers.items():
+                    if bucket_buffers[n] is not b:
+                        b[members] = bucket_buffers[n]
+    steps = torch.tensor([task.num_steps for task in tasks], device=device, dtype=totals.dtype)
+    return (totals / steps).tolist()
+
+
+def _bucket_losses(
+    loss: ClientLoss, params: Stacked, buffers: Stacked, entries: list[tuple[int, torch.Tensor, torch.Tensor]],
+    extras: Stacked,
+) -> tuple[torch.Tensor, Stacked]:  # fmt: skip
+    """The losses of one bucket's clients, and their BatchNorm buffers after the step: ``buffers``
+    itself when the bucket is the whole group (updated in place), else copies to write back."""
+    members = [k for k, _, _ in entries]
+    if len(members) == 1:  # a plain call on the client's slices
+        k, x, y = entries[0]
+        mine = {n: b[k].clone() for n, b in buffers.items()}
+        value = loss({n: p[k] for n, p in params.items()}, mine, x, y, {n: t[0] for n, t in extras.items()})
+        return value.unsqueeze(0), {n: b.unsqueeze(0) for n, b in mine.items()}
+    x = torch.stack([x for _, x, _ in entries])
+    y = torch.stack([y for _, _, y in entries])
+    if members == list(range(len(next(iter(params.values()))))):  # the whole group: no copies
+        return vmap(loss)(params, buffers, x, y, extras), buffers
+    index = torch.tensor(members, device=x.device)
+    mine = {n: b[index] for n, b in buffers.items()}
+    return vmap(loss)({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
+
+
+def _no_extras(phase: Hashable, step: int, members: list[int]) -> Stacked:
+    return {}
+
+
+def local_sgd(tasks: list[LocalTask]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Plain local SGD on every parameter of each client of a group (FedAvg's client step).
+
+    Returns each client's flat update of the binarized tensors (``w_end - w_start``, state_dict
+    order), its dense tensors after training, and its mean training loss.
+    """
+    model, layout = tasks[0].model, tasks[0].layout
+    params, buffers = stacked_state(model, len(tasks))
+
+    def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, b), (x,)), y)
+
+    losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras)
+    start = {n: model.get_parameter(n).detach() for n in layout.binarized_names}
+    state = {**params, **buffers}
+    deltas = [torch.cat([(params[n][k].detach() - w0).reshape(-1) for n, w0 in start.items()]) for k in range(len(tasks))]
+    return deltas, [dense_of(layout, state, k) for k in range(len(tasks))], losses
