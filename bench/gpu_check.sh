@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one short script (a few minutes):
-#   1. 1, 2 and 4 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA);
+#   1. 1, 2 and 4 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA,
+#      one client at a time: groups of a rank's clients depend on the number of ranks);
 #      the script exits 1 at the end when they differ (the timings below still run);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
@@ -11,7 +12,7 @@ mkdir -p "$out"
 source bench/gpu_env.sh
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
 
-tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --device cuda)
+tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --device cuda --client-group 1)
 for ranks in 1 2 4; do
     "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run "${tiny[@]}" --out "$out/tiny-$ranks" | tail -n 3
 done

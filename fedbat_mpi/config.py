@@ -54,13 +54,13 @@ class RunOptions:
     checkpoint_every: int = 10
     device: str = "auto"
     threads: int = 1
-    client_group: int = 1
+    client_group: int | str = "auto"  # clients trained at once: "auto" (see Engine.group_size) or a number
     eval_batch_size: int = 500
 
     def validate(self) -> "Config":
         """Return self, or raise UsageError naming the first bad option."""
         positive = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
-                    "threads", "eval_batch_size", "client_group")  # fmt: skip
+                    "threads", "eval_batch_size")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 _fail(name, "a positive integer", getattr(self, name))
@@ -71,6 +71,8 @@ class RunOptions:
         for option in hyperparameters():
             if not option.valid(getattr(self, option.name)):
                 _fail(option.name, option.expected, getattr(self, option.name))
+        if self.client_group != "auto" and not (type(self.client_group) is int and self.client_group >= 1):
+            _fail("client_group", "auto or a positive integer", self.client_group)
         if self.checkpoint_every < 0:
             _fail("checkpoint_every", "an integer >= 0 (0: only at the end)", self.checkpoint_every)
         if self.seed < 0:
@@ -143,7 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def client_group(value: str | int) -> str | int:
+    """``--client-group``: ``auto`` or a whole number (its range is checked by ``validate``)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--client-group: expected auto or a positive integer, got {value!r}") from None
+
+
 def _option_type(name: str):
+    if name == "client_group":
+        return client_group
     kind = {f.name: f.type for f in fields(Config)}[name]
     return {int: int, float: float, "int": int, "float": float}.get(kind, str)
 
@@ -151,7 +165,7 @@ def _option_type(name: str):
 def _coerce(name: str, value: Any) -> Any:
     """A value from a YAML file converted to the option's type."""
     convert = _option_type(name)
-    if value is None or isinstance(value, convert) and not isinstance(value, bool):
+    if value is None or isinstance(convert, type) and isinstance(value, convert) and not isinstance(value, bool):
         return value
     try:
         return convert(value)

@@ -67,6 +67,7 @@ class Engine:
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
+        self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
         self.train_images = dataset.train_x.to(self.device)
         self.train_labels = dataset.train_y.to(self.device)
@@ -145,10 +146,18 @@ class Engine:
         weight = batches_per_epoch if config.weighting == "batches" else len(data)
         return task, float(weight)
 
+    def group_size(self, hosted: int) -> int:
+        """How many clients train at once: ``--client-group N``, or for ``auto`` all of the rank's
+        clients of the round on a GPU (halved for the rest of the run if the GPU runs out of memory,
+        see ``train_within_memory``) and one at a time on the CPU, where grouping measured no faster."""
+        if self.config.client_group != "auto":
+            return self.config.client_group
+        return max(1, min(hosted, self.memory_limit)) if self.device.type == "cuda" else 1
+
     def client_groups(self, hosted: list[int]) -> list[list[int]]:
-        """This rank's clients in groups trained at once: runs of up to ``--client-group`` clients in
-        client-id order (clients of any size; see ``algorithms/group.py``)."""
-        size = self.config.client_group
+        """This rank's clients in groups trained at once: runs of ``group_size`` clients in client-id
+        order (clients of any size; see ``algorithms/group.py``)."""
+        size = self.group_size(len(hosted))
         return [hosted[i : i + size] for i in range(0, len(hosted), size)]
 
     def train_clients(
@@ -159,6 +168,22 @@ class Engine:
         self.model.train()
         tasks, weights = zip(*(self.local_task(round_index, c, states.get(c)) for c in group))
         return list(zip(self.algorithm.train(list(tasks)), weights))
+
+    def train_within_memory(
+        self, round_index: int, group: list[int], global_on_device: torch.Tensor, states: dict[int, torch.Tensor]
+    ) -> list[tuple[LocalUpdate, float]]:
+        """``train_clients``, split in halves while the device runs out of memory (each client's streams
+        restart, so the result is the same as if the halves had been the groups)."""
+        try:
+            return self.train_clients(round_index, group, global_on_device, states)
+        except torch.OutOfMemoryError:
+            if len(group) == 1:
+                raise
+        torch.cuda.empty_cache()
+        half = (len(group) + 1) // 2
+        self.memory_limit = min(self.memory_limit, half)
+        return [trained for part in (group[:half], group[half:])
+                for trained in self.train_within_memory(round_index, part, global_on_device, states)]  # fmt: skip
 
     def pack(self, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
         """The client's payload bytes (sign bits packed 8 per byte, or float32 values)."""
@@ -190,7 +215,7 @@ class Engine:
         parts, new_states = [np.zeros(0, dtype=np.uint8)], []
         for group in self.client_groups(clients_of_rank(clients, comm.size, comm.rank).tolist()):
             with timer("train"):
-                trained = self.train_clients(round_index, group, global_on_device, states)
+                trained = self.train_within_memory(round_index, group, global_on_device, states)
             with timer("pack"):
                 for client_id, (update, weight) in zip(group, trained):
                     parts.append(self.pack(client_id, update, weight))

@@ -35,6 +35,8 @@ OPTION_CASES = [
     ("checkpoint-every", ["--checkpoint-every", "-1"], "--checkpoint-every: expected an integer >= 0"),
     ("more-per-round", ["--clients-per-round", "50"], "--clients-per-round: expected at most --num-clients (40)"),
     ("fewer-than-ranks", ["--clients-per-round", "1"], "--clients-per-round: expected at least the number of MPI ranks (2)"),
+    ("client-group-zero", ["--client-group", "0"], "--client-group: expected auto or a positive integer, got 0"),
+    ("client-group-word", ["--client-group", "all"], "--client-group: expected auto or a positive integer, got 'all'"),
     ("device-name", ["--device", "gpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("device-index", ["--device", "cuda:99"], "--device: cuda:99 "),
     ("partition", ["--partition", "halves"], "--partition: expected iid, dir:BETA"),
