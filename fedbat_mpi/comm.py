@@ -5,6 +5,8 @@ would pass MPI's 2**31 - 1 element limit are split. Packed bits are never reduce
 Open MPI's AVX reduction saturates uint8 on some CPUs, so payloads are gathered and summed by rank 0.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 from mpi4py import MPI
 
@@ -19,6 +21,7 @@ class Communicator:
         self.rank: int = self._comm.Get_rank()
         self.size: int = self._comm.Get_size()
         self.max_message_bytes = max_message_bytes
+        self._received: dict[str, np.ndarray] = {}  # rank 0's named receive buffers (gather_bytes)
         node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank: int = node.Get_rank()
         node.Free()
@@ -27,17 +30,27 @@ class Communicator:
     def is_root(self) -> bool:
         return self.rank == 0
 
-    def gather_bytes(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    def gather_bytes(
+        self, data: np.ndarray, counts: Sequence[int] | None = None, reuse: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """Gather every rank's uint8 buffer to rank 0 with ``Gatherv``.
 
-        Returns ``(buffer, counts)`` on rank 0, the buffers concatenated in rank order and the number
-        of bytes from each rank, and ``(None, None)`` elsewhere. Ranks may send zero bytes.
+        ``counts``, the number of bytes each rank sends, when every rank knows them (the engine does:
+        the schedule and the payload size fix them); otherwise an ``Allgather`` of the counts comes
+        first. Returns ``(buffer, counts)`` on rank 0, the buffers concatenated in rank order, and
+        ``(None, None)`` elsewhere. Ranks may send zero bytes. With ``reuse``, rank 0 receives into the
+        buffer kept under that name, so what the previous call with the same name returned is
+        overwritten; without, into a new one.
         """
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        counts = np.empty(self.size, dtype=np.int64)
-        self._comm.Allgather(np.array([data.size], dtype=np.int64), counts)
+        if counts is None:
+            counts = np.empty(self.size, dtype=np.int64)
+            self._comm.Allgather(np.array([data.size], dtype=np.int64), counts)
+        counts = np.asarray(counts, dtype=np.int64)
+        if data.size != counts[self.rank]:
+            raise ValueError(f"rank {self.rank} sends {data.size} bytes, the agreed count is {counts[self.rank]}")
         total = int(counts.sum())
-        recv = np.empty(total, dtype=np.uint8) if self.is_root else None
+        recv = self._receive_buffer(reuse, total) if self.is_root else None
         if total <= self.max_message_bytes:
             displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
             spec = [recv, counts.tolist(), displs.tolist(), MPI.BYTE] if self.is_root else None
@@ -45,6 +58,14 @@ class Communicator:
         else:
             self._gather_in_pieces(data, counts, recv)
         return (recv, counts) if self.is_root else (None, None)
+
+    def _receive_buffer(self, name: str | None, size: int) -> np.ndarray:
+        """``size`` bytes of rank 0's receive buffer ``name``, grown when too small, else reused."""
+        if name is None:
+            return np.empty(size, dtype=np.uint8)
+        if self._received.get(name, np.empty(0, np.uint8)).size < size:
+            self._received[name] = np.empty(size, dtype=np.uint8)
+        return self._received[name][:size]
 
     def _gather_in_pieces(self, data: np.ndarray, counts: np.ndarray, recv: np.ndarray | None) -> None:
         """``Gatherv`` in rounds of at most ``max_message_bytes`` in all, then reassemble on rank 0."""

@@ -66,6 +66,7 @@ class Engine:
         self.model = model.to(self.device)
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
+        self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
         self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
@@ -117,10 +118,16 @@ class Engine:
 
     def collect_client_states(self, clients: np.ndarray, states: list[np.ndarray]) -> None:
         """The trained clients' new states return to rank 0 (``Gatherv``, in client-id order)."""
-        received, _ = self.comm.gather_bytes(np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8))
+        counts = [4 * self.state_size * len(clients_of_rank(clients, self.comm.size, r)) for r in range(self.comm.size)]
+        mine = np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8)
+        received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
         if self.comm.is_root:
             rows = received.view(np.float32).reshape(len(clients), self.state_size)
             self.client_states.update({int(c): row.copy() for c, row in zip(clients, rows)})
+
+    def payload_counts(self, clients: np.ndarray) -> list[int]:
+        """The bytes each rank sends in a round's gather: its clients' payloads, all of one size."""
+        return [self.payload_shape.size * len(clients_of_rank(clients, self.comm.size, r)) for r in range(self.comm.size)]
 
     def local_task(self, round_index: int, client_id: int, state: torch.Tensor | None) -> tuple[LocalTask, float]:
         """One client's local training on this rank's model, and the client's aggregation weight."""
@@ -222,12 +229,12 @@ class Engine:
                     if self.state_size:
                         new_states.append(update.state.detach().float().cpu().numpy())
         with timer("gather"):
-            received, _ = comm.gather_bytes(np.concatenate(parts))
+            received, _ = comm.gather_bytes(np.concatenate(parts), self.payload_counts(clients), reuse="payloads")
             if self.state_size:
                 self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
-                payloads = codec.decode_all(received, codec.PayloadShape.of(self.layout, self.algorithm.kind))
+                payloads = codec.decode_all(received, self.payload_shape)
                 sent = sorted(p.client_id for p in payloads)
                 if sent != clients.tolist():
                     raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "

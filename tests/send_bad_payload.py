@@ -6,7 +6,8 @@ it. The first client that rank 1 packs in round 2 gets the defect, announced on 
 
 - ``nan-weight``, ``negative-weight``: the aggregation weight in the header;
 - ``update-size``: the header's d one more than the model's (the body is unchanged);
-- ``duplicate``: the payload sent twice;
+- ``duplicate``: the round's second payload of rank 1 names the first one's client (same size, so the
+  gather's agreed byte counts still hold; needs two clients on rank 1);
 - ``unsampled``: the header names a client that the round did not sample (id + 1000);
 - ``nan-value``: a NaN as the first update value (float32 bodies) or dense value (sign bodies).
 """
@@ -38,8 +39,6 @@ def bad_payload(self: engine.Engine, client_id: int, update: LocalUpdate, weight
         values[0] = torch.nan
         return pack(self, client_id, dataclasses.replace(update, **{field: values}), weight)
     raw = pack(self, client_id, update, weight)
-    if defect == "duplicate":
-        return np.concatenate([raw, raw])
     if defect == "unsampled":
         raw[8:12] = np.array([client_id + 1000], dtype="<u4").view(np.uint8)
         return raw
@@ -57,9 +56,24 @@ def run_round_with_a_bad_payload(self: engine.Engine, round_index: int):
 def pack_maybe_bad(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
     if not self.bad_payload_due:
         return pack(self, client_id, update, weight)
+    if defect == "duplicate":
+        return pack_duplicate(self, client_id, update, weight)
     self.bad_payload_due = False
     print(f"sending a bad payload for client {client_id}: {defect}", file=sys.stderr, flush=True)
     return bad_payload(self, client_id, update, weight)
+
+
+def pack_duplicate(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
+    """The first payload of the round as it is; the second under the first one's client id."""
+    raw = pack(self, client_id, update, weight)
+    first = getattr(self, "first_client", None)
+    if first is None:
+        self.first_client = client_id
+        return raw
+    self.bad_payload_due = False
+    print(f"sending a bad payload for client {first}: {defect}", file=sys.stderr, flush=True)
+    raw[8:12] = np.array([first], dtype="<u4").view(np.uint8)
+    return raw
 
 
 if Communicator().rank == 1:

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from fedbat_mpi import checkpoint
-
-from .launch import TINY, launch, metrics
+from fedbat_mpi.testing.launch import TINY, launch, metrics
 
 SCRIPT = [str(Path(__file__).with_name("send_bad_payload.py"))]
 
@@ -23,8 +22,9 @@ CASES = [
 
 @pytest.mark.parametrize(("defect", "algorithm", "cause"), CASES, ids=[c[0] for c in CASES])
 def test_a_bad_payload_from_rank_1_ends_every_rank_and_names_the_client(defect, algorithm, cause, tmp_path):
-    one_client_a_rank = ["--clients-per-round", "2", "--checkpoint-every", "1", "--algorithm", algorithm]
-    args = [*TINY, *one_client_a_rank, "--out", str(tmp_path)]
+    per_round = "4" if defect == "duplicate" else "2"  # a duplicate needs two clients on rank 1
+    options = ["--clients-per-round", per_round, "--checkpoint-every", "1", "--algorithm", algorithm]
+    args = [*TINY, *options, "--out", str(tmp_path)]
     # mpirun returns only when every rank has ended; a rank left waiting would run into the timeout.
     done = launch(2, args, timeout=120, script=SCRIPT, BAD_PAYLOAD=defect)
     assert done.returncode != 0

@@ -4,30 +4,25 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 from mpi4py import MPI
 
 from fedbat_mpi import codec
-from fedbat_mpi.algorithms import ALGORITHMS
 from fedbat_mpi.aggregate import aggregate
+from fedbat_mpi.algorithms import ALGORITHMS
 from fedbat_mpi.comm import Communicator
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.engine import Engine
-from fedbat_mpi.layout import ModelLayout, model_sha256
-from fedbat_mpi.models import binarized_names, build_model
+from fedbat_mpi.layout import model_sha256
 from fedbat_mpi.schedule import clients_of_rank
-
-from .payloads import make_payload, reference_aggregate
+from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 
 @pytest.fixture(scope="module")
 def layout_and_model():
-    torch.manual_seed(0)
-    model = build_model("cnn4-mnist", 10)
-    return ModelLayout(model, binarized_names(model)), model
+    return model_layout("cnn4-mnist")
 
 
 def _hosted(rank: int) -> list[int]:
@@ -41,6 +36,22 @@ def _all_equal_on_every_rank(comm: Communicator, data: bytes) -> bool:
     same = np.array([comm.is_root and bool(np.all(gathered.reshape(comm.size, -1) == digest))], dtype=np.uint8)
     comm.broadcast(same)
     return bool(same[0])
+
+
+@pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 1000])
+def test_a_gather_with_agreed_counts_needs_no_count_exchange_and_reuses_its_buffer(max_message_bytes):
+    comm = Communicator(max_message_bytes=max_message_bytes)
+    counts = [300 * r + 7 for r in range(comm.size)]  # every rank knows them, as the schedule fixes them
+    buffers = []
+    for call in range(2):
+        mine = np.full(counts[comm.rank], (comm.rank + 10 * call) % 256, dtype=np.uint8)
+        buffer, got = comm.gather_bytes(mine, counts, reuse="test")
+        if comm.is_root:
+            expected = np.concatenate([np.full(n, (r + 10 * call) % 256, np.uint8) for r, n in enumerate(counts)])
+            assert got.tolist() == counts and np.array_equal(buffer, expected)
+            buffers.append(buffer)
+    if comm.is_root:  # the second call received into the first one's memory
+        assert np.shares_memory(buffers[0], buffers[1])
 
 
 @pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 50_000])
