@@ -28,15 +28,17 @@ decode + aggregate, with the cold call reported beside it).
     python bench/aggregate.py --models resnet10 --clients 1000     # ResNet-10 at 1,000 (~660 MB of payloads)
 """
 
+import functools
 import json
 import resource
-import subprocess
 import sys
 import time
 import tracemalloc
 
 import benchlib
 import numpy as np
+
+from fedbat_mpi.testing import launch
 
 DEFAULT_CLIENTS = {"cnn4-mnist": [10, 100, 1000], "cnn4": [10, 100, 1000], "resnet10": [10, 100]}
 
@@ -86,15 +88,16 @@ def measure(model: str, clients: int, repeats: int) -> dict:
     """One (model, clients) point, in this process."""
     from fedbat_mpi import codec  # noqa: PLC0415
     from fedbat_mpi.aggregate import aggregate  # noqa: PLC0415
+    from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
 
-    layout, net = benchlib.model_layout(model)
+    layout, net = model_layout(model)
     global_vector = layout.global_vector(net)
     rss_start = max_rss_mb()
     shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
     size = shape.size
     buffer = np.empty(clients * size, dtype=np.uint8)  # what rank 0's gather delivers
     for client in range(clients):
-        buffer[client * size : (client + 1) * size] = codec.encode(benchlib.make_payload(layout, client))
+        buffer[client * size : (client + 1) * size] = codec.encode(make_payload(layout, client))
     rss_payloads = max_rss_mb()
 
     start = time.perf_counter()
@@ -180,60 +183,30 @@ def main(argv: list[str]) -> int:
     for model in args.models:
         for clients in args.clients or DEFAULT_CLIENTS[model]:
             # A fresh process per point, so that its max RSS is its own.
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                model,
-                str(clients),
-                "--repeats",
-                str(args.repeats),
-            ]
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=3600, env=benchlib.environment()
-            )
-            if done.returncode != 0:
-                sys.exit(f"bench: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            child = ["--child", model, str(clients), "--repeats", str(args.repeats)]
+            done = benchlib.run(launch.command(None, child, script=[__file__]), timeout=3600)
             results.append(json.loads(done.stdout.splitlines()[-1]))
             r = results[-1]
             print(f"{model} x {clients}: {r['decode_plus_aggregate_s']:.3f} s", flush=True)
-    rows = [
-        {
-            "model": r["model"],
-            "clients": r["clients"],
-            "mb": r["received_bytes"] / 1e6,
-            "dec": 1e3 * r["decode_s"],
-            "cold": 1e3 * r["aggregate_cold_s"],
-            "warm": 1e3 * r["aggregate_warm_s"],
-            "total": 1e3 * r["decode_plus_aggregate_s"],
-            "per": r["per_client_ms"],
-            "fc": r["minor_page_faults_cold"],
-            "fw": r["minor_page_faults_warm"],
-            "sketch": 1e3 * r["sketch_warm_s"],
-            "peak": r["tracemalloc_peak_mb"],
-            "rss1": r["max_rss_with_payloads_mb"],
-            "rss2": r["max_rss_end_mb"],
-        }
-        for r in results
-    ]
+    ms, field = functools.partial(benchlib.field, scale=1e3), benchlib.field
     print(f"\nwarm = median of {args.repeats} calls after the first (cold) one; memory in MiB")
     benchlib.print_table(
-        rows,
+        results,
         [
             ("model", "model", ""),
             ("clients", "clients", ","),
-            ("mb", "received MB", ".1f"),
-            ("dec", "decode ms", ".2f"),
-            ("cold", "aggregate cold ms", ".1f"),
-            ("warm", "aggregate warm ms", ".1f"),
-            ("total", "decode+aggregate ms", ".1f"),
-            ("per", "ms/client", ".3f"),
-            ("fc", "faults cold", ","),
-            ("fw", "faults warm", ","),
-            ("sketch", "sketch warm ms", ".1f"),
-            ("peak", "tracemalloc peak", ".1f"),
-            ("rss1", "max RSS w/ payloads", ".0f"),
-            ("rss2", "max RSS end", ".0f"),
+            ("received MB", field("received_bytes", scale=1e-6), ".1f"),
+            ("decode ms", ms("decode_s"), ".2f"),
+            ("aggregate cold ms", ms("aggregate_cold_s"), ".1f"),
+            ("aggregate warm ms", ms("aggregate_warm_s"), ".1f"),
+            ("decode+aggregate ms", ms("decode_plus_aggregate_s"), ".1f"),
+            ("ms/client", "per_client_ms", ".3f"),
+            ("faults cold", "minor_page_faults_cold", ","),
+            ("faults warm", "minor_page_faults_warm", ","),
+            ("sketch warm ms", ms("sketch_warm_s"), ".1f"),
+            ("tracemalloc peak", "tracemalloc_peak_mb", ".1f"),
+            ("max RSS w/ payloads", "max_rss_with_payloads_mb", ".0f"),
+            ("max RSS end", "max_rss_end_mb", ".0f"),
         ],
     )
     for r in results:
@@ -244,8 +217,7 @@ def main(argv: list[str]) -> int:
                 f"({'met' if t < 1 else 'missed'}); cold first call {r['aggregate_cold_s']:.3f} s"
             )
     settings = {"models": args.models, "clients": args.clients, "repeats": args.repeats}
-    path = benchlib.write_json(args.json, "aggregate", [sys.executable, *sys.argv], settings, results)
-    print(f"\nwrote {path}")
+    benchlib.write_json(args.json, "aggregate", settings, results)
     return 0
 
 

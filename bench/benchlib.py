@@ -1,7 +1,8 @@
 """What every benchmark in ``bench/`` shares: the machine record, timing, tables, JSON, launching runs.
 
 The benchmarks are scripts (``python bench/NAME.py``); this module sits beside them and is imported as
-``benchlib``. Nothing here is part of the package: it only drives ``fedbat_mpi``'s public pieces.
+``benchlib``. What the tests use too (launching runs, payloads, data files in the official formats) is
+in :mod:`fedbat_mpi.testing`.
 """
 
 import argparse
@@ -11,9 +12,7 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from fedbat_mpi.testing import launch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -109,29 +110,34 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def write_json(
-    path: str | Path, benchmark: str, command: list[str], settings: dict, results: list[dict], **extra
-) -> Path:
-    """Write one benchmark's results with the machine and command that produced them."""
+def write_json(path: str | Path, benchmark: str, settings: dict, results: list[dict], **extra) -> Path:
+    """Write one benchmark's results with the machine and the command line that produced them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": benchmark,
-        "command": " ".join(command),
+        "command": " ".join([sys.executable, *sys.argv]),
         "machine": machine(),
         "settings": settings,
         "results": results,
         **extra,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {path}")
     return path
 
 
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """A plain-text table: ``columns`` are (key, header, format spec) triples."""
-    cells = [[header for _, header, _ in columns]]
+Column = tuple[str, str | Callable[[dict], object], str]
+
+
+def print_table(rows: list[dict], columns: list[Column]) -> None:
+    """A plain-text table, a line per row: ``columns`` are (header, value, format spec) triples, the
+    value a key of the row or a function of it; a missing value (None) prints as "-"."""
+    cells = [[header for header, _, _ in columns]]
     for row in rows:
-        cells.append([_cell(row.get(key), spec) for key, _, spec in columns])
+        cells.append(
+            [_cell(value(row) if callable(value) else row.get(value), spec) for _, value, spec in columns]
+        )
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for n, line in enumerate(cells):
         print(
@@ -142,6 +148,18 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
         )
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def field(*keys: str, scale: float = 1.0) -> Callable[[dict], float | None]:
+    """A table column's value: ``row[key1][key2]...`` times ``scale`` (1e3: seconds as ms; 100: a share
+    as %), or None where the value is None."""
+
+    def value(row: dict) -> float | None:
+        for key in keys:
+            row = row[key]
+        return None if row is None else scale * row
+
+    return value
 
 
 def _cell(value, spec: str) -> str:
@@ -186,40 +204,21 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 # ---- launching real runs ----
 
 
-def mpirun_path() -> str:
-    """The ``mpirun`` beside this Python (the venv's MPICH wheel), else the one on PATH."""
-    beside = Path(sys.executable).with_name("mpirun")
-    found = str(beside) if beside.exists() else shutil.which("mpirun")
-    if found is None:
-        sys.exit("bench: no mpirun beside this python or on PATH (see README, MPI)")
-    return found
-
-
-def environment() -> dict[str, str]:
-    """One OpenMP thread per rank, as the runs themselves use (``--threads 1``)."""
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` to completion with the runs' environment; exit with its stderr's end if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=launch.environment())
+    if done.returncode != 0:
+        sys.exit(f"bench: {' '.join(command)} failed with status {done.returncode}:\n{done.stderr[-3000:]}")
+    return done
 
 
 def launch_run(ranks: int, args: list[str], out: Path, timeout: float = 1800) -> tuple[list[dict], dict]:
     """``mpirun -n RANKS python -m fedbat_mpi.run ARGS --out OUT``: its ``metrics.jsonl`` rows, and the
     cores it used and the cores the rest of the machine used meanwhile (start-up included)."""
-    command = [
-        mpirun_path(),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "fedbat_mpi.run",
-        *args,
-        "--out",
-        str(out),
-    ]
+    command = launch.command(ranks, [*args, "--out", str(out)])
     own, busy, start = children_cpu_seconds(), busy_cpu_seconds(), time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
+    run(command, timeout)
     wall, own = time.perf_counter() - start, children_cpu_seconds() - own
-    if done.returncode != 0:
-        sys.exit(f"bench: {' '.join(command)} failed with status {done.returncode}:\n{done.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     after = busy_cpu_seconds()
     usage = {
         "wall_s": wall,
@@ -227,96 +226,4 @@ def launch_run(ranks: int, args: list[str], out: Path, timeout: float = 1800) ->
         "cores_used": own / wall,
         "other_cores_busy": None if busy is None or after is None else max(0.0, (after - busy - own) / wall),
     }
-    return rows, usage
-
-
-# ---- payloads like the clients' ----
-
-
-def model_layout(model: str, num_classes: int = 10):
-    """The :class:`ModelLayout` of a freshly built model (the sizes a payload of that model has)."""
-    from fedbat_mpi.layout import ModelLayout  # noqa: PLC0415
-    from fedbat_mpi.models import binarized_names, build_model  # noqa: PLC0415
-
-    net = build_model(model, num_classes)
-    return ModelLayout(net, binarized_names(net)), net
-
-
-def make_payload(layout, client_id: int, kind=None):
-    """A realistic client payload, a function of the client id: random signs (half positive), step
-    sizes in FedBAT's clamp range [5e-4, 5e-2], N(0, 1) BatchNorm tensors, a weight of 1..19 batches.
-    ``kind`` FLOAT32 gives FedAvg's N(0, 0.01) float32 update instead of signs."""
-    from fedbat_mpi import codec  # noqa: PLC0415
-
-    kind = codec.BodyKind.SIGNS if kind is None else kind
-    rng = np.random.default_rng(client_id)
-    if kind is codec.BodyKind.SIGNS:
-        scales = rng.uniform(5e-4, 5e-2, len(layout.binarized)).astype(np.float32)
-        # Fair coin signs drawn as packed bytes, eight at once; bits past d are zero, as packbits leaves them.
-        body = np.frombuffer(rng.bytes(-(-layout.update_size // 8)), dtype=np.uint8).copy()
-        if layout.update_size % 8:
-            body[-1] &= (0xFF << (8 - layout.update_size % 8)) & 0xFF
-    else:
-        scales = np.zeros(0, dtype=np.float32)
-        body = rng.normal(0, 1e-2, layout.update_size).astype(np.float32)
-    dense = rng.normal(0, 1, layout.dense_size).astype(np.float32)
-    weight = float(rng.integers(1, 20))
-    return codec.Payload(
-        client_id, weight, float(rng.random()), kind, scales, dense, body, layout.update_size
-    )
-
-
-# ---- small data sets in the official file formats (for --dataset svhn / cifar10) ----
-
-
-def write_fmnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
-    """``root/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte``: IDX files (uncompressed)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "fashion-mnist"
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, array in (
-            ("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-            ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8)),
-        ):
-            header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
-
-
-def write_svhn(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
-    """``root/svhn/{train,test}_32x32.mat``: MATLAB v5 with X (uint8 32×32×3×N) and y (double, 1..10)."""
-    rng = np.random.default_rng(seed)
-    (root / "svhn").mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        y = rng.integers(1, 11, (n, 1)).astype(np.float64)
-        header = b"MATLAB 5.0 MAT-file, written by fedbat_mpi bench".ljust(116) + b"\0" * 8
-        header += struct.pack("<H", 0x0100) + b"IM"
-        body = _mat_matrix("X", x, mx_class=9, mi_type=2, dtype="u1") + _mat_matrix("y", y, 6, 9, "f8")
-        (root / "svhn" / f"{split}_32x32.mat").write_bytes(header + body)
-
-
-def _mat_element(mtype: int, payload: bytes) -> bytes:
-    if len(payload) <= 4:  # small data element: size and type share the tag
-        return struct.pack("<I", (len(payload) << 16) | mtype) + payload.ljust(4, b"\0")
-    return struct.pack("<II", mtype, len(payload)) + payload + b"\0" * (-len(payload) % 8)
-
-
-def _mat_matrix(name: str, array: np.ndarray, mx_class: int, mi_type: int, dtype: str) -> bytes:
-    """One miMATRIX element: array flags, dimensions, name, real part (column-major)."""
-    flags = _mat_element(6, struct.pack("<II", mx_class, 0))
-    dims = _mat_element(5, np.array(array.shape, "<i4").tobytes())
-    real = _mat_element(mi_type, array.ravel(order="F").astype("<" + dtype).tobytes())
-    return _mat_element(14, flags + dims + _mat_element(1, name.encode()) + real)
-
-
-def write_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
-    """``root/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin``: 1 label byte + 3072 pixels a record."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True, exist_ok=True)
-    sizes = [n_train // 5 + (i < n_train % 5) for i in range(5)]
-    for name, n in [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
-        labels = rng.integers(0, 10, (n, 1), dtype=np.uint8)
-        pixels = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
-        (folder / f"{name}.bin").write_bytes(np.hstack([labels, pixels]).tobytes())
+    return launch.metrics(out), usage

@@ -29,6 +29,7 @@ bytes is printed too; it would ask packing to outrun memory by 8x on its input.
     python bench/codec.py                 # ResNet-10, CNN4, CNN4-MNIST; cached and from memory; 50 turns
 """
 
+import functools
 import itertools
 import sys
 
@@ -41,16 +42,17 @@ MODELS = {"resnet10": 10, "cnn4": 10, "cnn4-mnist": 10}
 def measure(model: str, repeats: int, copies: int | None, memory_mb: int) -> dict:
     """Time every operation on ``copies`` distinct sets of arrays (1: cached; None: fill ``memory_mb``)."""
     from fedbat_mpi import codec  # noqa: PLC0415
+    from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
 
-    layout, _ = benchlib.model_layout(model, MODELS[model])
+    layout, _ = model_layout(model, MODELS[model])
     d = layout.update_size
-    payload = benchlib.make_payload(layout, 0)
+    payload = make_payload(layout, 0)
     encoded = codec.encode(payload)
     set_bytes = 2 * d + 2 * payload.body.size + 2 * encoded.size  # bools, packed, payload, and copies of each
     copies = copies or max(2, -(-memory_mb * 2**20 // set_bytes))
     sets = []
     for index in range(copies):
-        p = benchlib.make_payload(layout, index)
+        p = make_payload(layout, index)
         positive = np.unpackbits(p.body, count=d).astype(bool)
         enc = codec.encode(p)
         # Copy destinations start as copies, so their pages exist before any timing (the first touch of
@@ -146,70 +148,43 @@ def main(argv: list[str]) -> int:
         return 3 if args.quick else args.repeats or (50 if model == "resnet10" else 300)
 
     results = [measure(m, repeats(m), copies, memory_mb) for m in args.models for copies in (1, None)]
-    rows = [
-        {
-            "model": r["model"],
-            "set": r["working_set"],
-            "d": r["update_size"],
-            "pack_ms": 1e3 * r["median_s"]["pack"],
-            "unpack_ms": 1e3 * r["median_s"]["unpack"],
-            "copyb_ms": 1e3 * r["median_s"]["copy_bool"],
-            "pack_ge": r["g_entries_per_s"]["pack"],
-            "unpack_ge": r["g_entries_per_s"]["unpack"],
-            "copy_gb": r["g_entries_per_s"]["copy_bool"],
-            "pack_gp": r["gb_per_s_packed_bytes"]["pack"],
-            "unpack_gp": r["gb_per_s_packed_bytes"]["unpack"],
-            "ratio": 100 * r["pack_unpack_vs_copy_bool"],
-            "ratio_packed": 100 * r["pack_unpack_vs_copy_packed"],
-        }
-        for r in results
-    ]
+    ms, field = functools.partial(benchlib.field, "median_s", scale=1e3), benchlib.field
     turns = ", ".join(f"{m} {repeats(m)}" for m in args.models)
     print(f"median of interleaved turns ({turns}). Gent/s = 1e9 sign entries/s = GB/s of the d-byte bools;")
     print("'GB/s packed' counts the d/8 packed bytes; ratio = 2 x copy(d bytes) / (pack + unpack)")
-    columns = [
-        ("model", "model", ""),
-        ("set", "working set", ""),
-        ("d", "d", ","),
-        ("pack_ms", "pack ms", ".3f"),
-        ("unpack_ms", "unpack ms", ".3f"),
-        ("copyb_ms", "copy d B ms", ".3f"),
-        ("pack_ge", "pack Gent/s", ".1f"),
-        ("unpack_ge", "unpack Gent/s", ".1f"),
-        ("copy_gb", "copy GB/s", ".1f"),
-        ("pack_gp", "pack GB/s packed", ".2f"),
-        ("unpack_gp", "unpack GB/s packed", ".2f"),
-        ("ratio", "ratio %", ".0f"),
-        ("ratio_packed", "vs copy d/8 B %", ".0f"),
-    ]
-    benchlib.print_table(rows, columns)
-    rows = [
-        {
-            "model": r["model"],
-            "set": r["working_set"],
-            "bytes": r["payload_bytes"],
-            "enc_ms": 1e3 * r["median_s"]["encode"],
-            "dec_ms": 1e3 * r["median_s"]["decode_unpack"],
-            "copy_ms": 1e3 * r["median_s"]["copy_payload"],
-            "enc_gb": r["gb_per_s_payload"]["encode"],
-            "copy_gb": r["gb_per_s_payload"]["copy_payload"],
-            "ratio": 100 * r["encode_vs_copy_payload"],
-        }
-        for r in results
-    ]
+    benchlib.print_table(
+        results,
+        [
+            ("model", "model", ""),
+            ("working set", "working_set", ""),
+            ("d", "update_size", ","),
+            ("pack ms", ms("pack"), ".3f"),
+            ("unpack ms", ms("unpack"), ".3f"),
+            ("copy d B ms", ms("copy_bool"), ".3f"),
+            ("pack Gent/s", field("g_entries_per_s", "pack"), ".1f"),
+            ("unpack Gent/s", field("g_entries_per_s", "unpack"), ".1f"),
+            ("copy GB/s", field("g_entries_per_s", "copy_bool"), ".1f"),
+            ("pack GB/s packed", field("gb_per_s_packed_bytes", "pack"), ".2f"),
+            ("unpack GB/s packed", field("gb_per_s_packed_bytes", "unpack"), ".2f"),
+            ("ratio %", field("pack_unpack_vs_copy_bool", scale=100), ".0f"),
+            ("vs copy d/8 B %", field("pack_unpack_vs_copy_packed", scale=100), ".0f"),
+        ],
+    )
     print("\nwhole payload: codec.encode, codec.decode_all + unpacking the signs, and a copy of its bytes")
-    columns = [
-        ("model", "model", ""),
-        ("set", "working set", ""),
-        ("bytes", "payload B", ","),
-        ("enc_ms", "encode ms", ".3f"),
-        ("dec_ms", "decode+unpack ms", ".3f"),
-        ("copy_ms", "copy ms", ".4f"),
-        ("enc_gb", "encode GB/s", ".2f"),
-        ("copy_gb", "copy GB/s", ".2f"),
-        ("ratio", "encode/copy %", ".0f"),
-    ]
-    benchlib.print_table(rows, columns)
+    benchlib.print_table(
+        results,
+        [
+            ("model", "model", ""),
+            ("working set", "working_set", ""),
+            ("payload B", "payload_bytes", ","),
+            ("encode ms", ms("encode"), ".3f"),
+            ("decode+unpack ms", ms("decode_unpack"), ".3f"),
+            ("copy ms", ms("copy_payload"), ".4f"),
+            ("encode GB/s", field("gb_per_s_payload", "encode"), ".2f"),
+            ("copy GB/s", field("gb_per_s_payload", "copy_payload"), ".2f"),
+            ("encode/copy %", field("encode_vs_copy_payload", scale=100), ".0f"),
+        ],
+    )
     for r in results:
         if r["model"] == "resnet10" and not args.quick:
             ratio = r["pack_unpack_vs_copy_bool"]
@@ -222,8 +197,7 @@ def main(argv: list[str]) -> int:
         "models": args.models,
         "memory_mb": memory_mb,
     }
-    path = benchlib.write_json(args.json, "codec", [sys.executable, *sys.argv], settings, results)
-    print(f"\nwrote {path}")
+    benchlib.write_json(args.json, "codec", settings, results)
     return 0
 
 

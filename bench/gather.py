@@ -19,9 +19,9 @@ rank's payloads, its own included, as ``uplink_bytes`` counts them) over rank 0'
     mpirun -n 4 python bench/gather.py        # one size, under your own launcher
 """
 
+import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import benchlib
 import numpy as np
+
+from fedbat_mpi.testing import launch
 
 # Set in every process that MPICH's or Open MPI's mpirun (or a PMIx launcher such as srun) starts.
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
@@ -40,12 +42,13 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
 
     from fedbat_mpi import codec  # noqa: PLC0415
     from fedbat_mpi.comm import Communicator  # noqa: PLC0415
+    from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
 
     comm = Communicator()
     world = MPI.COMM_WORLD
-    layout, _ = benchlib.model_layout(model)
+    layout, _ = model_layout(model)
     mine = np.array_split(np.arange(clients), comm.size)[comm.rank]
-    parts = [codec.encode(benchlib.make_payload(layout, int(c))) for c in mine]
+    parts = [codec.encode(make_payload(layout, int(c))) for c in mine]
     data = np.concatenate([np.zeros(0, np.uint8), *parts])
     counts = np.array(world.allgather(data.size), dtype=np.int64)
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -117,27 +120,9 @@ def driver(args) -> int:
     with tempfile.TemporaryDirectory(prefix="fedbat-bench-gather-") as tmp:
         for ranks in args.ranks:
             part = Path(tmp) / f"gather-{ranks}.json"
-            command = [
-                benchlib.mpirun_path(),
-                "-n",
-                str(ranks),
-                sys.executable,
-                __file__,
-                "--worker",
-                "--models",
-                *args.models,
-                "--clients",
-                str(args.clients),
-                "--repeats",
-                str(args.repeats),
-                "--json",
-                str(part),
-            ]
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=900, env=benchlib.environment()
-            )
-            if done.returncode != 0:
-                sys.exit(f"bench: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            options = ["--worker", "--models", *args.models, "--clients", str(args.clients)]
+            options += ["--repeats", str(args.repeats), "--json", str(part)]
+            benchlib.run(launch.command(ranks, options, script=[__file__]), timeout=900)
             results += json.loads(part.read_text())
     report(args, results)
     return 0
@@ -145,42 +130,27 @@ def driver(args) -> int:
 
 def report(args, results: list[dict]) -> None:
     """Print the table and write the JSON (on rank 0, or in the driver)."""
-    rows = [
-        {
-            "ranks": r["ranks"],
-            "model": r["model"],
-            "clients": r["clients"],
-            "bytes": r["total_bytes"],
-            "fed_ms": 1e3 * r["median_s"]["fedbat"],
-            "raw_ms": 1e3 * r["median_s"]["raw"],
-            "fed_gb": r["gb_per_s"]["fedbat"],
-            "raw_gb": r["gb_per_s"]["raw"],
-            "counts_ms": 1e3 * r["median_s"]["counts"],
-            "fresh_ms": 1e3 * r["median_s"]["raw_fresh"],
-            "ratio": 100 * r["fedbat_vs_raw"],
-        }
-        for r in results
-    ]
+    ms = functools.partial(benchlib.field, "median_s", scale=1e3)
+    gb = functools.partial(benchlib.field, "gb_per_s")
     print(f"median of {args.repeats} interleaved turns, barrier before each; rank 0's time")
     benchlib.print_table(
-        rows,
+        results,
         [
             ("ranks", "ranks", ""),
             ("model", "model", ""),
             ("clients", "clients", ""),
-            ("bytes", "bytes gathered", ","),
-            ("fed_ms", "gather_bytes ms", ".3f"),
-            ("raw_ms", "raw Gatherv ms", ".3f"),
-            ("fresh_ms", "raw, fresh buffer ms", ".3f"),
-            ("counts_ms", "Allgather of counts ms", ".3f"),
-            ("fed_gb", "gather_bytes GB/s", ".2f"),
-            ("raw_gb", "raw GB/s", ".2f"),
-            ("ratio", "gather_bytes/raw %", ".0f"),
+            ("bytes gathered", "total_bytes", ","),
+            ("gather_bytes ms", ms("fedbat"), ".3f"),
+            ("raw Gatherv ms", ms("raw"), ".3f"),
+            ("raw, fresh buffer ms", ms("raw_fresh"), ".3f"),
+            ("Allgather of counts ms", ms("counts"), ".3f"),
+            ("gather_bytes GB/s", gb("fedbat"), ".2f"),
+            ("raw GB/s", gb("raw"), ".2f"),
+            ("gather_bytes/raw %", benchlib.field("fedbat_vs_raw", scale=100), ".0f"),
         ],
     )
     settings = {"ranks": args.ranks, "models": args.models, "clients": args.clients, "repeats": args.repeats}
-    path = benchlib.write_json(args.json, "gather", [sys.executable, *sys.argv], settings, results)
-    print(f"\nwrote {path}")
+    benchlib.write_json(args.json, "gather", settings, results)
 
 
 def main(argv: list[str]) -> int:

@@ -21,11 +21,14 @@ this benchmark's choice, not the paper's.
     python bench/phases.py --cases embedded --ranks 2 --rounds 5
 """
 
+import functools
 import sys
 import tempfile
 from pathlib import Path
 
 import benchlib
+
+from fedbat_mpi.testing import formats
 
 MACHINERY = ("pack", "gather", "aggregate", "broadcast")
 PHASES = ("train", *MACHINERY, "eval")
@@ -47,7 +50,7 @@ def cases(data_dir: Path, rounds: int, quick: bool) -> dict[str, dict]:
             + "--num-clients 20 --clients-per-round 4 --local-epochs 1".split()
             + "--batch-size 64 --eval-batch-size 250".split()
             + tiny,
-            "write": lambda: benchlib.write_svhn(data_dir, 400 if quick else 5000, 100 if quick else 500),
+            "write": lambda: formats.write_svhn(data_dir, 400 if quick else 5000, 100 if quick else 500),
             "about": "CNN4, generated SVHN .mat (5,000 train / 500 test), 4 of 20 clients, 1 epoch, B=64",
         },
         "resnet10-cifar10": {
@@ -56,7 +59,7 @@ def cases(data_dir: Path, rounds: int, quick: bool) -> dict[str, dict]:
             + "--num-clients 10 --clients-per-round 2 --local-epochs 1".split()
             + "--batch-size 32 --eval-batch-size 32".split()
             + tiny[:2],
-            "write": lambda: benchlib.write_cifar10(data_dir, 160 if quick else 640, 32 if quick else 64),
+            "write": lambda: formats.write_cifar10(data_dir, 160 if quick else 640, 32 if quick else 64),
             "about": "ResNet-10, generated CIFAR-10 .bin (640 train / 64 test), 2/10 clients, 1 epoch, B=32",
         },
     }
@@ -123,34 +126,23 @@ def main(argv: list[str]) -> int:
                 f"{usage['cores_used']:.2f}, by other processes {usage['other_cores_busy'] or 0:.2f}",
                 flush=True,
             )
-    table = [
-        {
-            "case": r["case"],
-            "round": r["round_s"],
-            **r["phase_s"],
-            "other": r["other_s"],
-            "mach": 100 * r["machinery_share"],
-            "evalp": 100 * r["eval_share"],
-            "nontrain": 100 * r["non_training_share"],
-        }
-        for r in results
-    ]
+    seconds = functools.partial(benchlib.field, "phase_s")
     print(f"\nmean seconds per round on rank 0, rounds 2..{args.rounds}; shares of the round in %")
     benchlib.print_table(
-        table,
+        results,
         [
             ("case", "case", ""),
-            ("round", "round s", ".3f"),
-            ("train", "train", ".3f"),
-            ("pack", "pack", ".4f"),
-            ("gather", "gather", ".4f"),
-            ("aggregate", "aggregate", ".4f"),
-            ("broadcast", "broadcast", ".4f"),
-            ("eval", "eval", ".3f"),
-            ("other", "other", ".4f"),
-            ("mach", "machinery %", ".2f"),
-            ("evalp", "eval %", ".1f"),
-            ("nontrain", "non-training %", ".1f"),
+            ("round s", "round_s", ".3f"),
+            ("train", seconds("train"), ".3f"),
+            ("pack", seconds("pack"), ".4f"),
+            ("gather", seconds("gather"), ".4f"),
+            ("aggregate", seconds("aggregate"), ".4f"),
+            ("broadcast", seconds("broadcast"), ".4f"),
+            ("eval", seconds("eval"), ".3f"),
+            ("other", "other_s", ".4f"),
+            ("machinery %", benchlib.field("machinery_share", scale=100), ".2f"),
+            ("eval %", benchlib.field("eval_share", scale=100), ".1f"),
+            ("non-training %", benchlib.field("non_training_share", scale=100), ".1f"),
         ],
     )
     for r in results:
@@ -167,8 +159,7 @@ def main(argv: list[str]) -> int:
         "quick": args.quick,
         "means_over": "rounds 2..N (round 1 is warm-up)",
     }
-    path = benchlib.write_json(args.json, "phases", [sys.executable, *sys.argv], settings, results)
-    print(f"\nwrote {path}")
+    benchlib.write_json(args.json, "phases", settings, results)
     return 0
 
 

@@ -2,47 +2,59 @@
 
 Runs ``py-spy record --subprocesses --idle`` around ``mpirun -n RANKS python -m fedbat_mpi.run ARGS``
 (default: the embedded default, 3 rounds) and counts each rank's samples by the engine call they are
-in: ``train`` (``Engine.train_client``), ``pack``, ``gather`` (``gather_bytes``), ``aggregate``
+in: ``train`` (``Engine.train_within_memory``), ``pack``, ``gather`` (``gather_bytes``), ``aggregate``
 (``decode_all`` + ``aggregate``), ``broadcast``, ``eval`` (``evaluate``), the rest of ``run_round``,
 and ``outside rounds`` (start-up, data loading, checkpoints). With ``--idle`` a sample is taken
 whatever the process is doing, so the counts are wall time (a process waiting for a CPU is sampled
 too: py-spy cannot tell it from one running). Within train and eval, the hottest Python functions are
-listed. This is the evidence behind BENCHMARKS.md's explanations; it needs py-spy
-(``pip install py-spy``; ptrace must be allowed, as it is for root in a container).
+listed. This is the evidence behind BENCHMARKS.md's explanations; it needs py-spy (in the ``test``
+extra, or ``pip install py-spy``; ptrace must be allowed, as it is for root in a container).
 
     python bench/profile_round.py                              # embedded default, 2 ranks, 3 rounds
     python bench/profile_round.py --ranks 1 -- --rounds 3 --local-epochs 1
 """
 
 import collections
-import json
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import benchlib
 
-# The engine's callees of ``run_round`` and the phase each belongs to (as engine.py times them).
+from fedbat_mpi.aggregate import aggregate
+from fedbat_mpi.codec import decode_all
+from fedbat_mpi.comm import Communicator
+from fedbat_mpi.engine import Engine
+from fedbat_mpi.evaluate import evaluate
+from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.testing import launch
+
+# The calls in ``Engine.run_round`` and the phase engine.py times each in, named by the functions
+# themselves: a renamed one fails here (tests/test_bench.py runs this script) instead of its samples
+# moving to "round, other" unseen.
 PHASE_OF_CALL = {
-    "Engine.train_client": "train",
-    "Engine.pack": "pack",
-    "Communicator.gather_bytes": "gather",
-    "Engine.collect_client_states": "gather",
-    "decode_all": "aggregate",
-    "aggregate": "aggregate",
-    "Communicator.broadcast": "broadcast",
-    "Engine.send_client_states": "broadcast",
-    "evaluate": "eval",
+    function.__qualname__: phase
+    for function, phase in [
+        (Engine.send_client_states, "broadcast"),
+        (Engine.train_within_memory, "train"),
+        (Engine.pack, "pack"),
+        (Communicator.gather_bytes, "gather"),
+        (Engine.collect_client_states, "gather"),
+        (decode_all, "aggregate"),
+        (aggregate, "aggregate"),
+        (Communicator.broadcast, "broadcast"),
+        (ModelLayout.load, "eval"),
+        (evaluate, "eval"),
+    ]
 }
+RUN_ROUND = Engine.run_round.__qualname__
 PHASES = ("train", "pack", "gather", "aggregate", "broadcast", "eval", "round, other", "outside rounds")
 
 
 def classify(frames: list[str]) -> str:
     """The phase of one stack (root first): the first engine call below ``Engine.run_round``."""
     for depth, frame in enumerate(frames):
-        if frame.startswith("Engine.run_round "):
+        if frame.startswith(RUN_ROUND + " "):
             for callee in frames[depth + 1 :]:
                 name = callee.split(" (", 1)[0]
                 if name in PHASE_OF_CALL:
@@ -83,37 +95,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rate", type=int, default=100, help="samples per second")
     args = p.parse_args(argv)
     if args.quick:
-        run_args = [
-            "--num-clients",
-            "8",
-            "--clients-per-round",
-            "2",
-            "--local-epochs",
-            "1",
-            "--rounds",
-            "2",
-            "--batch-size",
-            "64",
-            "--eval-batch-size",
-            "1000",
-        ]
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
-        sys.exit("bench: py-spy not found: pip install py-spy")
+        run_args = "--num-clients 8 --clients-per-round 2 --local-epochs 1 --rounds 2".split()
+        run_args += "--batch-size 64 --eval-batch-size 1000".split()
+    try:
+        py_spy = launch.program(
+            "py-spy", "pip install py-spy (it is in the test extra: pip install -e '.[test]')"
+        )
+    except FileNotFoundError as error:
+        sys.exit(f"bench: {error}")
     raw_path = Path(args.json).with_suffix(".raw.txt")
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedbat-bench-profile-") as tmp:
-        run = [
-            benchlib.mpirun_path(),
-            "-n",
-            str(args.ranks),
-            sys.executable,
-            "-m",
-            "fedbat_mpi.run",
-            *run_args,
-            "--out",
-            str(Path(tmp) / "run"),
-        ]
+        run = launch.command(args.ranks, [*run_args, "--out", str(Path(tmp) / "run")])
         command = [
             py_spy,
             "record",
@@ -128,12 +121,8 @@ def main(argv: list[str]) -> int:
             "--",
             *run,
         ]
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=3600, env=benchlib.environment()
-        )
-        if done.returncode != 0:
-            sys.exit(f"bench: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        benchlib.run(command, timeout=3600)
+        rows = launch.metrics(Path(tmp) / "run")
     processes = parse(raw_path)
     results = []
     for pid, stacks in sorted(processes.items(), key=lambda item: int(item[0])):
@@ -154,22 +143,20 @@ def main(argv: list[str]) -> int:
                 "hot_eval": hot_functions(stacks, "eval", 8),
             }
         )
-    table = [
-        {
-            "process": f"rank {r['rank']} (pid {r['pid']})",
-            "samples": sum(r["samples"].values()),
-            **{phase: 100 * r["share_of_round_samples"].get(phase, 0) for phase in PHASES[:-1]},
-        }
-        for r in results
-    ]
     print(
         f"each rank's py-spy samples inside run_round, % ({args.rate} Hz, idle included; all rounds); "
         f"run: {' '.join(run_args)}"
     )
     benchlib.print_table(
-        table,
-        [("process", "process", ""), ("samples", "samples (whole run)", ",")]
-        + [(phase, phase, ".1f") for phase in PHASES[:-1]],
+        results,
+        [
+            ("process", lambda r: f"rank {r['rank']} (pid {r['pid']})", ""),
+            ("samples (whole run)", lambda r: sum(r["samples"].values()), ","),
+        ]
+        + [
+            (phase, lambda r, p=phase: 100 * r["share_of_round_samples"].get(p, 0), ".1f")
+            for phase in PHASES[:-1]
+        ],
     )
     for r in results:
         for phase in ("train", "eval"):
@@ -177,10 +164,12 @@ def main(argv: list[str]) -> int:
             for frame, n in r[f"hot_{phase}"][:5]:
                 print(f"  {n:6d}  {frame}")
     settings = {"ranks": args.ranks, "rate": args.rate, "run_args": run_args, "raw_profile": str(raw_path)}
-    path = benchlib.write_json(
-        args.json, "profile_round", [sys.executable, *sys.argv], settings, results, metrics=rows
-    )
-    print(f"\nwrote {path} and {raw_path}")
+    print(f"\nraw profile: {raw_path}")
+    benchlib.write_json(args.json, "profile_round", settings, results, metrics=rows)
+    if not any(r["samples"].get("train") for r in results):
+        sys.exit(
+            "bench: no sample in the train phase: PHASE_OF_CALL no longer matches Engine.run_round's calls"
+        )
     return 0
 
 

@@ -6,17 +6,10 @@ determinism check in a script fails instead of printing a list. Exit 2 when a fo
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-TIMINGS = ("time_s", "phase_s")
-
-
-def rows_of(run: Path) -> list[dict]:
-    """A run's metrics rows without the wall-clock timings."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
+from fedbat_mpi.testing.launch import metrics, without_timings
 
 
 def first_difference(a: list[dict], b: list[dict]) -> str | None:
@@ -37,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) < 2:
         parser.error("give at least two run folders")
     try:
-        reference, *others = [rows_of(run) for run in runs]
+        reference, *others = [without_timings(metrics(run)) for run in runs]
     except OSError as error:
         print(f"same_runs: error: {error}", file=sys.stderr)
         return 2

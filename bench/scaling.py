@@ -23,6 +23,8 @@ from pathlib import Path
 
 import benchlib
 
+from fedbat_mpi.testing import formats
+
 
 def one_run(ranks: int, args: list[str], out: Path) -> dict:
     rows, usage = benchlib.launch_run(ranks, args, out)
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="fedbat-bench-scaling-") as tmp:
         if args.quick:  # a tiny generated Fashion-MNIST instead of the embedded 8,000 + 2,000 images
-            benchlib.write_fmnist(Path(tmp) / "data", 400, 100)
+            formats.write_fmnist(Path(tmp) / "data", 400, 100)
             run_args += [
                 "--dataset",
                 "fmnist",
@@ -121,12 +123,12 @@ def main(argv: list[str]) -> int:
         summary,
         [
             ("ranks", "ranks", ""),
-            ("round_s", "s/round", ".2f"),
-            ("updates_per_s", "updates/s", ".2f"),
-            ("speedup_vs_min_ranks", "speed-up", ".2f"),
+            ("s/round", "round_s", ".2f"),
+            ("updates/s", "updates_per_s", ".2f"),
+            ("speed-up", "speedup_vs_min_ranks", ".2f"),
             ("efficiency", "efficiency", ".2f"),
-            ("cores_used", "cores used", ".2f"),
-            ("other_cores_busy", "others' cores", ".2f"),
+            ("cores used", "cores_used", ".2f"),
+            ("others' cores", "other_cores_busy", ".2f"),
         ],
     )
     two = [s for s in summary if s["ranks"] == 2]
@@ -136,10 +138,7 @@ def main(argv: list[str]) -> int:
             f"\ntarget: 2 ranks >= 1.8x the updates/s of 1 rank: {s:.2f}x ({'met' if s >= 1.8 else 'missed'})"
         )
     settings = {"ranks": args.ranks, "rounds": args.rounds, "repeats": args.repeats, "run_args": run_args}
-    path = benchlib.write_json(
-        args.json, "scaling", [sys.executable, *sys.argv], settings, summary, runs=runs
-    )
-    print(f"\nwrote {path}")
+    benchlib.write_json(args.json, "scaling", settings, summary, runs=runs)
     return 0
 
 

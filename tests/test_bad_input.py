@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from fedbat_mpi import checkpoint
-
-from .launch import launch
+from fedbat_mpi.testing.launch import launch
 
 # (id, options, the start of the expected stderr line after "fedbat_mpi: error: ")
 OPTION_CASES = [

@@ -1,12 +1,11 @@
 """Every benchmark in bench/ starts and writes its JSON (tiny sizes, ``--quick``; no timings checked)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from fedbat_mpi.testing.launch import launch
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -17,19 +16,15 @@ SMOKE = [
     ("gather", ["--ranks", "2"], "fedbat_vs_raw"),
     ("scaling", ["--ranks", "1"], "updates_per_s"),  # one 1-rank run: the cheapest real run
     ("phases", ["--cases", "cnn4-svhn", "--rounds", "2"], "machinery_share"),
+    ("profile_round", ["--ranks", "2"], "share_of_round_samples"),  # py-spy, from the test extra
 ]
 
 
 @pytest.mark.parametrize(("name", "options", "key"), SMOKE, ids=[s[0] for s in SMOKE])
 def test_benchmark_starts_and_writes_json(name, options, key, tmp_path):
     out = tmp_path / f"{name}.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json", str(out), *options],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    script = [str(BENCH / f"{name}.py")]
+    done = launch(None, ["--quick", "--json", str(out), *options], timeout=300, script=script)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["benchmark"] == name
@@ -57,6 +52,5 @@ def _write_run(folder: Path, shas: list[str], time_s: float = 1.0) -> Path:
 def test_same_runs_fails_when_runs_differ_and_ignores_timings(tmp_path, other, status, needle):
     first = _write_run(tmp_path / "first", ["a", "b"])
     second = _write_run(tmp_path / "second", other, time_s=9.0)
-    done = subprocess.run([sys.executable, str(BENCH / "same_runs.py"), str(first), str(second)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = launch(None, [str(first), str(second)], timeout=60, script=[str(BENCH / "same_runs.py")])
     assert done.returncode == status and needle in done.stdout, done.stdout + done.stderr

@@ -11,21 +11,14 @@ import torch
 from fedbat_mpi import codec
 from fedbat_mpi.aggregate import aggregate
 from fedbat_mpi.layout import ModelLayout, model_sha256
-from fedbat_mpi.models import binarized_names, build_model
-
-from .payloads import make_payload, reference_aggregate
+from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
 
 MODELS = [("cnn4-mnist", 10), ("cnn4", 10), ("resnet10", 10), ("resnet10", 100)]
 
 
 @pytest.fixture(scope="module")
 def layouts() -> dict:
-    out = {}
-    for name, classes in MODELS:
-        torch.manual_seed(0)
-        model = build_model(name, classes)
-        out[(name, classes)] = (ModelLayout(model, binarized_names(model)), model)
-    return out
+    return {(name, classes): model_layout(name, classes) for name, classes in MODELS}
 
 
 @pytest.mark.parametrize("size", [1, 7, 8, 9, 63, 1001, 4097])

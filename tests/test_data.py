@@ -1,10 +1,9 @@
-"""Data set loaders on files written here in each official format, plus normalisation and augmentation."""
+"""Data set loaders on files in each official format (written by fedbat_mpi.testing.formats), plus
+normalisation and augmentation."""
 
 import gzip
 import os
 import pickle
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,74 +13,23 @@ import torch
 
 from fedbat_mpi.data import augment_batch, load_dataset, normalize
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.testing.formats import (
+    MI_DOUBLE,
+    MI_UINT8,
+    MX_DOUBLE,
+    MX_UINT8,
+    mat_matrix,
+    write_cifar10,
+    write_cifar100,
+    write_cifar_bin,
+    write_fmnist,
+    write_idx,
+    write_mat,
+    write_pickle,
+    write_svhn,
+)
 
-RNG = np.random.default_rng(0)
 DEBIAN_DATASETS = Path("/usr/share/datasets")
-
-
-# ---- writers of the official formats ----
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path = path.with_name(path.name + ".gz") if gz else path
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
-def write_fmnist(root: Path, n_train: int, n_test: int, gz: bool) -> dict[str, np.ndarray]:
-    folder = root / "fashion-mnist"
-    folder.mkdir(parents=True)
-    arrays = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        arrays[f"{prefix}_x"] = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        arrays[f"{prefix}_y"] = RNG.integers(0, 10, n, dtype=np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", arrays[f"{prefix}_x"], gz)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", arrays[f"{prefix}_y"], gz)
-    return arrays
-
-
-def mat_element(mtype: int, payload: bytes, order: str) -> bytes:
-    if len(payload) <= 4:  # small data element: size and type share the tag
-        return struct.pack(order + "I", (len(payload) << 16) | mtype) + payload.ljust(4, b"\0")
-    return struct.pack(order + "II", mtype, len(payload)) + payload + b"\0" * (-len(payload) % 8)
-
-
-def mat_matrix(name: str, array: np.ndarray, mx_class: int, mi_type: int, dtype: str, order: str) -> bytes:
-    flags = mat_element(6, struct.pack(order + "II", mx_class, 0), order)
-    dims = mat_element(5, np.array(array.shape, order + "i4").tobytes(), order)
-    real = mat_element(mi_type, array.ravel(order="F").astype(order + dtype).tobytes(), order)
-    return mat_element(14, flags + dims + mat_element(1, name.encode(), order) + real, order)
-
-
-def write_mat(path: Path, matrices: list[bytes], order: str = "<", compressed: bool = False) -> None:
-    header = b"MATLAB 5.0 MAT-file, written by the tests".ljust(116) + b"\0" * 8
-    header += struct.pack(order + "H", 0x0100) + (b"IM" if order == "<" else b"MI")
-    if compressed:  # miCOMPRESSED elements are not padded
-        matrices = [struct.pack(order + "II", 15, len(z)) + z for z in map(zlib.compress, matrices)]
-    path.write_bytes(header + b"".join(matrices))
-
-
-def svhn_matrices(n: int, order: str, y_as_uint8: bool) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    x = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    y = RNG.integers(1, 11, (n, 1)).astype(np.float64)
-    y_storage = (2, "u1") if y_as_uint8 else (9, "f8")  # MATLAB stores small doubles as uint8
-    note = np.array([[ord(c) for c in "hi"]])  # a char variable (mxCHAR), which the reader skips
-    return x, y, [
-        mat_matrix("note", note, 4, 4, "u2", order),
-        mat_matrix("X", x, 9, 2, "u1", order),
-        mat_matrix("y", y, 6, *y_storage, order),
-    ]
-
-
-def write_cifar_bin(path: Path, images: np.ndarray, labels: list[np.ndarray]) -> None:
-    columns = [lab.astype(np.uint8)[:, None] for lab in labels] + [images.reshape(len(images), -1)]
-    path.write_bytes(np.hstack(columns).tobytes())
-
-
-def cifar_arrays(n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    return RNG.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), RNG.integers(0, classes, n)
 
 
 # ---- embedded and Fashion-MNIST ----
@@ -100,10 +48,10 @@ def test_embedded() -> None:
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_fmnist_files(tmp_path: Path, gz: bool) -> None:
-    arrays = write_fmnist(tmp_path, 7, 3, gz)
+    arrays = write_fmnist(tmp_path, 7, 3, gz=gz)
     data = load_dataset("fmnist", str(tmp_path))
     np.testing.assert_array_equal(data.train_x[:, 0].numpy(), arrays["train_x"])
-    np.testing.assert_array_equal(data.test_y.numpy(), arrays["t10k_y"])
+    np.testing.assert_array_equal(data.test_y.numpy(), arrays["test_y"])
     assert data.test_x.shape == (3, 1, 28, 28)
 
 
@@ -182,15 +130,11 @@ def test_fmnist_label_count_mismatch(tmp_path: Path) -> None:
     ("order", "compressed", "y_as_uint8"), [("<", False, True), ("<", True, False), (">", True, True)]
 )
 def test_svhn(tmp_path: Path, order: str, compressed: bool, y_as_uint8: bool) -> None:
-    (tmp_path / "svhn").mkdir()
-    x_train, y_train, mats = svhn_matrices(5, order, y_as_uint8)
-    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats, order, compressed)
-    x_test, y_test, mats = svhn_matrices(3, order, y_as_uint8)
-    write_mat(tmp_path / "svhn" / "test_32x32.mat", mats, order, compressed)
+    arrays = write_svhn(tmp_path, 5, 3, order=order, compressed=compressed, y_as_uint8=y_as_uint8)
     data = load_dataset("svhn", str(tmp_path))
     assert data.train_x.shape == (5, 3, 32, 32) and data.test_x.shape == (3, 3, 32, 32)
-    np.testing.assert_array_equal(data.train_x.numpy(), x_train.transpose(3, 2, 0, 1))  # X[h, w, c, n]
-    np.testing.assert_array_equal(data.test_y.numpy(), y_test[:, 0].astype(np.int64) % 10)
+    np.testing.assert_array_equal(data.train_x.numpy(), arrays["train_x"].transpose(3, 2, 0, 1))  # X[h, w, c, n]
+    np.testing.assert_array_equal(data.test_y.numpy(), arrays["test_y"][:, 0].astype(np.int64) % 10)
     assert data.train_mean == (0.4496,) * 3 and data.default_model == "cnn4"
 
 
@@ -203,9 +147,7 @@ def test_svhn(tmp_path: Path, order: str, compressed: bool, y_as_uint8: bool) ->
     ],
 )
 def test_svhn_malformed(tmp_path: Path, damage: Callable[[bytes], bytes], message: str) -> None:
-    (tmp_path / "svhn").mkdir()
-    for split in ("train", "test"):
-        write_mat(tmp_path / "svhn" / f"{split}_32x32.mat", svhn_matrices(2, "<", True)[2])
+    write_svhn(tmp_path, 2, 2, y_as_uint8=True)
     path = tmp_path / "svhn" / "train_32x32.mat"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(UsageError, match=message) as info:
@@ -215,11 +157,11 @@ def test_svhn_malformed(tmp_path: Path, damage: Callable[[bytes], bytes], messag
 
 def test_svhn_bad_variables(tmp_path: Path) -> None:
     (tmp_path / "svhn").mkdir()
-    x, y, mats = svhn_matrices(2, "<", True)
-    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats[:2])
+    x = mat_matrix("X", np.zeros((32, 32, 3, 2), np.uint8), MX_UINT8, MI_UINT8)
+    write_mat(tmp_path / "svhn" / "train_32x32.mat", [x])
     with pytest.raises(UsageError, match="expected MATLAB variables X and y"):
         load_dataset("svhn", str(tmp_path))
-    write_mat(tmp_path / "svhn" / "train_32x32.mat", mats[:2] + [mat_matrix("y", y * 0, 6, 9, "f8", "<")])
+    write_mat(tmp_path / "svhn" / "train_32x32.mat", [x, mat_matrix("y", np.zeros((2, 1)), MX_DOUBLE, MI_DOUBLE)])
     with pytest.raises(UsageError, match="labels y in 1..10"):
         load_dataset("svhn", str(tmp_path))
     (tmp_path / "svhn" / "train_32x32.mat").unlink()
@@ -231,80 +173,38 @@ def test_svhn_bad_variables(tmp_path: Path) -> None:
 
 
 def test_cifar10_binary(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-10-batches-bin"
-    folder.mkdir()
-    batches = [cifar_arrays(4, 10) for _ in range(6)]
-    for i, (x, y) in enumerate(batches[:5], start=1):
-        write_cifar_bin(folder / f"data_batch_{i}.bin", x, [y])
-    write_cifar_bin(folder / "test_batch.bin", *batches[5][:1], [batches[5][1]])
+    arrays = write_cifar10(tmp_path, 20, 4)  # five training batches of 4
     data = load_dataset("cifar10", str(tmp_path))
-    np.testing.assert_array_equal(data.train_x.numpy(), np.concatenate([b[0] for b in batches[:5]]))
-    np.testing.assert_array_equal(data.train_y.numpy(), np.concatenate([b[1] for b in batches[:5]]))
-    np.testing.assert_array_equal(data.test_x.numpy(), batches[5][0])
+    np.testing.assert_array_equal(data.train_x.numpy(), arrays["train_x"])
+    np.testing.assert_array_equal(data.train_y.numpy(), arrays["train_y"])
+    np.testing.assert_array_equal(data.test_x.numpy(), arrays["test_x"])
     assert data.augment and data.default_model == "resnet10" and data.train_mean == (0.485, 0.456, 0.406)
 
-    (folder / "data_batch_3.bin").write_bytes((folder / "data_batch_3.bin").read_bytes()[:-1])
+    batch = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    batch.write_bytes(batch.read_bytes()[:-1])
     with pytest.raises(UsageError, match="data_batch_3.bin: expected CIFAR binary records of 3073 bytes"):
         load_dataset("cifar10", str(tmp_path))
 
 
 def test_cifar100_binary_uses_fine_labels(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-100-binary"
-    folder.mkdir()
-    (x, fine), coarse = cifar_arrays(6, 100), RNG.integers(0, 20, 6)
-    write_cifar_bin(folder / "train.bin", x, [coarse, fine])
-    write_cifar_bin(folder / "test.bin", x[:2], [coarse[:2], fine[:2]])
+    arrays = write_cifar100(tmp_path, 6, 2)  # coarse labels first in each record, then fine ones
     data = load_dataset("cifar100", str(tmp_path))
-    np.testing.assert_array_equal(data.train_y.numpy(), fine)
-    np.testing.assert_array_equal(data.test_x.numpy(), x[:2])
+    assert not np.array_equal(arrays["train_y"], arrays["train_y"] // 5)
+    np.testing.assert_array_equal(data.train_y.numpy(), arrays["train_y"])
+    np.testing.assert_array_equal(data.test_x.numpy(), arrays["test_x"])
     assert data.num_classes == 100 and data.train_std == (0.2673, 0.2564, 0.2762)
 
 
-class Py2Pickler(pickle._Pickler):
-    """Writes str and bytes as Python 2 byte strings, as cPickle did for the official CIFAR batches."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_bytes(self, obj: bytes) -> None:
-        n = len(obj)
-        size = bytes([n]) if n < 256 else struct.pack("<I", n)
-        self.write((pickle.SHORT_BINSTRING if n < 256 else pickle.BINSTRING) + size + obj)
-        self.memoize(obj)
-
-    def save_str(self, obj: str) -> None:
-        self.save_bytes(obj.encode("latin-1"))
-
-    dispatch[bytes] = save_bytes
-    dispatch[str] = save_str
-
-
-def dump(path: Path, obj: object, py2: bool = False) -> None:
-    with path.open("wb") as f:
-        if py2:
-            Py2Pickler(f, protocol=2).dump(obj)
-        else:
-            pickle.dump(obj, f, protocol=4)
-
-
-@pytest.mark.parametrize("py2", [False, True])
-def test_cifar_python(tmp_path: Path, py2: bool) -> None:
-    folder10, folder100 = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
-    folder10.mkdir()
-    folder100.mkdir()
-    batches = [cifar_arrays(3, 10) for _ in range(6)]
-    for stem, (x, y) in zip([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], batches):
-        batch = {b"batch_label": b"x", b"labels": y.tolist(), b"data": x.reshape(3, -1), b"filenames": [b"a"] * 3}
-        dump(folder10 / stem, batch, py2)
-    x, fine = cifar_arrays(4, 100)
-    for stem in ("train", "test"):
-        batch = {b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(), b"data": x.reshape(4, -1)}
-        dump(folder100 / stem, batch, py2)
+@pytest.mark.parametrize("form", ["python", "python2"])
+def test_cifar_python(tmp_path: Path, form: str) -> None:
+    arrays10 = write_cifar10(tmp_path, 15, 3, form=form)
+    arrays100 = write_cifar100(tmp_path, 4, 4, form=form)
     data10 = load_dataset("cifar10", str(tmp_path))
-    np.testing.assert_array_equal(data10.train_x.numpy(), np.concatenate([b[0] for b in batches[:5]]))
-    np.testing.assert_array_equal(data10.test_y.numpy(), batches[5][1])
+    np.testing.assert_array_equal(data10.train_x.numpy(), arrays10["train_x"])
+    np.testing.assert_array_equal(data10.test_y.numpy(), arrays10["test_y"])
     data100 = load_dataset("cifar100", str(tmp_path))
-    np.testing.assert_array_equal(data100.train_y.numpy(), fine)
-    np.testing.assert_array_equal(data100.test_x.numpy(), x)
+    np.testing.assert_array_equal(data100.train_y.numpy(), arrays100["train_y"])
+    np.testing.assert_array_equal(data100.test_x.numpy(), arrays100["test_x"])
 
 
 class _Exploit:
@@ -319,7 +219,7 @@ def test_cifar_python_refuses_other_globals(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     marker = tmp_path / "exploited"
-    dump(folder / "train", {b"data": _Exploit(marker), b"fine_labels": []})
+    write_pickle(folder / "train", {b"data": _Exploit(marker), b"fine_labels": []})
     with pytest.raises(UsageError, match=r"train: expected a CIFAR python batch .*refusing global (posix|os)\.system"):
         load_dataset("cifar100", str(tmp_path))
     assert not marker.exists()
@@ -344,8 +244,8 @@ def test_cifar_python_malformed(tmp_path: Path, content: bytes, message: str) ->
 def test_cifar_label_out_of_range(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-100-binary"
     folder.mkdir()
-    x, _ = cifar_arrays(2, 100)
-    write_cifar_bin(folder / "train.bin", x, [np.array([0, 0]), np.array([3, 100])])
+    images = np.zeros((2, 3, 32, 32), np.uint8)
+    write_cifar_bin(folder / "train.bin", images, [np.array([0, 0]), np.array([3, 100])])
     with pytest.raises(UsageError, match="train.bin: expected labels in 0..99, got 3..100"):
         load_dataset("cifar100", str(tmp_path))
 

@@ -13,17 +13,13 @@ import pytest
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.data.download import Source, download, md5_of
 from fedbat_mpi.errors import UsageError
-
-from .test_data import cifar_arrays, write_cifar_bin
+from fedbat_mpi.testing.formats import write_cifar10
 
 
 def _cifar10_archive(tmp_path: Path) -> Path:
     """A small archive in the layout of the official cifar-10-binary.tar.gz."""
+    write_cifar10(tmp_path / "staging", 15, 3)
     staging = tmp_path / "staging" / "cifar-10-batches-bin"
-    staging.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images, labels = cifar_arrays(3, 10)
-        write_cifar_bin(staging / f"{name}.bin", images, [labels])
     archive = tmp_path / "cifar-10-binary.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging, arcname="cifar-10-batches-bin")

@@ -18,8 +18,7 @@ from fedbat_mpi import checkpoint
 from fedbat_mpi.algorithms import ALGORITHMS
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.models import build_model
-
-from .launch import launch, metrics
+from fedbat_mpi.testing.launch import launch, metrics
 
 RUN = ["--num-clients", "8", "--clients-per-round", "4", "--local-epochs", "1", "--rounds", "3",
        "--batch-size", "32", "--eval-batch-size", "700"]  # fmt: skip

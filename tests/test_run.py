@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .launch import TINY, launch, metrics, without_timings
+from fedbat_mpi.testing.launch import TINY, launch, metrics, without_timings
 
 
 @pytest.fixture(scope="module")

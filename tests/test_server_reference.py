@@ -19,9 +19,8 @@ from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.engine import Engine
 from fedbat_mpi.schedule import sample_clients
-
-from .launch import launch, metrics
-from .payloads import reference_aggregate
+from fedbat_mpi.testing.launch import launch, metrics
+from fedbat_mpi.testing.payloads import reference_aggregate
 
 OPTIONS = dict(num_clients=20, clients_per_round=6, local_epochs=1, batch_size=64, rounds=1, partition="dir:0.3")
 

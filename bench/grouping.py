@@ -1,0 +1,110 @@
+"""Grouped training (``--client-group``) against one client at a time: steady seconds per round.
+
+Cases, one rank each (issue 8's targets on one GPU):
+
+- ``fmnist-iid``, ``fmnist-dir0.3``: the paper's Fashion-MNIST presets (E = 10, B = 64, 10 of 100
+  clients a round), every algorithm grouped (``auto``), FedBAT and FedAvg also one at a time;
+- ``fmnist-1000``: FedBAT, 1,000 of 1,000 clients a round, 1 local epoch, grouped: training seconds;
+- ``cifar10-iid``: ResNet-10, ``--preset cifar10-iid --local-epochs 1``, FedBAT one at a time and grouped.
+
+Seconds per round are means over the rounds after the first (warm-up). The data are Fashion-MNIST
+from ``--fmnist-dir`` when given (the real files: accuracies then mean something) or files generated
+in the official formats (speed only). Each result row names its case, algorithm and grouping; the
+speed-up of grouping is one-at-a-time seconds over grouped seconds of the same case, measured in
+the same run.
+
+    python bench/grouping.py --device cuda                   # on a GPU machine, about 5 minutes
+    python bench/grouping.py --quick                         # tiny sizes on the CPU (tests)
+"""
+
+import tempfile
+from pathlib import Path
+
+import benchlib
+
+from fedbat_mpi.algorithms import ALGORITHMS
+from fedbat_mpi.testing import formats
+
+FMNIST_TRAIN, FMNIST_TEST = 60_000, 10_000
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+
+
+def cases(quick: bool) -> list[dict]:
+    """(case, algorithm, --client-group, run options) of every run, in the order they run."""
+    rounds = ["--rounds", "2" if quick else "3"]
+    small = "--num-clients 4 --clients-per-round 2 --local-epochs 1 --batch-size 16".split() if quick else []
+    runs = []
+    for preset in ("fmnist-dir0.3",) if quick else ("fmnist-iid", "fmnist-dir0.3"):
+        for algorithm in ("fedbat",) if quick else ALGORITHMS:
+            groups = ("1", "auto") if algorithm in ("fedbat", "fedavg") else ("auto",)
+            for group in groups:
+                args = ["--preset", preset, "--algorithm", algorithm, *rounds, *small]
+                runs.append(dict(case=preset, algorithm=algorithm, group=group, args=args))
+    many = "--num-clients 8 --clients-per-round 8" if quick else "--num-clients 1000 --clients-per-round 1000"
+    runs.append(dict(case="fmnist-1000", algorithm="fedbat", group="auto",
+                     args=["--preset", "fmnist-iid", *many.split(), "--local-epochs", "1", *rounds,
+                           *small[-2:]]))  # fmt: skip
+    for group in ("1", "auto"):
+        cifar = "--num-clients 4 --clients-per-round 2 --batch-size 16".split() if quick else []
+        runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group,
+                         args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds, *cifar]))  # fmt: skip
+    return runs
+
+
+def write_data(folder: Path, fmnist_dir: str | None, quick: bool) -> Path:
+    """The data sets the cases read: generated in the official formats (or the real Fashion-MNIST)."""
+    scale = 100 if quick else 1
+    if fmnist_dir:
+        (folder / "fashion-mnist").symlink_to(Path(fmnist_dir).resolve() / "fashion-mnist")
+    else:
+        formats.write_fmnist(folder, FMNIST_TRAIN // scale, FMNIST_TEST // scale, gz=False)
+    formats.write_cifar10(folder, CIFAR_TRAIN // scale, CIFAR_TEST // scale)
+    return folder
+
+
+def measure(run: dict, data_dir: Path, device: str, out: Path) -> dict:
+    args = [*run["args"], "--data-dir", str(data_dir), "--device", device, "--client-group", run["group"],
+            "--checkpoint-every", "0"]  # fmt: skip
+    rows, usage = benchlib.launch_run(1, args, out)
+    measured = rows[1:]
+    return {
+        **{key: run[key] for key in ("case", "algorithm", "group")},
+        "round_s": sum(r["time_s"] for r in measured) / len(measured),
+        "train_s": sum(r["phase_s"]["train"] for r in measured) / len(measured),
+        "clients_per_round": len(rows[-1]["clients"]),
+        "final_test_acc": rows[-1]["test_acc"],
+        "wall_s": usage["wall_s"],
+    }
+
+
+def with_speedups(results: list[dict]) -> list[dict]:
+    """Each grouped row gets the one-at-a-time seconds of its case and algorithm over its own."""
+    alone = {(r["case"], r["algorithm"]): r["round_s"] for r in results if r["group"] == "1"}
+    for row in results:
+        key = (row["case"], row["algorithm"])
+        row["speedup"] = alone[key] / row["round_s"] if row["group"] != "1" and key in alone else None
+    return results
+
+
+def main() -> None:
+    parser = benchlib.parser("grouping", __doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="--device of the runs (cuda on a GPU machine)")
+    parser.add_argument("--fmnist-dir", help="a --data-dir holding the real fashion-mnist/ files")
+    options = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = write_data(Path(scratch) / "data", options.fmnist_dir, options.quick)
+        for index, run in enumerate(cases(options.quick)):
+            results.append(measure(run, data_dir, options.device, Path(scratch) / f"run-{index}"))
+            print(f"  {run['case']} {run['algorithm']} --client-group {run['group']}: "
+                  f"{results[-1]['round_s']:.3f} s/round", flush=True)  # fmt: skip
+    benchlib.print_table(with_speedups(results), [
+        ("case", "case", ""), ("algorithm", "algorithm", ""), ("group", "group", ""),
+        ("clients", "clients_per_round", "d"), ("s/round", "round_s", ".3f"), ("train s", "train_s", ".3f"),
+        ("speed-up", "speedup", ".2f"), ("test acc", "final_test_acc", ".4f"),
+    ])  # fmt: skip
+    benchlib.write_json(options.json, "grouping", vars(options), results)
+
+
+if __name__ == "__main__":
+    main()
