@@ -44,8 +44,8 @@ def cases(quick: bool) -> list[dict]:
     runs.append(dict(case="fmnist-1000", algorithm="fedbat", group="auto",
                      args=["--preset", "fmnist-iid", *many.split(), "--local-epochs", "1", *rounds,
                            *small[-2:]]))  # fmt: skip
-    for group in ("1", "auto"):
-        cifar = "--num-clients 4 --clients-per-round 2 --batch-size 16".split() if quick else []
+    for group in ("auto",) if quick else ("1", "auto"):
+        cifar = "--num-clients 16 --clients-per-round 2 --batch-size 16".split() if quick else []
         runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group,
                          args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds, *cifar]))  # fmt: skip
     return runs

@@ -17,6 +17,7 @@ SMOKE = [
     ("scaling", ["--ranks", "1"], "updates_per_s"),  # one 1-rank run: the cheapest real run
     ("phases", ["--cases", "cnn4-svhn", "--rounds", "2"], "machinery_share"),
     ("profile_round", ["--ranks", "2"], "share_of_round_samples"),  # py-spy, from the test extra
+    ("grouping", [], "round_s"),  # the GPU targets' script, on tiny sizes
 ]
 
 
