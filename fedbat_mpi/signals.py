@@ -1,17 +1,21 @@
 """Stop requests from the batch system: SIGTERM or SIGUSR1 asks the run to stop at the next round.
 
-Slurm sends one of these ahead of a time limit (``--signal``) or on preemption. The handler only sets
-a flag; the ranks agree on it at the round boundary, checkpoint and exit with ``PREEMPTED``. A second
-signal of the same kind takes its default action at once; checkpoints are written atomically, so
-that cannot leave a partial one behind.
+Slurm sends one of these ahead of a time limit (``--signal``), on preemption, on ``scancel`` and at
+the time limit itself. The handler only sets a flag; the ranks agree on it at the round boundary,
+checkpoint and exit with ``PREEMPTED``. Stop signals within ``SAME_REQUEST_S`` of the first are the
+same request: at a time limit Slurm 22.05 delivers SIGTERM twice, milliseconds apart, together with
+the job's ``--signal``. A stop signal that comes later takes its default action at once (an
+operator who wants out now); checkpoints are written atomically, so that cannot leave a partial one.
 """
 
 import os
 import signal
+import time
 from types import FrameType
 
 PREEMPTED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SAME_REQUEST_S = 5.0
 
 
 class StopRequest:
@@ -19,6 +23,7 @@ class StopRequest:
 
     def __init__(self):
         self.signal_name: str | None = None
+        self._received_at = 0.0
         self.install()
 
     def install(self) -> None:
@@ -31,7 +36,9 @@ class StopRequest:
         return self.signal_name is not None
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        if self.requested:
+        now = time.monotonic()
+        if not self.requested:
+            self.signal_name, self._received_at = signal.Signals(number).name, now
+        elif now - self._received_at > SAME_REQUEST_S:
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
-        self.signal_name = signal.Signals(number).name

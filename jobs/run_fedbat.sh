@@ -1,6 +1,7 @@
 # The body shared by jobs/*.slurm, which source it after their #SBATCH lines and FEDBAT_PRESET.
 # It runs `python -m fedbat_mpi.run` on the job's tasks, resumes when the run's folder holds a
-# checkpoint, and requeues the job when the run stopped early for a signal (exit status 75).
+# checkpoint, and requeues the job when the run stopped early for a signal (exit status 75), unless
+# Slurm itself is ending the job (scancel, time limit, preemption): then its output says how to resume.
 #
 # Settings, from the environment (sbatch passes the submitting shell's environment on):
 #   FEDBAT_PRESET    the paper setting, a --preset name       [set by each .slurm script]
@@ -44,15 +45,27 @@ echo "[$(date '+%F %T')] job $SLURM_JOB_ID (start $((${SLURM_RESTART_COUNT:-0} +
 # The launcher runs in the background so that this shell can take signals while it waits and
 # still requeue the job afterwards. Slurm signals the ranks itself: `--signal=USR1@180` goes to the
 # job steps only, and at the time limit, on preemption or scancel SIGTERM goes to every process of
-# the job (srun then ends the step). So the handler passes on only SIGUSR1, which reaches this
-# shell alone when asked for (`--signal=B:USR1@180`, `scancel --batch --signal=USR1`): a second
-# signal would stop a rank at once instead of at the end of the round. A handler, not an ignored
-# signal, because children inherit ignored signals.
+# the job. So the handler passes on only SIGUSR1, which reaches this shell alone when asked for
+# (`--signal=B:USR1@180`, `scancel --batch --signal=USR1`): a second signal would stop a rank at
+# once instead of at the end of the round. A SIGTERM here means Slurm is ending the job: it is not
+# requeued then (that would undo a scancel), and the way to resume goes to the job's output at once,
+# before the SIGKILL that follows after KillWait. A handler, not an ignored signal, because children
+# inherit ignored signals.
 launched=
+ending=
+resume_hint() {
+    echo "[$(date '+%F %T')] $1; resubmit with FEDBAT_OUT=$out to resume from its last checkpoint"
+}
 on_signal() {
     caught=$1
     echo "[$(date '+%F %T')] job script received SIG$1"
-    if [[ $1 == USR1 ]]; then kill -s USR1 "$launched" 2>/dev/null; fi
+    case $1 in
+        USR1) kill -s USR1 "$launched" 2>/dev/null ;;
+        TERM)
+            ending=1
+            resume_hint "Slurm is ending the job (scancel, time limit or preemption): it is not requeued"
+            ;;
+    esac
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
@@ -67,11 +80,11 @@ while true; do
 done
 
 echo "[$(date '+%F %T')] fedbat_mpi.run exited with status $status"
-if ((status == PREEMPTED)); then
+if ((status == PREEMPTED)) && [[ -z $ending ]]; then
     if scontrol requeue "$SLURM_JOB_ID"; then
         echo "[$(date '+%F %T')] requeued job $SLURM_JOB_ID; it resumes from $out/checkpoint.h5"
         exit 0
     fi
-    echo "[$(date '+%F %T')] could not requeue job $SLURM_JOB_ID; resubmit with FEDBAT_OUT=$out to resume"
+    resume_hint "could not requeue job $SLURM_JOB_ID"
 fi
 exit "$status"

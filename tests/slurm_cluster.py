@@ -9,11 +9,16 @@ daemon it started, by PID, when the test ends, passed or failed.
 
 The node has 2 CPUs and no GPUs, whatever the machine has (``config_overrides``). ``MpiDefault=pmi2``
 suits the MPICH wheel (``--mpi=pmix`` does not work with it). ``cred_expire=5`` lets a requeued job
-start again after seconds instead of minutes.
+start again after seconds instead of minutes. ``KillWait=30`` (Slurm's default) leaves ranks that got
+SIGTERM (scancel, time limit) the time to finish their round and checkpoint, even on a busy machine.
+Job ids start at a random ``FirstJobId``: MPICH names its shared memory after the PMI2 KVS name, which
+is the job and step id, so a job must not share its id with one of another test cluster running on
+the machine, nor with a killed one whose segment was left in /dev/shm (MPI_Init then fails or hangs).
 """
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,6 +32,7 @@ import pytest
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo")
 START_TIMEOUT_S = 20
+KILL_WAIT_S = 30
 
 SLURM_CONF = """\
 ClusterName=fedbat-test
@@ -48,7 +54,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
-KillWait=5
+KillWait={kill_wait}
+FirstJobId={first_job_id}
 ReturnToService=2
 MailProg=/bin/true
 StateSaveLocation={root}/state
@@ -128,7 +135,8 @@ class SlurmCluster:
             munge_socket = Path(self._socket_dir) / "munge.socket"
         ctld_port, slurmd_port = free_ports(2)
         conf = SLURM_CONF.format(root=self.root, ctld_port=ctld_port, slurmd_port=slurmd_port,
-                                 munge_socket=munge_socket)  # fmt: skip
+                                 munge_socket=munge_socket, kill_wait=KILL_WAIT_S,
+                                 first_job_id=random.randrange(10_000, 60_000_000))  # fmt: skip
         self.conf.write_text(conf)
         # --force: munged would refuse a socket whose parent folders are not world-executable, and
         # pytest's tmp folders are private; everything here runs as root, which reaches it anyway.
@@ -170,7 +178,7 @@ class SlurmCluster:
         """Cancel every job, then stop slurmd, slurmctld and munged (the PIDs we started)."""
         if "slurmctld" in self._daemons and self._daemons["slurmctld"].poll() is None:
             with contextlib.suppress(Exception):
-                self._cancel_jobs()
+                self.cancel_jobs()
         for name in reversed(DAEMONS):
             process = self._daemons.pop(name, None)
             if process is None or process.poll() is not None:
@@ -184,13 +192,13 @@ class SlurmCluster:
         if self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
-    def _cancel_jobs(self) -> None:
+    def cancel_jobs(self) -> None:
         """scancel every job and wait for them to leave; kill what a job left behind by its PIDs."""
         jobs = self.run("squeue", "--noheader", "--format=%i", timeout=10).stdout.split()
         if not jobs:
             return
         self.run("scancel", *jobs, check=False, timeout=10)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + KILL_WAIT_S + 15
         while time.monotonic() < deadline:
             if not self.run("squeue", "--noheader", "--format=%i", timeout=10).stdout.split():
                 return

@@ -1,4 +1,5 @@
-"""Exact resume through real runs: after a clean stop, a stop signal, or a rank killed with SIGKILL."""
+"""Exact resume through real runs: after a clean stop, a stop signal (SIGUSR1 or SIGTERM, to any rank), or a
+rank killed with SIGKILL."""
 
 import os
 import shutil
@@ -71,10 +72,12 @@ def test_resume_equals_the_uninterrupted_run_on_same_and_other_rank_counts(tmp_p
         assert without_timings(metrics(out)) == uninterrupted
 
 
-def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(tmp_path, uninterrupted):
+@pytest.mark.parametrize("stop_signal,rank", [("SIGUSR1", 1), ("SIGTERM", 0), ("SIGTERM", 1)])
+def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(tmp_path, uninterrupted,
+                                                                               stop_signal, rank):  # fmt: skip
     out = tmp_path / "run"
     process = _start_and_wait_for_rows(out, 1, ["--checkpoint-every", "0"])
-    os.kill(_rank_pids(out)[1], signal.SIGUSR1)
+    os.kill(_rank_pids(out)[rank], getattr(signal, stop_signal))
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr
     assert "stop signal received" in stdout

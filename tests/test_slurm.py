@@ -1,4 +1,5 @@
-"""The real ``jobs/cifar100.slurm`` on a real single-node Slurm: preempted, requeued, resumed, same model.
+"""The real ``jobs/cifar100.slurm`` on a real single-node Slurm: stopped by a signal, requeued and resumed;
+cancelled; at its time limit, then resubmitted; each time ending with the model of a run never stopped.
 
 The script is submitted as a user would, changed only through ``sbatch`` options and FEDBAT_*
 variables: 2 tasks on the 2-CPU node (``--overcommit``), no GPUs (``--gpus-per-task=0`` overrides
@@ -29,10 +30,30 @@ def cluster(tmp_path_factory):
         yield started
 
 
-def submit(cluster, submit_dir: Path, fedbat_args: str) -> str:
+@pytest.fixture(autouse=True)
+def no_job_left_behind(cluster):
+    """A test that fails mid-job leaves no job running into the next test."""
+    yield
+    cluster.cancel_jobs()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cluster) -> list[dict]:
+    """The same run without Slurm and without a stop. Made while no job runs: MPICH's ranks poll while
+    they wait, and four of them on two cores make every round several times slower."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    line = command(2, ["--preset", "cifar100-dir0.1", *TINY.split(), "--out", str(out)])
+    done = subprocess.run(line, check=False, capture_output=True, text=True, timeout=300, env=environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = metrics(out)
+    assert [row["round"] for row in rows] == list(range(1, ROUNDS + 1))
+    return without_timings(rows)
+
+
+def submit(cluster, submit_dir: Path, fedbat_args: str, **env: str) -> str:
     """``sbatch jobs/cifar100.slurm`` from ``submit_dir``; the job id."""
     env = dict(cluster.env, FEDBAT_HOME=str(REPO), FEDBAT_PYTHON=sys.executable, FEDBAT_LAUNCHER="srun",
-               FEDBAT_ARGS=fedbat_args)  # fmt: skip
+               FEDBAT_ARGS=fedbat_args, **env)  # fmt: skip
     done = cluster.run("sbatch", "--parsable", *SBATCH_OPTIONS, str(REPO / "jobs" / "cifar100.slurm"),
                        cwd=submit_dir, env=env)  # fmt: skip
     return done.stdout.strip().split(";")[0]
@@ -72,18 +93,43 @@ def wait_until_ended(cluster, submit_dir: Path, job_id: str, timeout: float) -> 
     return wait_for_job(cluster, submit_dir, job_id, "the job to end", ended, timeout)
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes_to_the_uninterrupted_model(cluster, tmp_path):
+def run_folder(submit_dir: Path, job_id: str) -> Path:
+    return submit_dir / "runs" / f"fedbat-cifar100-{job_id}"  # FEDBAT_OUT's default
+
+
+def wait_for_rounds(cluster, submit_dir: Path, job_id: str, out: Path, rounds: int) -> None:
+    def done():
+        path = out / "metrics.jsonl"
+        return path.exists() and len(path.read_text().splitlines()) >= rounds
+
+    wait_for_job(cluster, submit_dir, job_id, f"{rounds} rounds done", done, timeout=180)
+
+
+def stopped_after(output: str) -> int:
+    """The round after which the ranks stopped for a signal, from the job's output."""
+    return int(output.split("stop signal received: checkpoint after round ")[1].split()[0])
+
+
+def assert_resumed_to_the_uninterrupted_model(out: Path, uninterrupted: list[dict], why: str) -> None:
+    rows = metrics(out)
+    assert [row["round"] for row in rows] == list(range(1, ROUNDS + 1)), why
+    assert rows[-1]["model_sha256"] == uninterrupted[-1]["model_sha256"], why
+    assert without_timings(rows) == uninterrupted, why
+
+
+@pytest.mark.parametrize("signal_options", [
+    ["--signal=USR1"],  # to the job steps (the ranks), as --signal=USR1@180 does
+    ["--batch", "--signal=USR1"],  # to the batch shell alone, as --signal=B:USR1@180 does; it passes it on
+], ids=["to-the-ranks", "to-the-batch-shell"])  # fmt: skip
+def test_preempted_job_checkpoints_requeues_and_resumes_to_the_uninterrupted_model(
+    cluster, uninterrupted, tmp_path, signal_options
+):
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
     job_id = submit(cluster, submit_dir, TINY)
-    out = submit_dir / "runs" / f"fedbat-cifar100-{job_id}"  # FEDBAT_OUT's default
-
-    def two_rounds_done():
-        path = out / "metrics.jsonl"
-        return path.exists() and len(path.read_text().splitlines()) >= 2
-
-    wait_for_job(cluster, submit_dir, job_id, "2 rounds done", two_rounds_done, timeout=120)
-    cluster.run("scancel", "--signal=USR1", job_id)  # to the job steps, as --signal=USR1@180 does
+    out = run_folder(submit_dir, job_id)
+    wait_for_rounds(cluster, submit_dir, job_id, out, 2)
+    cluster.run("scancel", *signal_options, job_id)
 
     # The ranks stop after the round they are in, checkpoint and exit 75; the script requeues the job.
     # Slurm holds a requeued job back for about cred_expire (5 s here), so the checkpoint is still
@@ -94,10 +140,11 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_uninterrupted_mod
     wait_for_job(cluster, submit_dir, job_id, "the requeue", requeued, timeout=90)
     output = job_output(submit_dir, job_id)
     why = explain(cluster, submit_dir, job_id)
+    assert ("job script received SIGUSR1" in output) == ("--batch" in signal_options), why
     assert "fedbat_mpi.run exited with status 75" in output, why
-    stopped_after = int(output.split("stop signal received: checkpoint after round ")[1].split()[0])
-    assert 2 <= stopped_after < ROUNDS, why
-    assert inspect_checkpoint(out)[0] >= stopped_after, why
+    stopped = stopped_after(output)
+    assert 2 <= stopped < ROUNDS, why
+    assert inspect_checkpoint(out)[0] >= stopped, why
 
     job = wait_until_ended(cluster, submit_dir, job_id, timeout=150)
     output = job_output(submit_dir, job_id)
@@ -107,21 +154,60 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_uninterrupted_mod
     starts = [line for line in output.splitlines() if "fedbat_mpi.run --preset" in line]
     assert len(starts) == 2 and "(start 2)" in starts[1], why
     assert not starts[0].endswith("--resume") and starts[1].endswith("--resume"), why
-    assert f"resuming after round {stopped_after}" in output, why
+    assert f"resuming after round {stopped}" in output, why
     assert inspect_checkpoint(out) == (ROUNDS, ROUNDS), why
+    assert_resumed_to_the_uninterrupted_model(out, uninterrupted, why)
 
-    # The same run without Slurm and without a stop. Not alongside the job: MPICH's ranks poll
-    # while they wait, and four of them on two cores make every round several times slower.
-    reference_out = tmp_path / "uninterrupted"
-    reference = subprocess.run(
-        command(2, ["--preset", "cifar100-dir0.1", *TINY.split(), "--out", str(reference_out)]),
-        check=False, capture_output=True, text=True, timeout=120, env=environment(),
-    )  # fmt: skip
-    assert reference.returncode == 0, reference.stdout + reference.stderr
-    resumed_rows, reference_rows = metrics(out), metrics(reference_out)
-    assert [row["round"] for row in resumed_rows] == list(range(1, ROUNDS + 1)), why
-    assert resumed_rows[-1]["model_sha256"] == reference_rows[-1]["model_sha256"], why
-    assert without_timings(resumed_rows) == without_timings(reference_rows), why
+
+def test_cancelled_job_checkpoints_and_stays_cancelled(cluster, tmp_path):
+    job_id = submit(cluster, tmp_path, TINY)
+    out = run_folder(tmp_path, job_id)
+    wait_for_rounds(cluster, tmp_path, job_id, out, 2)
+    cluster.run("scancel", job_id)  # SIGTERM to every process of the job, once; SIGKILL after KillWait
+
+    # The ranks finish their round within KillWait, checkpoint and exit 75; the script, which got SIGTERM
+    # too, must not requeue the job: that would undo the scancel.
+    job = wait_until_ended(cluster, tmp_path, job_id, timeout=slurm_cluster.KILL_WAIT_S + 60)
+    output = job_output(tmp_path, job_id)
+    why = explain(cluster, tmp_path, job_id)
+    assert (job["JobState"], job["Restarts"]) == ("CANCELLED", "0"), why
+    assert "job script received SIGTERM" in output and "it is not requeued" in output, why
+    assert f"resubmit with FEDBAT_OUT={out} to resume" in output, why
+    assert "fedbat_mpi.run exited with status 75" in output and "requeued job" not in output, why
+    assert inspect_checkpoint(out)[0] == stopped_after(output), why
+
+
+def test_job_at_its_time_limit_is_not_requeued_and_resubmitted_resumes_to_the_uninterrupted_model(
+    cluster, uninterrupted, tmp_path
+):
+    job_id = submit(cluster, tmp_path, TINY)
+    out = run_folder(tmp_path, job_id)
+    wait_for_rounds(cluster, tmp_path, job_id, out, 2)
+    # The ranks are held (SIGSTOP), as by a long round, so that the run is still going when slurmctld,
+    # which checks time limits every 30 s, ends the job: SIGCONT and SIGTERM to every process of it.
+    cluster.run("scancel", "--signal=STOP", job_id)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "EndTime=now")
+    # Each rank gets SIGTERM twice, milliseconds apart (and the job's --signal USR1): one stop request,
+    # so the ranks finish their round, checkpoint and exit 75 within KillWait.
+    job = wait_until_ended(cluster, tmp_path, job_id, timeout=slurm_cluster.KILL_WAIT_S + 90)
+    output = job_output(tmp_path, job_id)
+    why = explain(cluster, tmp_path, job_id)
+    assert (job["JobState"], job["Restarts"]) == ("TIMEOUT", "0"), why
+    assert "DUE TO TIME LIMIT" in output and "job script received SIGTERM" in output, why
+    assert "it is not requeued" in output and "requeued job" not in output, why
+    assert f"resubmit with FEDBAT_OUT={out} to resume" in output, why
+    assert "fedbat_mpi.run exited with status 75" in output, why
+    stopped = inspect_checkpoint(out)[0]
+    assert stopped == stopped_after(output) and 2 <= stopped < ROUNDS, why
+
+    # Resubmitted as the job's output says: a new job that resumes from the checkpoint left.
+    second = submit(cluster, tmp_path, TINY, FEDBAT_OUT=str(out))
+    job = wait_until_ended(cluster, tmp_path, second, timeout=150)
+    output = job_output(tmp_path, second)
+    why = explain(cluster, tmp_path, second)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), why
+    assert output.splitlines()[0].endswith("--resume") and f"resuming after round {stopped}" in output, why
+    assert_resumed_to_the_uninterrupted_model(out, uninterrupted, why)
 
 
 def test_job_exits_with_the_programs_status(cluster, tmp_path):

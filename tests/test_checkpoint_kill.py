@@ -1,0 +1,226 @@
+"""SIGKILL of the checkpoint writer at random moments of its writes: the checkpoint always loads, it is
+one of the two states being written (the old or the new, bit for bit), and the run resumes to the model
+of a run that was never killed.
+
+The states are real: an EF-SignSGD run's, whose per-client error memory (a model-sized row per client
+seen) makes a write long enough to hit. The kill delays come from a seeded generator; the seed is
+printed, and FEDBAT_KILL_SEED picks another.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fedbat_mpi import checkpoint
+
+from .launch import TINY, command, environment, launch, metrics, without_timings
+
+SEED = int(os.environ.get("FEDBAT_KILL_SEED", "20240611"))
+ROUNDS = 3
+NUM_CLIENTS = 16  # 2 a round: 2, 4 and 6 rows of error memory after rounds 1, 2 and 3
+RUN = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", str(NUM_CLIENTS), "--clients-per-round", "2",
+       "--rounds", str(ROUNDS), "--checkpoint-every", "1"]  # fmt: skip
+WRITER = Path(__file__).with_name("checkpoint_writer.py")
+TEMPORARY_PREFIX = f".{checkpoint.FILE_NAME}.tmp-"  # checkpoint.save writes here first, then renames
+WRITER_TRIALS = 30
+RUN_TRIALS = 3
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run: its metrics and its last two checkpoints (rounds 2 and 3)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = launch(2, [*RUN, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, reference) -> list[Path]:
+    """Checkpoints of real run states after rounds 1, 2 and 3."""
+    first = tmp_path_factory.mktemp("first-round")
+    done = launch(None, [*RUN, "--rounds", "1", "--out", str(first)])
+    assert done.returncode == 0, done.stderr
+    last_two = [reference / checkpoint.PREVIOUS_FILE_NAME, reference / checkpoint.FILE_NAME]
+    return [first / checkpoint.FILE_NAME, *last_two]
+
+
+def _bits(arrays: dict) -> dict:
+    return {key: (array.dtype.str, array.shape, array.tobytes()) for key, array in arrays.items()}
+
+
+def _same(a: checkpoint.RunState, b: checkpoint.RunState) -> bool:
+    """Equal in everything but the time of writing; tensors and client rows bit for bit, in order."""
+    fields = ("round", "config", "metrics", "num_ranks", "package_version")
+    return (
+        all(getattr(a, name) == getattr(b, name) for name in fields)
+        and list(a.tensors) == list(b.tensors)
+        and _bits(a.tensors) == _bits(b.tensors)
+        and a.client_state.keys() == b.client_state.keys()
+        and all(_bits(a.client_state[name]) == _bits(b.client_state[name]) for name in a.client_state)
+    )
+
+
+def _which(path: Path, states: list[checkpoint.RunState]) -> int:
+    """Which of ``states`` the checkpoint at ``path`` holds; fails unless it loads and is one of them."""
+    loaded = checkpoint.load(str(path))
+    found = [index for index, state in enumerate(states) if _same(loaded, state)]
+    assert found, f"{path.name} loads but holds none of the states written (round {loaded.round})"
+    return found[0]
+
+
+class Writer:
+    """The running checkpoint_writer.py: ``write(index, kill_after)`` forks a write and SIGKILLs it."""
+
+    def __init__(self, target: Path, sources: list[Path], log: Path):
+        self.log = log
+        with open(log, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(WRITER), str(target), str(NUM_CLIENTS), *map(str, sources)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment(),
+            )  # fmt: skip
+        assert self._line() == "ready"
+
+    def _line(self) -> str:
+        line = self.process.stdout.readline()
+        assert line, f"checkpoint_writer.py ended: {self.log.read_text()}"
+        return line.strip()
+
+    def _send(self, line: str) -> None:
+        self.process.stdin.write(f"{line}\n")
+        self.process.stdin.flush()
+
+    def write(self, index: int, kill_after: float) -> int:
+        """Write state ``index``, SIGKILL the writer ``kill_after`` seconds in; its exit code (-9: killed)."""
+        self._send(str(index))
+        child = int(self._line())
+        time.sleep(kill_after)
+        os.kill(child, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
+        self._send("reap")
+        return int(self._line())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def _timed_save(target: Path, state: checkpoint.RunState) -> float:
+    start = time.perf_counter()
+    checkpoint.save(str(target), state, NUM_CLIENTS)
+    return time.perf_counter() - start
+
+
+def _kill_delay(rng: random.Random, write_s: float) -> float:
+    """Half across the whole write, half near its end, where the file is flushed and the names swapped."""
+    return write_s * (rng.uniform(0, 1.1) if rng.random() < 0.5 else rng.uniform(0.8, 1.1))
+
+
+def _outcome(code: int, found: int, new: int) -> str:
+    if code == 0:
+        return "write done"
+    return "killed, new in place" if found == new else "killed, old kept"
+
+
+def test_sigkill_at_random_moments_of_a_write_leaves_the_old_or_the_new_checkpoint(tmp_path, sources):
+    print(f"kill delays from random.Random({SEED}) (FEDBAT_KILL_SEED)")
+    rng = random.Random(SEED)
+    states = [checkpoint.load(str(path)) for path in sources]
+    assert [state.round for state in states] == [1, 2, 3]
+    assert all(state.client_state["error_memory"] for state in states)
+    target, previous_path = tmp_path / checkpoint.FILE_NAME, tmp_path / checkpoint.PREVIOUS_FILE_NAME
+    write_s = [_timed_save(target, state) for state in states]  # leaves 2 in place and 1 as the previous
+    current, previous = 2, 1
+    outcomes = Counter()
+    writer = Writer(target, sources, tmp_path / "writer.log")
+    try:
+        for trial in range(WRITER_TRIALS):
+            new = (current + 1) % len(states)
+            delay = _kill_delay(rng, write_s[new])
+            code = writer.write(new, delay)
+            where = f"trial {trial}: SIGKILL {1000 * delay:.0f} ms into a ~{1000 * write_s[new]:.0f} ms write"
+            assert code in (0, -signal.SIGKILL), f"{where}: the writer failed: {writer.log.read_text()}"
+            found, kept = _which(target, states), _which(previous_path, states)
+            # The old or the new; once the new one is in place, the one it replaced is the previous one.
+            assert (found == new) if code == 0 else (found in (current, new)), where
+            assert (kept == current) if found == new else (kept in (previous, current)), where
+            outcomes[_outcome(code, found, new)] += 1
+            write_s[new] *= 1.05 if code else 0.8  # the delays follow the end of the write
+            current, previous = found, kept
+    finally:
+        writer.close()
+    print(dict(outcomes))
+    killed = outcomes["killed, old kept"] + outcomes["killed, new in place"]
+    assert killed >= WRITER_TRIALS // 2, f"only {killed} of {WRITER_TRIALS} kills landed in a write"
+    # A later save clears what the killed writers left (their temporary files) and goes on.
+    checkpoint.save(str(target), states[0], NUM_CLIENTS)
+    assert (_which(target, states), _which(previous_path, states)) == (0, current)
+    left = sorted(path.name for path in tmp_path.glob("*.h5*"))
+    assert left == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
+
+
+def _next_write(out: Path, process: subprocess.Popen) -> Path:
+    """Wait until rank 0 begins writing a checkpoint: its temporary file appears."""
+    deadline = time.monotonic() + 300
+    while not (found := next(out.glob(TEMPORARY_PREFIX + "*"), None)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"run ended or stalled before a checkpoint write: {process.communicate()}")
+        time.sleep(0.005)
+    return found
+
+
+def _write_time(temporary: Path, process: subprocess.Popen) -> float:
+    """How long the write that made ``temporary`` takes: until the file is renamed."""
+    start = time.perf_counter()
+    while temporary.exists():
+        if process.poll() is not None:
+            pytest.fail(f"run ended during a checkpoint write: {process.communicate()}")
+        time.sleep(0.002)
+    return time.perf_counter() - start
+
+
+def _kill_rank_0_during_write(out: Path, process: subprocess.Popen, killed_round: int,
+                              rng: random.Random) -> str:  # fmt: skip
+    """Watch rank 0's checkpoint writes; SIGKILL it at a random moment of the one after ``killed_round``."""
+    for _ in range(1, killed_round):
+        write_s = _write_time(_next_write(out, process), process)
+    temporary = _next_write(out, process)
+    delay = rng.uniform(0, 0.9 * write_s)  # the writes grow with the clients seen: this one is longer
+    time.sleep(delay)
+    os.kill(int(temporary.name.removeprefix(TEMPORARY_PREFIX)), signal.SIGKILL)  # its name holds rank 0's pid
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("ranks still running 60 s after rank 0 was killed")
+    where = (f"rank 0 killed {1000 * delay:.0f} ms into the write after round {killed_round} "
+             f"(the write before took {1000 * write_s:.0f} ms)")  # fmt: skip
+    assert process.returncode != 0, where
+    assert temporary.exists(), f"{where}: that write had ended, the kill missed it"  # left by a killed writer
+    return where
+
+
+def test_sigkill_of_rank_0_while_it_writes_resumes_to_the_uninterrupted_model(tmp_path, reference):
+    print(f"kill moments from random.Random({SEED}) (FEDBAT_KILL_SEED)")
+    rng = random.Random(SEED)
+    expected = without_timings(metrics(reference))
+    for trial in range(RUN_TRIALS):
+        out = tmp_path / f"run-{trial}"
+        killed_round = rng.choice(range(2, ROUNDS + 1))
+        process = subprocess.Popen(command(2, [*RUN, "--out", str(out)]), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
+        where = f"trial {trial}: " + _kill_rank_0_during_write(out, process, killed_round, rng)
+        print(where)
+        state = checkpoint.load(str(out / checkpoint.FILE_NAME))
+        assert state.round in (killed_round - 1, killed_round), where
+        assert state.metrics[-1]["model_sha256"] == expected[state.round - 1]["model_sha256"], where
+        done = launch(None, ["--resume", "--out", str(out)])  # one process: quicker, and the same model
+        assert done.returncode == 0, f"{where}\n{done.stderr}"
+        assert without_timings(metrics(out)) == expected, where

@@ -1,0 +1,32 @@
+"""Stop requests: the first stop signal sets the flag, repeats soon after are the same request (Slurm's
+double SIGTERM at a time limit), and a later one ends the process at once with the signal's status."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import os, signal, sys, time
+from fedbat_mpi import signals
+signals.SAME_REQUEST_S = 0.5  # a short window, so that the test need not wait 5 s
+stop = signals.StopRequest()
+os.kill(os.getpid(), signal.{first})
+os.kill(os.getpid(), signal.{first})  # a repeat, as Slurm sends at a time limit
+os.kill(os.getpid(), signal.{second})  # and the job's --signal with it
+print("still running, requested by", stop.signal_name, flush=True)
+time.sleep(1.0)
+os.kill(os.getpid(), signal.{second})  # later: ends the process now
+time.sleep(5)
+print("not ended", flush=True)
+"""
+
+
+@pytest.mark.parametrize("first,second", [("SIGTERM", "SIGUSR1"), ("SIGUSR1", "SIGTERM")])
+def test_repeats_are_one_request_and_a_later_signal_ends_the_process(first, second):
+    done = subprocess.run([sys.executable, "-c", SCRIPT.format(first=first, second=second)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert f"still running, requested by {first}" in done.stdout, done.stderr
+    assert "not ended" not in done.stdout
+    assert done.returncode == -getattr(signal, second)
