@@ -4,8 +4,9 @@ Each rank holds the encoded payloads of its block of the round's clients (contig
 engine's schedule splits them), concatenated: ``--clients`` payloads of ``--models`` in all. Per turn,
 after a barrier, rank 0 times
 
-- ``fedbat``: ``Communicator.gather_bytes(buffer)`` as the engine calls it (an ``Allgather`` of the
-  byte counts, a fresh receive buffer, then ``Gatherv``);
+- ``fedbat``: ``Communicator.gather_bytes(buffer)`` without counts, as the engine called it until
+  2026-11-27 (an ``Allgather`` of the byte counts, a fresh receive buffer, then ``Gatherv``; the engine
+  now passes the counts and a reused buffer, which ``raw`` approximates);
 - ``raw``: ``MPI.COMM_WORLD.Gatherv`` of the same uint8 buffers into a preallocated receive buffer with
   counts known in advance (the least any gather of these bytes can cost);
 - ``counts``: the ``Allgather`` of one int64 per rank alone (the step ``gather_bytes`` adds before its

@@ -118,16 +118,17 @@ class Engine:
 
     def collect_client_states(self, clients: np.ndarray, states: list[np.ndarray]) -> None:
         """The trained clients' new states return to rank 0 (``Gatherv``, in client-id order)."""
-        counts = [4 * self.state_size * len(clients_of_rank(clients, self.comm.size, r)) for r in range(self.comm.size)]
         mine = np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8)
+        counts = self.bytes_per_rank(clients, 4 * self.state_size)
         received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
         if self.comm.is_root:
             rows = received.view(np.float32).reshape(len(clients), self.state_size)
             self.client_states.update({int(c): row.copy() for c, row in zip(clients, rows)})
 
-    def payload_counts(self, clients: np.ndarray) -> list[int]:
-        """The bytes each rank sends in a round's gather: its clients' payloads, all of one size."""
-        return [self.payload_shape.size * len(clients_of_rank(clients, self.comm.size, r)) for r in range(self.comm.size)]
+    def bytes_per_rank(self, clients: np.ndarray, bytes_per_client: int) -> list[int]:
+        """What each rank sends in a gather of ``bytes_per_client`` for each of its round's clients."""
+        size = self.comm.size
+        return [bytes_per_client * len(clients_of_rank(clients, size, rank)) for rank in range(size)]
 
     def local_task(self, round_index: int, client_id: int, state: torch.Tensor | None) -> tuple[LocalTask, float]:
         """One client's local training on this rank's model, and the client's aggregation weight."""
@@ -229,7 +230,8 @@ class Engine:
                     if self.state_size:
                         new_states.append(update.state.detach().float().cpu().numpy())
         with timer("gather"):
-            received, _ = comm.gather_bytes(np.concatenate(parts), self.payload_counts(clients), reuse="payloads")
+            counts = self.bytes_per_rank(clients, self.payload_shape.size)
+            received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads")
             if self.state_size:
                 self.collect_client_states(clients, new_states)
         with timer("aggregate"):

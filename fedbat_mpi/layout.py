@@ -92,12 +92,6 @@ class ModelLayout:
                 tensor.copy_(global_vector[offset : offset + size].view(tensor.shape))
                 offset += size
 
-    def dense_vector(self, model: torch.nn.Module) -> torch.Tensor:
-        """The dense (full-precision) tensors of the model, concatenated, float32."""
-        state = model.state_dict()
-        if not self.dense:
-            return torch.zeros(0)
-        return torch.cat([state[seg.name].detach().reshape(-1).float() for seg in self.dense])
 
 
 def model_sha256(global_vector: np.ndarray) -> str:

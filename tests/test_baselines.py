@@ -92,7 +92,7 @@ def test_every_baseline_uploads_one_bit_per_weight_and_one_scale_per_tensor(name
     assert update.kind is codec.BodyKind.SIGNS and update.body.dtype == torch.bool
     assert update.scales.shape == (len(layout.binarized),) and update.body.numel() == layout.update_size
     payload = codec.Payload(0, 1.0, update.train_loss, update.kind, update.scales.numpy(),
-                            layout.dense_vector(model).numpy(), codec.pack_signs(update.body.numpy()),
+                            update.dense.numpy(), codec.pack_signs(update.body.numpy()),
                             layout.update_size)  # fmt: skip
     raw = codec.encode(payload)
     assert raw.size == codec.payload_size(codec.BodyKind.SIGNS, layout.update_size, len(layout.binarized), layout.dense_size)
