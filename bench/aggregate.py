@@ -86,9 +86,9 @@ def sketch_aggregate(layout, global_vector: np.ndarray, payloads: list) -> np.nd
 
 def measure(model: str, clients: int, repeats: int) -> dict:
     """One (model, clients) point, in this process."""
-    from fedbat_mpi import codec  # noqa: PLC0415
-    from fedbat_mpi.aggregate import aggregate  # noqa: PLC0415
+    from fedbat_mpi.server.aggregate import aggregate  # noqa: PLC0415
     from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
+    from fedbat_mpi.wire import codec  # noqa: PLC0415
 
     layout, net = model_layout(model)
     global_vector = layout.global_vector(net)

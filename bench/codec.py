@@ -41,8 +41,8 @@ MODELS = {"resnet10": 10, "cnn4": 10, "cnn4-mnist": 10}
 
 def measure(model: str, repeats: int, copies: int | None, memory_mb: int) -> dict:
     """Time every operation on ``copies`` distinct sets of arrays (1: cached; None: fill ``memory_mb``)."""
-    from fedbat_mpi import codec  # noqa: PLC0415
     from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
+    from fedbat_mpi.wire import codec  # noqa: PLC0415
 
     layout, _ = model_layout(model, MODELS[model])
     d = layout.update_size

@@ -41,9 +41,9 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
     """Time both gathers on this MPI job; the result on rank 0, ``None`` elsewhere."""
     from mpi4py import MPI  # noqa: PLC0415
 
-    from fedbat_mpi import codec  # noqa: PLC0415
-    from fedbat_mpi.comm import Communicator  # noqa: PLC0415
     from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
+    from fedbat_mpi.wire import codec  # noqa: PLC0415
+    from fedbat_mpi.wire.comm import Communicator  # noqa: PLC0415
 
     comm = Communicator()
     world = MPI.COMM_WORLD

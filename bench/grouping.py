@@ -22,7 +22,7 @@ from pathlib import Path
 
 import benchlib
 
-from fedbat_mpi.algorithms import ALGORITHMS
+from fedbat_mpi.client.algorithms import ALGORITHMS
 from fedbat_mpi.testing import formats
 
 FMNIST_TRAIN, FMNIST_TEST = 60_000, 10_000

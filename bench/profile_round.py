@@ -21,13 +21,13 @@ from pathlib import Path
 
 import benchlib
 
-from fedbat_mpi.aggregate import aggregate
-from fedbat_mpi.codec import decode_all
-from fedbat_mpi.comm import Communicator
-from fedbat_mpi.engine import Engine
-from fedbat_mpi.evaluate import evaluate
+from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.rounds.engine import Engine
+from fedbat_mpi.server.aggregate import aggregate
 from fedbat_mpi.testing import launch
+from fedbat_mpi.wire.codec import decode_all
+from fedbat_mpi.wire.comm import Communicator
 
 # The calls in ``Engine.run_round`` and the phase engine.py times each in, named by the functions
 # themselves: a renamed one fails here (tests/test_bench.py runs this script) instead of its samples

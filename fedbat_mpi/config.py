@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from .algorithms import ALGORITHMS, hyperparameters
-from .checkpoint import FILE_NAME
-from .data.partition import parse_scheme
-from .errors import OneLineParser, UsageError
+from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
+from fedbat_mpi.data.partition import parse_scheme
+from fedbat_mpi.errors import OneLineParser, UsageError
+from fedbat_mpi.server.checkpoint import FILE_NAME
 
 DEVICES = ("auto", "cpu", "cuda")
 # Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow),

@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .algorithms import ALGORITHMS  # noqa: E402
-from .errors import OneLineParser, run_command  # noqa: E402
-from .runs import RunRecord, read_run  # noqa: E402
+from fedbat_mpi.client.algorithms import ALGORITHMS  # noqa: E402
+from fedbat_mpi.errors import OneLineParser, run_command  # noqa: E402
+from fedbat_mpi.records import RunRecord, read_run  # noqa: E402
 
 
 def _color(algorithm: str) -> str:

@@ -9,15 +9,15 @@ none is left waiting in a collective.
 
 import sys
 
-from .signals import StopRequest
+from fedbat_mpi.rounds.signals import StopRequest
 
 
 def main(argv: list[str] | None = None) -> int:
     # The handlers come first: a batch system may signal a job that is still importing torch.
     stop = StopRequest()
-    from . import runner
+    from fedbat_mpi.rounds import job
 
-    return runner.main(sys.argv[1:] if argv is None else argv, stop)
+    return job.main(sys.argv[1:] if argv is None else argv, stop)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ bytes sent until then, and the uplink per client per round.
 
 import sys
 
-from .errors import OneLineParser, run_command
-from .runs import RunRecord, read_run
+from fedbat_mpi.errors import OneLineParser, run_command
+from fedbat_mpi.records import RunRecord, read_run
 
 
 def _megabytes(num_bytes: float) -> str:

@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 
-from fedbat_mpi import checkpoint
+from fedbat_mpi.server import checkpoint
 
 
 def _save_and_exit(target: str, state: checkpoint.RunState, num_clients: int) -> None:

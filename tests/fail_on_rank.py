@@ -7,8 +7,9 @@ others waiting in a collective.
 import os
 import sys
 
-from fedbat_mpi import engine, run
-from fedbat_mpi.comm import Communicator
+from fedbat_mpi import run
+from fedbat_mpi.rounds import engine
+from fedbat_mpi.wire.comm import Communicator
 
 failing_rank = int(os.environ["FAIL_RANK"])
 if Communicator().rank == failing_rank:

@@ -1,7 +1,7 @@
 """Plain float64 references for one client's local step of every algorithm.
 
 Written from /work/shared/FEDBAT.md (§1 FedBAT, §3 baselines) and the formulas that
-``fedbat_mpi/algorithms/signs.py`` documents, without the package's algorithm code: the network runs
+``fedbat_mpi/client/algorithms/signs.py`` documents, without the package's algorithm code: the network runs
 functionally (``F.conv2d``, a hand-written BatchNorm, ``F.linear``, ...) in float64, torch autograd
 gives only the gradient of the loss w.r.t. the effective weights and BatchNorm parameters, and
 FedBAT's designed derivatives (§1.4) are applied by hand. Random numbers are the documented float32

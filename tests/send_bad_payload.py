@@ -19,9 +19,11 @@ import sys
 import numpy as np
 import torch
 
-from fedbat_mpi import codec, engine, run
-from fedbat_mpi.algorithms import LocalUpdate
-from fedbat_mpi.comm import Communicator
+from fedbat_mpi import run
+from fedbat_mpi.client.algorithms import LocalUpdate
+from fedbat_mpi.rounds import engine
+from fedbat_mpi.wire import codec
+from fedbat_mpi.wire.comm import Communicator
 
 BAD_ROUND = 2
 defect = os.environ["BAD_PAYLOAD"]

@@ -11,7 +11,7 @@ import h5py
 import pytest
 import torch
 
-from fedbat_mpi import checkpoint
+from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import launch
 
 # (id, options, the start of the expected stderr line after "fedbat_mpi: error: ")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_mpi import checkpoint
+from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import TINY, launch, metrics
 
 SCRIPT = [str(Path(__file__).with_name("send_bad_payload.py"))]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi import codec
-from fedbat_mpi.algorithms import make_algorithm
-from fedbat_mpi.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+from fedbat_mpi.client.algorithms import make_algorithm
+from fedbat_mpi.client.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+from fedbat_mpi.wire import codec
 
 from .test_binarize import _tiny_task
 

@@ -5,11 +5,18 @@ import math
 import pytest
 import torch
 
-from fedbat_mpi import binarize as binarize_module
-from fedbat_mpi.algorithms import LocalTask
-from fedbat_mpi.algorithms.fedbat import FedBAT
-from fedbat_mpi.algorithms import fedbat as fedbat_module
-from fedbat_mpi.binarize import ALPHA_MAX, ALPHA_MIN, binarize, binarize_with_noise, sample_signs, step_size
+from fedbat_mpi.client import binarize as binarize_module
+from fedbat_mpi.client.algorithms import LocalTask
+from fedbat_mpi.client.algorithms import fedbat as fedbat_module
+from fedbat_mpi.client.algorithms.fedbat import FedBAT
+from fedbat_mpi.client.binarize import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    binarize,
+    binarize_with_noise,
+    sample_signs,
+    step_size,
+)
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 

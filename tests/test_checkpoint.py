@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from fedbat_mpi import checkpoint
 from fedbat_mpi.config import Config, resumed_config
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.server import checkpoint
 
 
 def _state(round_index: int = 3, clients: dict | None = None) -> checkpoint.RunState:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_mpi import checkpoint
+from fedbat_mpi.server import checkpoint
 
 from .launch import TINY, command, environment, launch, metrics, without_timings
 

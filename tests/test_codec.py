@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi import codec
-from fedbat_mpi.aggregate import aggregate
 from fedbat_mpi.layout import ModelLayout, model_sha256
+from fedbat_mpi.server.aggregate import aggregate
 from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
+from fedbat_mpi.wire import codec
 
 MODELS = [("cnn4-mnist", 10), ("cnn4", 10), ("resnet10", 10), ("resnet10", 100)]
 

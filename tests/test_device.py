@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedbat_mpi.device import choose_device, select_device
+from fedbat_mpi.client.device import choose_device, select_device
 from fedbat_mpi.errors import UsageError
 
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from fedbat_mpi.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm
-from fedbat_mpi.comm import Communicator
+from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset, normalize
-from fedbat_mpi.engine import Engine
 from fedbat_mpi.layout import ModelLayout
-from fedbat_mpi.models import binarized_names, build_model
+from fedbat_mpi.rounds.engine import Engine
+from fedbat_mpi.wire.comm import Communicator
 
 BATCH, EPOCHS, LR, CLIENTS = 32, 2, 0.1, 4
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbat_mpi import checkpoint
-from fedbat_mpi.algorithms import ALGORITHMS
+from fedbat_mpi.client.algorithms import ALGORITHMS
+from fedbat_mpi.client.models import build_model
 from fedbat_mpi.data import load_dataset
-from fedbat_mpi.models import build_model
+from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import launch, metrics
 
 RUN = ["--num-clients", "8", "--clients-per-round", "4", "--local-epochs", "1", "--rounds", "3",

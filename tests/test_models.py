@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, binarized_names, build_model
 from fedbat_mpi.errors import UsageError
-from fedbat_mpi.models import MODEL_INPUT_SHAPES, binarized_names, build_model
 
 # (model, classes, binarized weights, binarized tensors, BN channels) from FEDBAT.md §1.10
 CASES = [

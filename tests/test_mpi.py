@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fedbat_mpi import codec
-from fedbat_mpi.aggregate import aggregate
-from fedbat_mpi.algorithms import ALGORITHMS
-from fedbat_mpi.comm import Communicator
+from fedbat_mpi.client.algorithms import ALGORITHMS
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
-from fedbat_mpi.engine import Engine
 from fedbat_mpi.layout import model_sha256
-from fedbat_mpi.schedule import clients_of_rank
+from fedbat_mpi.rounds.engine import Engine
+from fedbat_mpi.rounds.schedule import clients_of_rank
+from fedbat_mpi.server.aggregate import aggregate
 from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
+from fedbat_mpi.wire import codec
+from fedbat_mpi.wire.comm import Communicator
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedbat_mpi.algorithms import LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.data import load_dataset, normalize
 from fedbat_mpi.layout import ModelLayout
-from fedbat_mpi.models import binarized_names, build_model
 from fedbat_mpi.rng import Stream
 
 from . import reference_steps as ref

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedbat_mpi import checkpoint
+from fedbat_mpi.server import checkpoint
 
 from .launch import TINY, command, environment, launch, metrics, without_timings
 

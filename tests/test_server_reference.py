@@ -13,14 +13,15 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from fedbat_mpi import checkpoint, codec
-from fedbat_mpi.comm import Communicator
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
-from fedbat_mpi.engine import Engine
-from fedbat_mpi.schedule import sample_clients
+from fedbat_mpi.rounds.engine import Engine
+from fedbat_mpi.rounds.schedule import sample_clients
+from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import launch, metrics
 from fedbat_mpi.testing.payloads import reference_aggregate
+from fedbat_mpi.wire import codec
+from fedbat_mpi.wire.comm import Communicator
 
 OPTIONS = dict(num_clients=20, clients_per_round=6, local_epochs=1, batch_size=64, rounds=1, partition="dir:0.3")
 

@@ -9,7 +9,7 @@ import pytest
 
 SCRIPT = """
 import os, signal, sys, time
-from fedbat_mpi import signals
+from fedbat_mpi.rounds import signals
 signals.SAME_REQUEST_S = 0.5  # a short window, so that the test need not wait 5 s
 stop = signals.StopRequest()
 os.kill(os.getpid(), signal.{first})

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 
 from fedbat_mpi.config import Config
-from fedbat_mpi.data.datasets import DATASET_NAMES, load_dataset
-from fedbat_mpi.data.download import SOURCES, download
-from fedbat_mpi.data.partition import partition
 from fedbat_mpi.errors import OneLineParser, run_command
+
+from .datasets import DATASET_NAMES, load_dataset
+from .download import SOURCES, download
+from .partition import partition
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedbat_mpi.data.formats import read_cifar_bin, read_cifar_pickle, read_idx, read_mat_v5
 from fedbat_mpi.errors import UsageError
+
+from .formats import read_cifar_bin, read_cifar_pickle, read_idx, read_mat_v5
 
 DATASET_NAMES = ("embedded", "fmnist", "svhn", "cifar10", "cifar100")
 EMBEDDED_DIR = Path(__file__).parent / "embedded"

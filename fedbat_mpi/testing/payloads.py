@@ -4,9 +4,9 @@ step written out per tensor in float64 (FEDBAT.md §1.8), against which the aggr
 import numpy as np
 import torch
 
-from fedbat_mpi import codec
+from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.layout import ModelLayout
-from fedbat_mpi.models import binarized_names, build_model
+from fedbat_mpi.wire import codec
 
 
 def model_layout(model: str, num_classes: int = 10, seed: int = 0) -> tuple[ModelLayout, torch.nn.Module]:

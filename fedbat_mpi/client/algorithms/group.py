@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from ..layout import ModelLayout
+from fedbat_mpi.layout import ModelLayout
+
 from .base import LocalTask
 
 Stacked = dict[Any, torch.Tensor]  # tensors with a leading client dimension, by name

@@ -8,8 +8,8 @@ from typing import TextIO
 
 import yaml
 
-from .config import Config
-from .engine import RoundResult
+from fedbat_mpi.config import Config
+from fedbat_mpi.rounds.engine import RoundResult
 
 
 def _size(num_bytes: float) -> str:

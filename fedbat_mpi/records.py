@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
+from fedbat_mpi.errors import UsageError
 
 
 @dataclass

@@ -12,8 +12,8 @@ payloads searched for the client responsible (``codec.PayloadError``), so no NaN
 
 import numpy as np
 
-from .codec import BodyKind, Payload, non_finite_error
-from .layout import ModelLayout
+from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.wire.codec import BodyKind, Payload, non_finite_error
 
 
 def aggregate(layout: ModelLayout, global_vector: np.ndarray, payloads: list[Payload]) -> np.ndarray:

@@ -26,9 +26,10 @@ from abc import abstractmethod
 
 import torch
 
-from ..codec import BodyKind
-from ..layout import ModelLayout
-from ..rng import Stream
+from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.rng import Stream
+from fedbat_mpi.wire.codec import BodyKind
+
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
 from .group import local_sgd
 

@@ -7,8 +7,9 @@ lines, start-up checks and resume rules.
 
 from typing import Any
 
-from ..errors import UsageError
-from . import fedbat, fedavg, signs  # noqa: F401, I001  (each registers its algorithms, in this order)
+from fedbat_mpi.errors import UsageError
+
+from . import fedavg, fedbat, signs  # noqa: F401, I001  (each registers its algorithms, in this order)
 from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate
 
 ALGORITHMS = tuple(REGISTRY)

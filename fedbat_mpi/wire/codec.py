@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .layout import ModelLayout
+    from fedbat_mpi.layout import ModelLayout
 
 MAGIC = b"FBAT"
 VERSION = 1

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..codec import BodyKind
-from ..layout import ModelLayout
-from ..rng import Stream
+from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.rng import Stream
+from fedbat_mpi.wire.codec import BodyKind
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from ..codec import BodyKind
+from fedbat_mpi.wire.codec import BodyKind
+
 from .base import Algorithm, LocalTask, LocalUpdate, register
 from .group import local_sgd
 

@@ -17,20 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import codec
-from .aggregate import aggregate
-from .algorithms import LocalTask, LocalUpdate, make_algorithm
-from .batches import ClientData
-from .checkpoint import RunState
-from .comm import Communicator
-from .config import Config
-from .data import Dataset, partition
-from .device import select_device
-from .errors import UsageError
-from .evaluate import evaluate
-from .layout import ModelLayout, model_sha256
-from .models import binarized_names, build_model
-from .rng import Stream, derive_seed, torch_generator
+from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.batches import ClientData
+from fedbat_mpi.client.device import select_device
+from fedbat_mpi.client.evaluate import evaluate
+from fedbat_mpi.client.models import binarized_names, build_model
+from fedbat_mpi.config import Config
+from fedbat_mpi.data import Dataset, partition
+from fedbat_mpi.errors import UsageError
+from fedbat_mpi.layout import ModelLayout, model_sha256
+from fedbat_mpi.rng import Stream, derive_seed, torch_generator
+from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.checkpoint import RunState
+from fedbat_mpi.wire import codec
+from fedbat_mpi.wire.comm import Communicator
+
 from .schedule import clients_of_rank, sample_clients
 
 PHASES = ("train", "pack", "gather", "aggregate", "broadcast", "eval")
@@ -164,7 +165,7 @@ class Engine:
 
     def client_groups(self, hosted: list[int]) -> list[list[int]]:
         """This rank's clients in groups trained at once: runs of ``group_size`` clients in client-id
-        order (clients of any size; see ``algorithms/group.py``)."""
+        order (clients of any size; see ``client/algorithms/group.py``)."""
         size = self.group_size(len(hosted))
         return [hosted[i : i + size] for i in range(0, len(hosted), size)]
 

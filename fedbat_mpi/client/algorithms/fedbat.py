@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..binarize import binarize_with_noise, sample_signs, step_size, uniform_noise
-from ..codec import BodyKind
-from ..rng import Stream
+from fedbat_mpi.client.binarize import binarize_with_noise, sample_signs, step_size, uniform_noise
+from fedbat_mpi.rng import Stream
+from fedbat_mpi.wire.codec import BodyKind
+
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
 from .group import Stacked, dense_of, stacked_state, train_group
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .rng import Stream, numpy_generator
+from fedbat_mpi.rng import Stream, numpy_generator
 
 
 def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:

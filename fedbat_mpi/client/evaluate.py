@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .comm import Communicator
-from .data import normalize
+from fedbat_mpi.data import normalize
+from fedbat_mpi.wire.comm import Communicator
 
 
 def evaluate(

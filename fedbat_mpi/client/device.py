@@ -2,7 +2,7 @@
 
 import torch
 
-from .errors import UsageError
+from fedbat_mpi.errors import UsageError
 
 
 def choose_device(option: str, local_rank: int, cuda_available: bool, gpu_count: int) -> torch.device:

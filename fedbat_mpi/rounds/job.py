@@ -12,13 +12,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import checkpoint
-from .comm import Communicator
-from .config import Config, build_parser, parse_command_line, resumed_config
-from .data import load_dataset
+from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
+from fedbat_mpi.data import load_dataset
+from fedbat_mpi.errors import UsageError
+from fedbat_mpi.server import checkpoint
+from fedbat_mpi.server.report import Report
+from fedbat_mpi.wire.comm import Communicator
+
 from .engine import Engine
-from .errors import UsageError
-from .report import Report
 from .signals import PREEMPTED, StopRequest
 
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .data import augment_batch, normalize
+from fedbat_mpi.data import augment_batch, normalize
 
 
 class ClientData:

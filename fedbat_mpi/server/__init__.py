@@ -1,0 +1,1 @@
+"""The server side, on rank 0: aggregation, checkpoints and the run's reports."""

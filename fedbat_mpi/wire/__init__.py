@@ -1,0 +1,1 @@
+"""The wire and MPI: the payload format of a client's upload, and the only module that calls MPI."""
