@@ -204,20 +204,25 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 # ---- launching real runs ----
 
 
-def run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` to completion with the runs' environment; exit with its stderr's end if it fails."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=launch.environment())
+def run(command: list[str], timeout: float, checkout: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` to completion with the runs' environment (importing ``fedbat_mpi`` from ``checkout``
+    when given, e.g. an earlier commit's ``git worktree``); exit with its stderr's end if it fails."""
+    env = launch.environment(**({"PYTHONPATH": str(checkout)} if checkout else {}))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=checkout)
     if done.returncode != 0:
         sys.exit(f"bench: {' '.join(command)} failed with status {done.returncode}:\n{done.stderr[-3000:]}")
     return done
 
 
-def launch_run(ranks: int, args: list[str], out: Path, timeout: float = 1800) -> tuple[list[dict], dict]:
-    """``mpirun -n RANKS python -m fedbat_mpi.run ARGS --out OUT``: its ``metrics.jsonl`` rows, and the
-    cores it used and the cores the rest of the machine used meanwhile (start-up included)."""
+def launch_run(
+    ranks: int, args: list[str], out: Path, timeout: float = 1800, checkout: Path | None = None
+) -> tuple[list[dict], dict]:
+    """``mpirun -n RANKS python -m fedbat_mpi.run ARGS --out OUT`` (from ``checkout``, see :func:`run`): its
+    ``metrics.jsonl`` rows, and the cores it used and the cores the rest of the machine used meanwhile
+    (start-up included)."""
     command = launch.command(ranks, [*args, "--out", str(out)])
     own, busy, start = children_cpu_seconds(), busy_cpu_seconds(), time.perf_counter()
-    run(command, timeout)
+    run(command, timeout, checkout)
     wall, own = time.perf_counter() - start, children_cpu_seconds() - own
     after = busy_cpu_seconds()
     usage = {

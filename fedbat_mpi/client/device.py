@@ -32,3 +32,10 @@ def select_device(option: str, local_rank: int) -> torch.device:
         torch.backends.cudnn.deterministic = True  # same model for any number of ranks on GPUs too
         torch.backends.cudnn.benchmark = False
     return device
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of convolution tensors on ``device``: channels-last on the CPU, where oneDNN's
+    convolutions, pooling and their backward passes measured 1.4-1.7x faster with it (BENCHMARKS.md §9);
+    the default elsewhere. A layout changes float rounding, not what is computed."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format

@@ -22,14 +22,17 @@ _INIT_STD = 0.01
 
 
 def _cnn4(in_channels: int, spatial: int, num_classes: int) -> nn.Sequential:
-    """Four conv3x3-BN-ReLU-maxpool2 blocks (32, 64, 128, 256 channels), then one linear layer."""
+    """Four conv3x3-BN-ReLU-maxpool2 blocks (32, 64, 128, 256 channels), then one linear layer.
+
+    Each block computes max-pooling before the ReLU: the same values and gradients (the two commute),
+    with a quarter of the entries to rectify."""
     layers: list[tuple[str, nn.Module]] = []
     for i, width in enumerate((32, 64, 128, 256), start=1):
         layers += [
             (f"conv{i}", nn.Conv2d(in_channels, width, 3, padding=1, bias=False)),
             (f"bn{i}", nn.BatchNorm2d(width)),
-            (f"relu{i}", nn.ReLU()),
             (f"pool{i}", nn.MaxPool2d(2)),
+            (f"relu{i}", nn.ReLU()),
         ]
         in_channels, spatial = width, spatial // 2
     layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(in_channels * spatial * spatial, num_classes, bias=False))]

@@ -19,7 +19,7 @@ import torch
 
 from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm
 from fedbat_mpi.client.batches import ClientData
-from fedbat_mpi.client.device import select_device
+from fedbat_mpi.client.device import memory_format, select_device
 from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
@@ -64,7 +64,7 @@ class Engine:
         model = build_model(config.model, dataset.num_classes)
         self.layout = ModelLayout(model, binarized_names(model))
         self.global_vector = self.layout.global_vector(model)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device, memory_format=memory_format(self.device))
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from fedbat_mpi.client.device import memory_format
 from fedbat_mpi.layout import ModelLayout
 
 from .base import LocalTask
@@ -101,10 +102,12 @@ def _bucket_losses(
     """The losses of one bucket's clients, and their BatchNorm buffers after the step: ``buffers``
     itself when the bucket is the whole group (updated in place), else copies to write back."""
     members = [k for k, _, _ in entries]
-    if len(members) == 1:  # a plain call on the client's slices
+    if len(members) == 1:  # a plain call on the client's slices, convolution tensors in the device's layout
         k, x, y = entries[0]
         mine = {n: b[k].clone() for n, b in buffers.items()}
-        value = loss({n: p[k] for n, p in params.items()}, mine, x, y, {n: t[0] for n, t in extras.items()})
+        layout = memory_format(x.device)
+        mine_params = {n: p[k].contiguous(memory_format=layout) if p.dim() == 5 else p[k] for n, p in params.items()}
+        value = loss(mine_params, mine, x, y, {n: t[0] for n, t in extras.items()})
         return value.unsqueeze(0), {n: b.unsqueeze(0) for n, b in mine.items()}
     x = torch.stack([x for _, x, _ in entries])
     y = torch.stack([y for _, _, y in entries])
