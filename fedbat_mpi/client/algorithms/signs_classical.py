@@ -54,7 +54,7 @@ class SignSGDMajorityVote(PostTrainingSign):
     name = "signsgd-mv"
     server_rule = ServerRule.MAJORITY_VOTE
     hyperparameters = (
-        _positive("mv_server_lr", 1e-3, "SignSGD with majority vote: the server step size (each weight moves by "
+        _positive("mv_server_lr", 3e-3, "SignSGD with majority vote: the server step size (each weight moves by "
                   "this much, or not at all on a tie)"),
     )  # fmt: skip
     mv_server_lr: float
