@@ -181,6 +181,43 @@ def zsign(
     return _sign_upload(model, names, batches, lr, compress)
 
 
+
+def signsgd_mv(model: nn.Sequential, names: list[str], batches: list[Batch], lr: float) -> Reference:
+    """SignSGD with majority vote, client side: ``sign(d)`` with scale 1, sign(0) = +1; margin ``|d| / max|d|``."""
+    return _sign_upload(
+        model, names, batches, lr, lambda d: (torch.ones((), dtype=d.dtype), d >= 0, d.abs() / d.abs().max())
+    )
+
+
+def z_noise(shape: torch.Size, z: str, upload: torch.Generator) -> torch.Tensor:
+    """The z-distribution's float32 draws as documented, in float64: z = inf ``2u - 1``, z = 2 ``randn``,
+    z = 1 ``E1 - E2`` (two ``exponential_`` draws, Laplace(0, 1))."""
+    if z == "inf":
+        return torch.rand(shape, generator=upload, dtype=torch.float32).double() * 2 - 1
+    if z == "2":
+        return torch.randn(shape, generator=upload, dtype=torch.float32).double()
+    first = torch.empty(shape, dtype=torch.float32).exponential_(generator=upload).double()
+    return first - torch.empty(shape, dtype=torch.float32).exponential_(generator=upload).double()
+
+
+def z_signfedavg(
+    model: nn.Sequential,
+    names: list[str],
+    batches: list[Batch],
+    lr: float,
+    upload: torch.Generator,
+    sigma: float,
+    z: str,
+) -> Reference:
+    """z-SignFedAvg, client side: one global ``sigma`` sent as every scale, sign of ``d + sigma xi``;
+    margin ``|d + sigma xi| / sigma``."""
+
+    def compress(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        noisy = d + sigma * z_noise(d.shape, z, upload)
+        return torch.tensor(sigma, dtype=torch.float64), noisy >= 0, noisy.abs() / sigma
+
+    return _sign_upload(model, names, batches, lr, compress)
+
 def ef_signsgd(
     model: nn.Sequential, names: list[str], batches: list[Batch], lr: float, memory: torch.Tensor
 ) -> Reference:

@@ -30,6 +30,7 @@ RTOL = 1e-5
 TINY_NAMES = ["0.weight", "4.weight"]
 RAGGED = [8, 8, 8, 8, 8, 5]  # six steps, the last batch short
 SIGMA = 1.5  # --zsign-sigma, not 1 so that a forgotten factor shows
+Z_SIGMA = 0.05  # --z-sigma: about the tiny model's update size, so that noise decides some signs
 
 
 def _tiny_model(seed: int) -> nn.Sequential:
@@ -76,13 +77,15 @@ def _package(
     rho: float = 6.0,
     warmup: float = 0.5,
     state: torch.Tensor | None = None,
+    z: str = "inf",
 ) -> LocalUpdate:
     """The package's client step on a copy of ``model`` (the task built as in test_binarize._tiny_task)."""
     model = copy.deepcopy(model)
     task = LocalTask(
         0, model, ModelLayout(model, names), lambda: iter(batches), len(batches), lr, _streams(seed), state
     )
-    [update] = make_algorithm(name, rho=rho, warmup=warmup, zsign_sigma=SIGMA).train([task])
+    options = dict(rho=rho, warmup=warmup, zsign_sigma=SIGMA, z_sigma=Z_SIGMA, z_exponent=z)
+    [update] = make_algorithm(name, **options).train([task])
     return update
 
 
@@ -175,6 +178,26 @@ def test_post_training_baselines(name):
     model, batches = _tiny_model(seed), _batches(seed, RAGGED)
     update = _package(name, model, TINY_NAMES, batches, 0.1, seed)
     _assert_matches(update, _baseline_reference(name, model, batches, seed))
+
+
+def test_signsgd_majority_vote_client_sends_signs_with_scale_one():
+    seed = 2
+    model, batches = _tiny_model(seed), _batches(seed, RAGGED)
+    update = _package("signsgd-mv", model, TINY_NAMES, batches, 0.1, seed)
+    _assert_matches(update, ref.signsgd_mv(model, TINY_NAMES, batches, 0.1))
+    assert update.scales.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("z", ["1", "2", "inf"])
+def test_z_signfedavg_client_with_one_global_sigma(z):
+    seed = 5
+    model, batches = _tiny_model(seed), _batches(seed, RAGGED)
+    update = _package("z-signfedavg", model, TINY_NAMES, batches, 0.1, seed, z=z)
+    reference = ref.z_signfedavg(model, TINY_NAMES, batches, 0.1, _streams(seed)(Stream.UPLOAD), Z_SIGMA, z)
+    _assert_matches(update, reference)
+    # The noise decides a good share of the signs: they differ from sign(d) there.
+    plain = ref.signsgd_mv(model, TINY_NAMES, batches, 0.1).body
+    assert 0.05 < (reference.body != plain).double().mean() < 0.5
 
 
 @pytest.mark.parametrize("memory_scale", [0.0, 0.05])

@@ -242,7 +242,8 @@ class Engine:
                 if sent != clients.tolist():
                     raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
                                              f"the round sampled {clients.tolist()}")  # fmt: skip
-                new_global = aggregate(self.layout, self.global_vector, payloads)
+                new_global = aggregate(self.layout, self.global_vector, payloads, self.algorithm.server_rule,
+                                       self.algorithm.server_lr)  # fmt: skip
             else:
                 new_global = np.empty_like(self.global_vector)
         with timer("broadcast"):

@@ -7,6 +7,7 @@ import torch
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.wire import codec
+from fedbat_mpi.wire.rule import ServerRule
 
 
 def model_layout(model: str, num_classes: int = 10, seed: int = 0) -> tuple[ModelLayout, torch.nn.Module]:
@@ -42,26 +43,40 @@ def make_payload(
 
 
 def reference_aggregate(
-    layout: ModelLayout, global_vector: np.ndarray, payloads: list[codec.Payload]
+    layout: ModelLayout,
+    global_vector: np.ndarray,
+    payloads: list[codec.Payload],
+    rule: ServerRule = ServerRule.WEIGHTED_SUM,
+    server_lr: float = 1.0,
 ) -> np.ndarray:
-    """The new global model, per tensor in float64: binarized tensors move by the weighted mean of the
-    clients' updates (sign times step size, or float32 values), dense ones become the weighted mean."""
+    """The new global model, per tensor in float64. Binarized tensors move by the weighted mean of the
+    clients' updates (sign times step size, or float32 values); under ``MAJORITY_VOTE`` by ``server_lr``
+    times the sign of the clients' vote count (0 on a tie), under ``MEAN_OF_SIGNS`` by ``server_lr``
+    times the plain mean of sign times step size. Dense tensors become the weighted mean."""
     total = sum(p.weight for p in payloads)
     new = global_vector.astype(np.float64)
     for seg in layout.dense:
         new[seg.global_offset : seg.global_offset + seg.size] = 0
+    votes = np.zeros(layout.update_size)
     for p in payloads:
         share = p.weight / total
         if p.kind is codec.BodyKind.SIGNS:
             values = np.unpackbits(p.body, count=p.update_size).astype(np.float64) * 2 - 1
+            votes += values
         else:
             values = p.body.astype(np.float64)
+        factor = {ServerRule.WEIGHTED_SUM: share, ServerRule.MAJORITY_VOTE: 0.0,
+                  ServerRule.MEAN_OF_SIGNS: server_lr / len(payloads)}[rule]  # fmt: skip
         for index, seg in enumerate(layout.binarized):
             scale = p.scales[index] if p.kind is codec.BodyKind.SIGNS else 1.0
-            update = share * scale * values[seg.offset : seg.offset + seg.size]
+            update = factor * scale * values[seg.offset : seg.offset + seg.size]
             new[seg.global_offset : seg.global_offset + seg.size] += update
         for seg in layout.dense:
             new[seg.global_offset : seg.global_offset + seg.size] += (
                 share * p.dense[seg.offset : seg.offset + seg.size]
             )
+    if rule is ServerRule.MAJORITY_VOTE:
+        for seg in layout.binarized:
+            vote = votes[seg.offset : seg.offset + seg.size]
+            new[seg.global_offset : seg.global_offset + seg.size] += server_lr * np.sign(vote)
     return new

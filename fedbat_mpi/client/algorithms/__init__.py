@@ -9,7 +9,7 @@ from typing import Any
 
 from fedbat_mpi.errors import UsageError
 
-from . import fedavg, fedbat, signs  # noqa: F401, I001  (each registers its algorithms, in this order)
+from . import fedavg, fedbat, signs, signs_classical  # noqa: F401, I001  (each registers its algorithms, in this order)
 from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate
 
 ALGORITHMS = tuple(REGISTRY)

@@ -11,6 +11,7 @@ import torch
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
+from fedbat_mpi.wire.rule import ServerRule
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -63,8 +64,10 @@ def finite_at_least(low: float, inclusive: bool = True) -> Callable[[float], boo
 class Algorithm(ABC):
     """A federated algorithm: how a group of clients trains and what each uploads.
 
-    The server side is shared: rank 0 adds the weighted mean of the decoded updates
-    (``scale * sign`` or the float32 values) to the binarized tensors and averages dense tensors.
+    The server side is declared, not written: ``server_rule`` names what rank 0 does with the
+    decoded updates (``wire/rule.py``; by default it adds their weighted mean, ``scale * sign`` or the
+    float32 values, to the binarized tensors), with the step size ``server_lr``; dense tensors are
+    averaged under every rule.
     Subclasses are registered with :func:`register`; their ``hyperparameters`` arrive as keyword
     arguments of the constructor.
     """
@@ -73,6 +76,12 @@ class Algorithm(ABC):
     kind: ClassVar[BodyKind]
     hyperparameters: ClassVar[tuple[HyperParameter, ...]] = ()
     state_name: ClassVar[str | None] = None  # per-client state kept between rounds (and in checkpoints)
+    server_rule: ClassVar[ServerRule] = ServerRule.WEIGHTED_SUM
+
+    @property
+    def server_lr(self) -> float:
+        """The server step size of ``server_rule`` (``WEIGHTED_SUM`` has none: 1)."""
+        return 1.0
 
     def __init__(self, **options: Any):
         for option in self.hyperparameters:
