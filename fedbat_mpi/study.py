@@ -86,10 +86,10 @@ class Driver:
             self._pass_on_stops()
             self._reap()
             time.sleep(POLL_S)
-        self._say("stopped; run the same command again to go on" if self.stopped or self.stop_requests
-                  else "all runs ended")  # fmt: skip
-        if self.stopped or self.stop_requests:
+        if self.stopped or self.pending:  # the runs not started count as stopped too
+            self._say("stopped; run the same command again to go on")
             return PREEMPTED
+        self._say("all runs ended")
         if self.failed:
             return self.failed[0] if len(set(self.failed)) == 1 else 1
         return 0
