@@ -85,7 +85,7 @@ def test_a_stopped_study_resumes_to_the_uninterrupted_models_and_then_skips_its_
     logs = {name: (folder / name / "run.log").read_text() for name in NAMES}
     again = run_study(str(grid), timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "started" not in again.stdout and "4 done, 0 running, 0 left" in again.stdout, again.stdout
+    assert ": started" not in again.stdout and "4 done, 0 running, 0 left" in again.stdout, again.stdout
     assert {name: (folder / name / "run.log").read_text() for name in NAMES} == logs
 
 
