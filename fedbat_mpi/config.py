@@ -162,7 +162,14 @@ def _option_type(name: str):
     return {int: int, float: float, "int": int, "float": float}.get(kind, str)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def option_name(key: Any) -> str | None:
+    """The configuration field of option ``key`` as written in a YAML file (dashes or underscores), or
+    None when there is no such option."""
+    name = str(key).replace("-", "_")
+    return name if name in {f.name for f in fields(Config)} else None
+
+
+def coerce(name: str, value: Any) -> Any:
     """A value from a YAML file converted to the option's type."""
     convert = _option_type(name)
     if value is None or isinstance(convert, type) and isinstance(value, convert) and not isinstance(value, bool):
@@ -184,13 +191,12 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise UsageError(f"--config: {path} is not valid YAML ({type(error).__name__})") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config: {path} must hold a mapping of option names to values")
-    known = {f.name for f in fields(Config)}
     options = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
+        name = option_name(key)
+        if name is None:
             raise UsageError(f"--config: unknown option {key!r} in {path}")
-        options[name] = _coerce(name, value)
+        options[name] = coerce(name, value)
     return options
 
 

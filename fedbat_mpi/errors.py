@@ -22,11 +22,12 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def run_command(prog: str, body: Callable[[], None]) -> int:
-    """Run a command's body; a UsageError becomes ``prog: error: ...`` on stderr and exit status 2."""
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a command's body and return its exit status (None: 0); a UsageError becomes
+    ``prog: error: ...`` on stderr and exit status 2."""
     try:
-        body()
+        status = body()
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_status
-    return 0
+    return status or 0

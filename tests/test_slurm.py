@@ -1,5 +1,6 @@
 """The real ``jobs/cifar100.slurm`` on a real single-node Slurm: stopped by a signal, requeued and resumed;
 cancelled; at its time limit, then resubmitted; each time ending with the model of a run never stopped.
+And the real ``jobs/study.slurm``: a grid of two runs as a job array.
 
 The script is submitted as a user would, changed only through ``sbatch`` options and FEDBAT_*
 variables: 2 tasks on the 2-CPU node (``--overcommit``), no GPUs (``--gpus-per-task=0`` overrides
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from . import slurm_cluster
 from .launch import command, environment, metrics, without_timings
@@ -216,3 +218,37 @@ def test_job_exits_with_the_programs_status(cluster, tmp_path):
     why = explain(cluster, tmp_path, job_id)
     assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("FAILED", "2:0", "0"), why
     assert "--rounds: expected a positive integer, got -1" in job_output(tmp_path, job_id), why
+
+
+def test_study_array_runs_each_run_of_the_grid_in_its_own_task(cluster, tmp_path):
+    folder = tmp_path / "study"
+    grid = tmp_path / "grid.yaml"
+    base = {"dataset": "embedded", "model": "cnn4-mnist", "num-clients": 32, "clients-per-round": 4,
+            "local-epochs": 1, "batch-size": 64, "eval-batch-size": 1000, "rounds": 2}  # fmt: skip
+    grid.write_text(yaml.safe_dump({"out": str(folder), "base": base, "grid": {"seed": [0, 1]}}))
+    counted = subprocess.run([sys.executable, "-m", "fedbat_mpi.study", str(grid), "--count"], check=False,
+                             capture_output=True, text=True, timeout=60, env=environment())  # fmt: skip
+    assert counted.stdout == "2\n", counted.stdout + counted.stderr
+    env = dict(cluster.env, FEDBAT_HOME=str(REPO), FEDBAT_PYTHON=sys.executable, FEDBAT_LAUNCHER="srun")
+    done = cluster.run("sbatch", "--parsable", "--array=0-1", "--ntasks=1", "--gpus-per-task=0", "--cpus-per-task=1",
+                       "--time=10", str(REPO / "jobs" / "study.slurm"), str(grid), cwd=tmp_path, env=env)  # fmt: skip
+    array_id = done.stdout.strip().split(";")[0]
+    for task in (0, 1):
+        job_id = f"{array_id}_{task}"
+        output = tmp_path / f"fedbat-study-{job_id}.out"
+
+        def details(output=output):
+            return output.read_text(errors="replace") if output.exists() else "(no job output yet)"
+
+        def ended(job_id=job_id):
+            job = cluster.job(job_id)
+            return job if job["JobState"] in ENDED else None
+
+        job = cluster.wait_for(f"array task {job_id} to end", ended, timeout=150, details=details)
+        why = f"\n--- array task {job_id} output\n{details()}\n{cluster.logs()}"
+        assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), why
+        assert f"array task {task} of job {array_id}" in details(), why
+        assert f"seed{task}: finished" in details() and "fedbat_mpi.study exited with status 0" in details(), why
+        assert f"srun {sys.executable} -m fedbat_mpi.run" in (folder / f"seed{task}" / "run.log").read_text(), why
+    assert [row["round"] for row in metrics(folder / "seed0")] == [1, 2]
+    assert metrics(folder / "seed0")[-1]["model_sha256"] != metrics(folder / "seed1")[-1]["model_sha256"]

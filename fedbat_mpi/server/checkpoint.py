@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -123,28 +124,44 @@ def _keep_previous(current: str, previous: str) -> None:
     os.replace(staging, previous)
 
 
+def saved_round(path: str, option: str = "--resume") -> int:
+    """The last finished round in a checkpoint, read from its attributes alone (no tensors); a
+    missing, corrupt or foreign file is a UsageError naming ``option``."""
+    return _open(path, option, lambda handle: int(handle.attrs["round"]))
+
+
 def load(path: str, option: str = "--resume") -> RunState:
     """Read a checkpoint; a missing, corrupt or foreign file is a UsageError naming ``option``."""
+    return _open(path, option, _read)
+
+
+def _open(path: str, option: str, read: Callable[[h5py.File], Any]) -> Any:
+    """``read(handle)`` of a checked checkpoint file; any failure is a UsageError naming ``option``."""
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no checkpoint at {path}")
     if not h5py.is_hdf5(path):
         raise UsageError(f"{option}: {path} is not an HDF5 file (truncated or corrupt?)")
     try:
         with h5py.File(path, "r", locking=False) as handle:
-            return _read(handle, path, option)
+            _check_format(handle, path, option)
+            return read(handle)
     except UsageError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise UsageError(f"{option}: {path} cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
 
 
-def _read(handle: h5py.File, path: str, option: str) -> RunState:
+def _check_format(handle: h5py.File, path: str, option: str) -> None:
     attrs = handle.attrs
     if attrs.get("format") != FORMAT:
         raise UsageError(f"{option}: {path} is an HDF5 file but not a fedbat_mpi checkpoint")
     version = int(attrs["format_version"])
     if version != FORMAT_VERSION:
         raise UsageError(f"{option}: {path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+
+
+def _read(handle: h5py.File) -> RunState:
+    attrs = handle.attrs
     model = handle["model"]
     tensors = {name: model[name][()] for name in model.attrs["order"]}
     metrics = [json.loads(row) for row in handle["metrics"].asstr()[()]]

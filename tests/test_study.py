@@ -1,0 +1,123 @@
+"""``python -m fedbat_mpi.study`` through real runs: a grid of 2 algorithms x 2 seeds, two runs at once,
+each one rank under mpirun; stopped by SIGTERM to the driver, resumed by running it again, then skipped.
+Bad grid files fail at once with one line."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedbat_mpi import study
+from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
+
+ROUNDS = 3
+# A tiny run of the embedded data: 2 clients a round of 200 images each, one epoch.
+BASE = {"num-clients": 40, "clients-per-round": 2, "local-epochs": 1, "batch-size": 64,
+        "eval-batch-size": 1000, "rounds": ROUNDS, "checkpoint-every": 1}  # fmt: skip
+NAMES = ["fedavg-seed0", "fedavg-seed1", "fedbat-seed0", "fedbat-seed1"]
+
+
+def write_grid(path: Path, **settings) -> Path:
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def driver(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedbat_mpi.study", *args]
+
+
+def run_study(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(driver(*args), capture_output=True, text=True, timeout=timeout, env=environment())
+
+
+def standings(grid: Path, capsys) -> dict[str, str]:
+    """``--list``: each run's folder name and where it stands."""
+    assert study.main([str(grid), "--list"]) == 0
+    listed = capsys.readouterr().out
+    return dict(line.split(maxsplit=1)[1].split("  ", 1) for line in listed.splitlines())
+
+
+def test_a_stopped_study_resumes_to_the_uninterrupted_models_and_then_skips_its_finished_runs(tmp_path, capsys):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), runs_at_once=2, base=BASE,
+                      grid={"algorithm": ["fedavg", "fedbat"], "seed": [0, 1]})  # fmt: skip
+    assert study.main([str(grid), "--count"]) == 0 and capsys.readouterr().out == "4\n"
+
+    process = subprocess.Popen(driver(str(grid)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment())  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not any((folder / name / "metrics.jsonl").exists() for name in NAMES[:2]):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the study ended or stalled before a round: {process.communicate()}")
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 75, stdout + stderr
+    assert "run the same command again to go on" in stdout, stdout
+    stood = standings(grid, capsys)
+    assert list(stood) == NAMES, stood
+    stopped = [name for name, standing in stood.items() if standing.startswith("stopped at round")]
+    assert stopped and set(stopped) <= set(NAMES[:2]), stood  # the two runs started; the others wait
+    assert stood[NAMES[2]] == stood[NAMES[3]] == "not started", stood
+    manifest = json.loads((folder / "study.json").read_text())
+    assert [run["name"] for run in manifest["runs"]] == NAMES
+
+    resumed = run_study(str(grid))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for name in stopped:
+        assert f"{name}: resuming after round" in resumed.stdout, resumed.stdout
+    assert set(standings(grid, capsys).values()) == {f"done at round {ROUNDS}"}
+
+    # The resumed run ends with the model and metrics of the same run never stopped.
+    name = stopped[0]
+    options = next(run["options"] for run in manifest["runs"] if run["name"] == name)
+    config = write_grid(tmp_path / "uninterrupted.yaml", **options)
+    done = launch(None, ["--config", str(config), "--out", str(tmp_path / "uninterrupted")])
+    assert done.returncode == 0, done.stderr
+    assert without_timings(metrics(folder / name)) == without_timings(metrics(tmp_path / "uninterrupted"))
+
+    logs = {name: (folder / name / "run.log").read_text() for name in NAMES}
+    again = run_study(str(grid), timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert ": started" not in again.stdout and "4 done, 0 running, 0 left" in again.stdout, again.stdout
+    assert {name: (folder / name / "run.log").read_text() for name in NAMES} == logs
+
+
+def test_a_failed_run_is_reported_on_one_line_and_the_others_finish(tmp_path, capsys):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), runs_at_once=2,
+                      base={**BASE, "rounds": 1, "data-dir": str(tmp_path)},
+                      grid={"dataset": ["embedded", "fmnist"]})  # fmt: skip
+    done = run_study(str(grid))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"fmnist: failed with exit status 2; {folder / 'fmnist' / 'run.log'}: fedbat_mpi: error:" in done.stderr
+    assert "not found under --data-dir" in done.stderr
+    assert standings(grid, capsys) == {"embedded": "done at round 1", "fmnist": "not started"}
+
+
+@pytest.mark.parametrize("grid_file,expected", [
+    ({"base": {"roundz": 3}}, "base: unknown option 'roundz'"),
+    ({"base": {"out": "x"}}, "base: out: each run's folder is set by the study"),
+    ({"grid": {"seed": []}}, "grid: seed: expected a non-empty list of values, got []"),
+    ({"grid": {"seed": ["zero"]}}, "grid: --seed: expected int, got 'zero'"),
+    ({"grid": {"lr": [0.1, -1]}}, "run lr-1.0: --lr: expected a positive finite number, got -1.0"),
+    ({"grid": {"preset": ["fmnist-iid", "fmnist-dirichlet"]}}, "preset: expected one of embedded, fmnist-iid"),
+    ({"runs-at-onse": 2}, "unknown key 'runs-at-onse'"),
+    ({"ranks_per_run": 0}, "ranks_per_run: expected a positive integer, got 0"),
+], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "unknown-key",
+        "ranks"])  # fmt: skip
+def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_path, capsys, grid_file, expected):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), **grid_file)
+    assert study.main([str(grid)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith(f"fedbat_mpi.study: error: {grid}: ") and expected in captured.err, captured.err
+    assert not folder.exists()
