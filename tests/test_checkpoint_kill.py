@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import StateIndex
 
+from .forked import Writer
 from .launch import TINY, command, environment, launch, metrics, without_timings
 
 SEED = int(os.environ.get("FEDBAT_KILL_SEED", "20240611"))
@@ -79,41 +79,6 @@ def _which(path: Path, states: list[checkpoint.RunState]) -> int:
     return found[0]
 
 
-class Writer:
-    """The running checkpoint_writer.py: ``write(index, kill_after)`` forks a write and SIGKILLs it."""
-
-    def __init__(self, target: Path, sources: list[Path], log: Path):
-        self.log = log
-        with open(log, "w") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(WRITER), str(target), *map(str, sources)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment(),
-            )  # fmt: skip
-        assert self._line() == "ready"
-
-    def _line(self) -> str:
-        line = self.process.stdout.readline()
-        assert line, f"checkpoint_writer.py ended: {self.log.read_text()}"
-        return line.strip()
-
-    def _send(self, line: str) -> None:
-        self.process.stdin.write(f"{line}\n")
-        self.process.stdin.flush()
-
-    def write(self, index: int, kill_after: float) -> int:
-        """Write state ``index``, SIGKILL the writer ``kill_after`` seconds in; its exit code (-9: killed)."""
-        self._send(str(index))
-        child = int(self._line())
-        time.sleep(kill_after)
-        os.kill(child, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
-        self._send("reap")
-        return int(self._line())
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
 def _timed_save(target: Path, state: checkpoint.RunState) -> float:
     start = time.perf_counter()
     checkpoint.save(str(target), state)
@@ -141,12 +106,12 @@ def test_sigkill_at_random_moments_of_a_write_leaves_the_old_or_the_new_checkpoi
     write_s = [_timed_save(target, state) for state in states]  # leaves 2 in place and 1 as the previous
     current, previous = 2, 1
     outcomes = Counter()
-    writer = Writer(target, sources, tmp_path / "writer.log")
+    writer = Writer(WRITER, [str(target), *map(str, sources)], tmp_path / "writer.log", environment())
     try:
         for trial in range(WRITER_TRIALS):
             new = (current + 1) % len(states)
             delay = _kill_delay(rng, write_s[new])
-            code = writer.write(new, delay)
+            code = writer.write(str(new), delay)
             where = f"trial {trial}: SIGKILL {1000 * delay:.0f} ms into a ~{1000 * write_s[new]:.0f} ms write"
             assert code in (0, -signal.SIGKILL), f"{where}: the writer failed: {writer.log.read_text()}"
             found, kept = _which(target, states), _which(previous_path, states)

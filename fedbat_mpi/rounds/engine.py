@@ -30,7 +30,7 @@ from fedbat_mpi.layout import ModelLayout, model_sha256
 from fedbat_mpi.rng import Stream, derive_seed, torch_generator
 from fedbat_mpi.server.aggregate import aggregate
 from fedbat_mpi.server.checkpoint import RunState
-from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
+from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
 
@@ -90,10 +90,10 @@ class Engine:
         """Rank 0 of a new run: an empty store for the algorithm's per-client rows, in ``folder``."""
         return ClientStateStore.create(folder, self.algorithm.state_name, self.config.num_clients, self.state_size)
 
-    def run_state(self, round_index: int, metrics: list[dict], client_state: StateIndex | None) -> RunState:
-        """What a checkpoint after ``round_index`` holds (``client_state``: the store's ``prepare()``)."""
+    def run_state(self, round_index: int, metrics: list[dict]) -> RunState:
+        """What a checkpoint after ``round_index`` holds (``checkpoint.save_committing`` adds the client state)."""
         tensors = self.layout.tensors(self.global_vector)
-        return RunState(round_index, self.config.as_dict(), tensors, metrics, self.comm.size, client_state)
+        return RunState(round_index, self.config.as_dict(), tensors, metrics, self.comm.size)
 
     def global_model_bytes(self) -> int:
         return 4 * self.layout.global_size

@@ -80,15 +80,6 @@ def _resumed_states(config: Config, engine: Engine, resumed: checkpoint.RunState
     return ClientStateStore.open(folder, index, resumed.round)
 
 
-def _save_checkpoint(run: Run, round_index: int, metrics: list[dict]) -> None:
-    """Rank 0: fsync the client-state store, write the checkpoint that commits it, then adopt the commit."""
-    states = run.engine.states
-    index = states.prepare() if states else None
-    checkpoint.save(run.checkpoint_path, run.engine.run_state(round_index, metrics, index))
-    if states:
-        states.commit(round_index)
-
-
 def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
     """Set up on every rank; on a UsageError anywhere, the lowest failing rank prints it once."""
     error: UsageError | None = None
@@ -131,7 +122,8 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         due = config.checkpoint_every and round_index % config.checkpoint_every == 0
         if stopping or due or round_index == config.rounds:
             if report is not None:
-                _save_checkpoint(run, round_index, report.rows)
+                checkpoint.save_committing(run.checkpoint_path, engine.run_state(round_index, report.rows),
+                                           engine.states)  # fmt: skip
             comm.barrier()
         if stopping:
             if report is not None:

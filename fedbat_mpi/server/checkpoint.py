@@ -26,7 +26,7 @@ import glob
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from fedbat_mpi import __version__
 from fedbat_mpi.errors import UsageError
-from fedbat_mpi.server.client_state import StateIndex
+from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
 
 FORMAT = "fedbat_mpi checkpoint"
 FORMAT_VERSION = 2
@@ -104,6 +104,16 @@ def save(path: str, state: RunState) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def save_committing(path: str, state: RunState, store: ClientStateStore | None) -> None:
+    """``save`` for a run whose algorithm keeps per-client state in ``store``: fsync the store, save the
+    checkpoint naming its newest rows, then make those the committed rows (server/client_state.py)."""
+    if store is None:
+        save(path, state)
+        return
+    save(path, replace(state, client_state=store.prepare()))
+    store.commit(state.round)
 
 
 def _keep_previous(current: str, previous: str) -> None:
