@@ -9,10 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
+from fedbat_mpi.checkpoint import describe
 from fedbat_mpi.config import Config, resumed_config
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server import checkpoint
-from fedbat_mpi.server.client_state import NO_ROW, StateIndex
+from fedbat_mpi.server.client_state import NO_ROW, ClientStateStore, StateIndex
 
 
 def _state(round_index: int = 3, client_state: StateIndex | None = None) -> checkpoint.RunState:
@@ -146,3 +147,17 @@ def test_inspector_refuses_a_bad_file_with_exit_2(tmp_path):
     bad.write_text("nope")
     done = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_inspector_summarises_the_client_state_and_its_file(tmp_path):
+    store = ClientStateStore.create(str(tmp_path), "error_memory", 40, 1_000)
+    store.write([3, 17], np.ones((2, 1_000), np.float32))
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save_committing(str(path), _state(), store)
+    text = describe(str(path))
+    assert "client state error_memory: 2 of 40 clients hold a row of 1,000 float32 values" in text
+    stat = (tmp_path / "client_state.h5").stat()
+    assert f"in client_state.h5 ({512 * stat.st_blocks:,} bytes on disk, {stat.st_size:,} apparent)" in text
+    assert stat.st_size > 2 * 40 * 4_000  # every client's two slots
+    (tmp_path / "client_state.h5").unlink()
+    assert "in client_state.h5 (missing)" in describe(str(path))
