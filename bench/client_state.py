@@ -10,7 +10,7 @@ store, the checkpoint file with the real model, the commit: ``checkpoint_s``). M
 For contrast, ``copy_all_s`` is one write and fsync of every held row to a new file: the least a
 checkpoint that copies the rows (format 1) would cost.
 
-    python bench/client_state.py                        # 1,000 and 100,000 clients; 10, 100, 1,000 rows changed
+    python bench/client_state.py                        # 1,000 and 100,000 clients; 0, 10, 100, 1,000 rows changed
     python bench/client_state.py --clients 10000 --held 200 --changed 10 200
 """
 
@@ -94,7 +94,7 @@ def main() -> None:
     p = benchlib.parser("client_state", __doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1_000, 100_000], help="clients in the run")
     p.add_argument("--held", type=int, default=1_000, help="clients holding a row (written before timing)")
-    p.add_argument("--changed", type=int, nargs="+", default=[10, 100, 1_000], help="rows written between checkpoints")
+    p.add_argument("--changed", type=int, nargs="+", default=[0, 10, 100, 1_000], help="rows written between checkpoints")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None, help="where the store goes (default: a temporary folder)")
     args = p.parse_args()

@@ -114,7 +114,11 @@ class ClientStateStore:
             raise
         except (OSError, KeyError, ValueError, TypeError) as error:
             raise UsageError(f"{option}: {path} cannot be read as client state ({type(error).__name__}: {error})") from None
-        store = cls(path, _open_for_writing(path), index)
+        try:
+            handle = _open_for_writing(path)
+        except OSError as error:
+            raise UsageError(f"{option}: {path} cannot be opened for writing (another run using it?): {error}") from None
+        store = cls(path, handle, index)
         store.commit(round_index)  # rows written after that checkpoint are not committed: their slots are free
         return store
 
