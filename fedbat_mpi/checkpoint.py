@@ -8,6 +8,7 @@ import sys
 
 from fedbat_mpi.errors import UsageError, run_command
 from fedbat_mpi.server.checkpoint import FORMAT_VERSION, RANDOM_STATE, load
+from fedbat_mpi.server.client_state import FILE_NAME
 
 
 def describe(path: str) -> str:
@@ -26,11 +27,21 @@ def describe(path: str) -> str:
         best = max(row["test_acc"] for row in state.metrics)
         lines.append(f"  metrics: {len(state.metrics)} rounds, last test_acc {100 * last['test_acc']:.2f}%, best {100 * best:.2f}%")
         lines.append(f"  model_sha256 {last['model_sha256']}")
-    for name, rows in state.client_state.items():
-        lines.append(f"  client state {name}: {len(rows)} clients")
+    if (index := state.client_state) is not None:
+        lines.append(f"  client state {index.name}: {index.clients_with_rows():,} of {len(index.slots):,} clients "
+                     f"hold a row of {index.row_size:,} float32 values, in {_store_summary(path)}")  # fmt: skip
     lines.append("  config:")
     lines.extend(f"    {key}: {value}" for key, value in sorted(state.config.items()))
     return "\n".join(lines)
+
+
+def _store_summary(checkpoint_path: str) -> str:
+    """The client-state file beside a checkpoint, with its size on disk (it is sparse: see client_state.py)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), FILE_NAME)
+    if not os.path.isfile(path):
+        return f"{FILE_NAME} (missing)"
+    stat = os.stat(path)
+    return f"{FILE_NAME} ({512 * stat.st_blocks:,} bytes on disk, {stat.st_size:,} apparent)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ SMOKE = [
     ("profile_round", ["--ranks", "2"], "share_of_round_samples"),  # py-spy, from the test extra
     ("grouping", [], "round_s"),  # the GPU targets' script, on tiny sizes
     ("cpu_roof", [], "roof_share"),  # one 2-rank run on the embedded data
+    ("client_state", [], "checkpoint_s"),
 ]
 
 

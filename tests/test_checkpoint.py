@@ -9,16 +9,18 @@ import h5py
 import numpy as np
 import pytest
 
+from fedbat_mpi.checkpoint import describe
 from fedbat_mpi.config import Config, resumed_config
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server import checkpoint
+from fedbat_mpi.server.client_state import NO_ROW, ClientStateStore, StateIndex
 
 
-def _state(round_index: int = 3, clients: dict | None = None) -> checkpoint.RunState:
+def _state(round_index: int = 3, client_state: StateIndex | None = None) -> checkpoint.RunState:
     rng = np.random.default_rng(round_index)
     tensors = {"conv.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "bn.weight": np.ones(4, np.float32)}
     rows = [{"round": r, "test_acc": 0.1 * r, "model_sha256": f"{r:064x}"} for r in range(1, round_index + 1)]
-    return checkpoint.RunState(round_index, Config(rounds=10).as_dict(), tensors, rows, 4, clients or {})
+    return checkpoint.RunState(round_index, Config(rounds=10).as_dict(), tensors, rows, 4, client_state)
 
 
 def _fingerprint(path: Path) -> tuple[str, int]:
@@ -28,36 +30,36 @@ def _fingerprint(path: Path) -> tuple[str, int]:
 def test_round_trip_keeps_everything(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
     state = _state()
-    checkpoint.save(str(path), state, num_clients=40)
+    checkpoint.save(str(path), state)
     loaded = checkpoint.load(str(path))
     assert (loaded.round, loaded.num_ranks, loaded.metrics, loaded.config) == (3, 4, state.metrics, state.config)
     assert list(loaded.tensors) == list(state.tensors)
     for name, tensor in state.tensors.items():
         assert loaded.tensors[name].dtype == np.float32 and np.array_equal(loaded.tensors[name], tensor)
-    assert loaded.package_version and loaded.created
+    assert loaded.package_version and loaded.created and loaded.client_state is None
     with h5py.File(path) as handle:
         assert handle.attrs["format_version"] == checkpoint.FORMAT_VERSION
         assert "keyed by (seed, stream, round, client id)" in handle.attrs["random_state"]
 
 
-def test_per_client_state_scales_to_10000_clients(tmp_path):
+def test_per_client_state_is_one_byte_per_client_naming_its_store(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
-    rows = {c: np.full(2_000, c, dtype=np.float32) for c in range(0, 10_000, 97)}
-    checkpoint.save(str(path), _state(clients={"error_memory": rows}), num_clients=10_000)
-    with h5py.File(path) as handle:
-        data = handle["clients/error_memory"]
-        assert data.shape == (10_000, 2_000) and data.chunks == (1, 2_000) and data.compression == "gzip"
-    # Rows never written cost nothing: the file is far below 10,000 x 2,000 float32 (80 MB).
-    assert path.stat().st_size < 2_000_000
-    loaded = checkpoint.load(str(path)).client_state["error_memory"]
-    assert sorted(loaded) == sorted(rows) and np.array_equal(loaded[9_991], rows[9_991])
+    slots = np.full(100_000, NO_ROW, np.int8)
+    slots[::97], slots[::389] = 0, 1
+    checkpoint.save(str(path), _state(client_state=StateIndex("error_memory", "ab12", 389_920, slots)))
+    # The rows stay in client_state.h5: 100,000 clients add a few kB, not 100,000 x 1.56 MB.
+    assert path.stat().st_size < 40_000
+    loaded = checkpoint.load(str(path)).client_state
+    assert (loaded.name, loaded.store_id, loaded.row_size) == ("error_memory", "ab12", 389_920)
+    assert loaded.slots.dtype == np.int8 and np.array_equal(loaded.slots, slots)
+    assert loaded.clients_with_rows() == np.count_nonzero(slots != NO_ROW)
 
 
 def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
     (tmp_path / f".{checkpoint.FILE_NAME}.tmp-99999").write_bytes(b"left by a killed writer")
-    checkpoint.save(str(path), _state(2), num_clients=40)
-    checkpoint.save(str(path), _state(3), num_clients=40)
+    checkpoint.save(str(path), _state(2))
+    checkpoint.save(str(path), _state(3))
     assert checkpoint.load(str(path)).round == 3
     assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
@@ -65,7 +67,7 @@ def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
 
 def test_a_failed_write_leaves_the_checkpoint_whole(tmp_path, monkeypatch):
     path = tmp_path / checkpoint.FILE_NAME
-    checkpoint.save(str(path), _state(2), num_clients=40)
+    checkpoint.save(str(path), _state(2))
     before = _fingerprint(path)
 
     def disk_full(*args, **kwargs):
@@ -73,7 +75,7 @@ def test_a_failed_write_leaves_the_checkpoint_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "_write", disk_full)
     with pytest.raises(OSError):
-        checkpoint.save(str(path), _state(3), num_clients=40)
+        checkpoint.save(str(path), _state(3))
     assert _fingerprint(path) == before and checkpoint.load(str(path)).round == 2
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint.FILE_NAME]
 
@@ -106,7 +108,7 @@ def _not_hdf5(path: Path) -> None:
 ])  # fmt: skip
 def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, message):
     path = tmp_path / checkpoint.FILE_NAME
-    checkpoint.save(str(path), _state(), num_clients=40)
+    checkpoint.save(str(path), _state())
     damage(path)
     before = _fingerprint(path)
     with pytest.raises(UsageError, match=message) as error:
@@ -129,7 +131,7 @@ def test_resuming_may_change_only_what_does_not_change_results():
 
 def test_inspector_prints_round_configuration_and_sizes_without_mpi(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
-    checkpoint.save(str(path), _state(), num_clients=40)
+    checkpoint.save(str(path), _state())
     done = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -145,3 +147,17 @@ def test_inspector_refuses_a_bad_file_with_exit_2(tmp_path):
     bad.write_text("nope")
     done = subprocess.run([sys.executable, "-m", "fedbat_mpi.checkpoint", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_inspector_summarises_the_client_state_and_its_file(tmp_path):
+    store = ClientStateStore.create(str(tmp_path), "error_memory", 40, 1_000)
+    store.write([3, 17], np.ones((2, 1_000), np.float32))
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save_committing(str(path), _state(), store)
+    text = describe(str(path))
+    assert "client state error_memory: 2 of 40 clients hold a row of 1,000 float32 values" in text
+    stat = (tmp_path / "client_state.h5").stat()
+    assert f"in client_state.h5 ({512 * stat.st_blocks:,} bytes on disk, {stat.st_size:,} apparent)" in text
+    assert stat.st_size > 2 * 40 * 4_000  # every client's two slots
+    (tmp_path / "client_state.h5").unlink()
+    assert "in client_state.h5 (missing)" in describe(str(path))

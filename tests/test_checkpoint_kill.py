@@ -2,8 +2,8 @@
 one of the two states being written (the old or the new, bit for bit), and the run resumes to the model
 of a run that was never killed.
 
-The states are real: an EF-SignSGD run's, whose per-client error memory (a model-sized row per client
-seen) makes a write long enough to hit. The kill delays come from a seeded generator; the seed is
+The states are real: an EF-SignSGD run's (its checkpoints name the committed rows of its
+client_state.h5; test_client_state_kill.py kills the writes of that file). The kill delays come from a seeded generator; the seed is
 printed, and FEDBAT_KILL_SEED picks another.
 """
 
@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from fedbat_mpi.server import checkpoint
+from fedbat_mpi.server.client_state import StateIndex
 
+from .forked import Writer
 from .launch import TINY, command, environment, launch, metrics, without_timings
 
 SEED = int(os.environ.get("FEDBAT_KILL_SEED", "20240611"))
 ROUNDS = 3
-NUM_CLIENTS = 16  # 2 a round: 2, 4 and 6 rows of error memory after rounds 1, 2 and 3
-RUN = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", str(NUM_CLIENTS), "--clients-per-round", "2",
+RUN = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "16", "--clients-per-round", "2",
        "--rounds", str(ROUNDS), "--checkpoint-every", "1"]  # fmt: skip
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
 TEMPORARY_PREFIX = f".{checkpoint.FILE_NAME}.tmp-"  # checkpoint.save writes here first, then renames
@@ -63,9 +63,12 @@ def _same(a: checkpoint.RunState, b: checkpoint.RunState) -> bool:
         all(getattr(a, name) == getattr(b, name) for name in fields)
         and list(a.tensors) == list(b.tensors)
         and _bits(a.tensors) == _bits(b.tensors)
-        and a.client_state.keys() == b.client_state.keys()
-        and all(_bits(a.client_state[name]) == _bits(b.client_state[name]) for name in a.client_state)
+        and _index(a.client_state) == _index(b.client_state)
     )
+
+
+def _index(index: StateIndex) -> tuple:
+    return index.name, index.store_id, index.row_size, _bits({"slots": index.slots})
 
 
 def _which(path: Path, states: list[checkpoint.RunState]) -> int:
@@ -76,44 +79,9 @@ def _which(path: Path, states: list[checkpoint.RunState]) -> int:
     return found[0]
 
 
-class Writer:
-    """The running checkpoint_writer.py: ``write(index, kill_after)`` forks a write and SIGKILLs it."""
-
-    def __init__(self, target: Path, sources: list[Path], log: Path):
-        self.log = log
-        with open(log, "w") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(WRITER), str(target), str(NUM_CLIENTS), *map(str, sources)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment(),
-            )  # fmt: skip
-        assert self._line() == "ready"
-
-    def _line(self) -> str:
-        line = self.process.stdout.readline()
-        assert line, f"checkpoint_writer.py ended: {self.log.read_text()}"
-        return line.strip()
-
-    def _send(self, line: str) -> None:
-        self.process.stdin.write(f"{line}\n")
-        self.process.stdin.flush()
-
-    def write(self, index: int, kill_after: float) -> int:
-        """Write state ``index``, SIGKILL the writer ``kill_after`` seconds in; its exit code (-9: killed)."""
-        self._send(str(index))
-        child = int(self._line())
-        time.sleep(kill_after)
-        os.kill(child, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
-        self._send("reap")
-        return int(self._line())
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
 def _timed_save(target: Path, state: checkpoint.RunState) -> float:
     start = time.perf_counter()
-    checkpoint.save(str(target), state, NUM_CLIENTS)
+    checkpoint.save(str(target), state)
     return time.perf_counter() - start
 
 
@@ -133,17 +101,17 @@ def test_sigkill_at_random_moments_of_a_write_leaves_the_old_or_the_new_checkpoi
     rng = random.Random(SEED)
     states = [checkpoint.load(str(path)) for path in sources]
     assert [state.round for state in states] == [1, 2, 3]
-    assert all(state.client_state["error_memory"] for state in states)
+    assert [state.client_state.clients_with_rows() for state in states] == [2, 4, 6]
     target, previous_path = tmp_path / checkpoint.FILE_NAME, tmp_path / checkpoint.PREVIOUS_FILE_NAME
     write_s = [_timed_save(target, state) for state in states]  # leaves 2 in place and 1 as the previous
     current, previous = 2, 1
     outcomes = Counter()
-    writer = Writer(target, sources, tmp_path / "writer.log")
+    writer = Writer(WRITER, [str(target), *map(str, sources)], tmp_path / "writer.log", environment())
     try:
         for trial in range(WRITER_TRIALS):
             new = (current + 1) % len(states)
             delay = _kill_delay(rng, write_s[new])
-            code = writer.write(new, delay)
+            code = writer.write(str(new), delay)
             where = f"trial {trial}: SIGKILL {1000 * delay:.0f} ms into a ~{1000 * write_s[new]:.0f} ms write"
             assert code in (0, -signal.SIGKILL), f"{where}: the writer failed: {writer.log.read_text()}"
             found, kept = _which(target, states), _which(previous_path, states)
@@ -159,7 +127,7 @@ def test_sigkill_at_random_moments_of_a_write_leaves_the_old_or_the_new_checkpoi
     killed = outcomes["killed, old kept"] + outcomes["killed, new in place"]
     assert killed >= WRITER_TRIALS // 2, f"only {killed} of {WRITER_TRIALS} kills landed in a write"
     # A later save clears what the killed writers left (their temporary files) and goes on.
-    checkpoint.save(str(target), states[0], NUM_CLIENTS)
+    checkpoint.save(str(target), states[0])
     assert (_which(target, states), _which(previous_path, states)) == (0, current)
     left = sorted(path.name for path in tmp_path.glob("*.h5*"))
     assert left == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]

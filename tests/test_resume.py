@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedbat_mpi.server import checkpoint
+from fedbat_mpi.server import checkpoint, client_state
 
 from .launch import TINY, command, environment, launch, metrics, without_timings
 
@@ -143,18 +143,34 @@ def test_a_damaged_or_foreign_checkpoint_exits_2_with_one_line_and_stays_untouch
     assert path.read_bytes() == before
 
 
+def _committed_rows(out: Path) -> dict[int, np.ndarray]:
+    """The error memory rows the checkpoint in ``out`` commits, read from its client_state.h5."""
+    index = checkpoint.load(str(out / checkpoint.FILE_NAME)).client_state
+    with h5py.File(out / client_state.FILE_NAME, "r") as handle:
+        return {int(c): handle["rows"][c, index.slots[c]] for c in np.flatnonzero(index.slots != client_state.NO_ROW)}
+
+
 def test_ef_signsgd_error_memory_survives_checkpoint_and_resume(tmp_path):
     # 8 clients, 4 a round: clients come back, so their memory shapes later rounds.
-    run = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "8", "--clients-per-round", "4"]
+    run = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "8", "--clients-per-round", "4", "--checkpoint-every", "1"]
     whole = tmp_path / "whole"
     assert launch(2, [*run, "--rounds", "4", "--out", str(whole)]).returncode == 0
     part = tmp_path / "part"
-    assert launch(None, [*run, "--rounds", "2", "--out", str(part)]).returncode == 0
-    memory = checkpoint.load(str(part / checkpoint.FILE_NAME)).client_state["error_memory"]
+    assert launch(2, [*run, "--rounds", "2", "--out", str(part)]).returncode == 0
+    memory = _committed_rows(part)
     assert memory and all(np.any(row != 0) for row in memory.values())
+    # The rounds after checkpoint 2 may write over the rows checkpoint 1 (now checkpoint.prev.h5) commits:
+    # once checkpoint 2 is committed, the older one is refused, and nothing is written.
+    before = {path.name: path.read_bytes() for path in part.glob("*.h5")}
+    done = launch(None, ["--resume", str(part / checkpoint.PREVIOUS_FILE_NAME)])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "the checkpoint is of round 1" in done.stderr and "resume the newest checkpoint" in done.stderr
+    assert {path.name: path.read_bytes() for path in part.glob("*.h5")} == before
     done = launch(2, ["--resume", "--out", str(part), "--rounds", "4"])
     assert done.returncode == 0, done.stderr
     assert without_timings(metrics(part)) == without_timings(metrics(whole))
+    assert _committed_rows(part).keys() == _committed_rows(whole).keys()
+    assert all(np.array_equal(row, _committed_rows(whole)[c]) for c, row in _committed_rows(part).items())
 
 
 def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):

@@ -4,10 +4,11 @@ A round: draw the clients (same on every rank), train this rank's share on its d
 client's update into the wire format, ``Gatherv`` the bytes to rank 0, aggregate there in client-id
 order, broadcast the new float32 global model, and evaluate it with all ranks.
 
-Algorithms with per-client state (EF-SignSGD's error memory) keep it on rank 0: each round it is
-scattered to the ranks that train the sampled clients (timed as ``broadcast``) and gathered back with
-the payloads (timed as ``gather``, not counted as uplink: it is the simulator's bookkeeping, not
-something a real client would send).
+Algorithms with per-client state (EF-SignSGD's error memory) keep it in rank 0's
+``ClientStateStore`` (``server/client_state.py``, a file in ``--out``): each round rank 0 reads the
+sampled clients' rows and scatters them to the ranks that train them (timed as ``broadcast``), and
+gathers the new rows back with the payloads and writes them to the store (timed as ``gather``, not
+counted as uplink: it is the simulator's bookkeeping, not something a real client would send).
 """
 
 import time
@@ -29,6 +30,7 @@ from fedbat_mpi.layout import ModelLayout, model_sha256
 from fedbat_mpi.rng import Stream, derive_seed, torch_generator
 from fedbat_mpi.server.aggregate import aggregate
 from fedbat_mpi.server.checkpoint import RunState
+from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
 
@@ -68,7 +70,7 @@ class Engine:
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
-        self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
+        self.states: ClientStateStore | None = None  # rank 0, if the algorithm keeps state: set by rounds/job.py
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
         self.train_images = dataset.train_x.to(self.device)
@@ -83,15 +85,15 @@ class Engine:
             self.global_vector = self.layout.vector(state.tensors)
         except ValueError as error:
             raise UsageError(f"--resume: the checkpoint's model does not match --model {self.config.model}: {error}") from None
-        if self.algorithm.state_name and self.comm.is_root:
-            self.client_states = dict(state.client_state.get(self.algorithm.state_name, {}))
+
+    def new_state_store(self, folder: str) -> ClientStateStore:
+        """Rank 0 of a new run: an empty store for the algorithm's per-client rows, in ``folder``."""
+        return ClientStateStore.create(folder, self.algorithm.state_name, self.config.num_clients, self.state_size)
 
     def run_state(self, round_index: int, metrics: list[dict]) -> RunState:
-        """What a checkpoint after ``round_index`` holds."""
-        name = self.algorithm.state_name
-        client_state = {name: self.client_states} if name else {}
+        """What a checkpoint after ``round_index`` holds (``checkpoint.save_committing`` adds the client state)."""
         tensors = self.layout.tensors(self.global_vector)
-        return RunState(round_index, self.config.as_dict(), tensors, metrics, self.comm.size, client_state)
+        return RunState(round_index, self.config.as_dict(), tensors, metrics, self.comm.size)
 
     def global_model_bytes(self) -> int:
         return 4 * self.layout.global_size
@@ -109,10 +111,9 @@ class Engine:
         """Rank 0 sends each sampled client's state to the rank that trains it (``Scatterv``)."""
         parts = None
         if self.comm.is_root:
-            zeros = np.zeros(self.state_size, dtype=np.float32)
-            blocks = [clients_of_rank(clients, self.comm.size, rank) for rank in range(self.comm.size)]
-            parts = [np.concatenate([zeros[:0], *(self.client_states.get(int(c), zeros) for c in block)]).view(np.uint8)
-                     for block in blocks]  # fmt: skip
+            rows = self.states.read(clients.tolist())
+            ends = np.cumsum(self.bytes_per_rank(clients, 1))
+            parts = [block.view(np.uint8).ravel() for block in np.split(rows, ends[:-1])]
         mine = self.comm.scatter_bytes(parts).view(np.float32).reshape(-1, self.state_size)
         hosted = clients_of_rank(clients, self.comm.size, self.comm.rank).tolist()
         return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(hosted, mine)}
@@ -123,8 +124,7 @@ class Engine:
         counts = self.bytes_per_rank(clients, 4 * self.state_size)
         received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
         if self.comm.is_root:
-            rows = received.view(np.float32).reshape(len(clients), self.state_size)
-            self.client_states.update({int(c): row.copy() for c, row in zip(clients, rows)})
+            self.states.write(clients.tolist(), received.view(np.float32).reshape(len(clients), self.state_size))
 
     def bytes_per_rank(self, clients: np.ndarray, bytes_per_client: int) -> list[int]:
         """What each rank sends in a gather of ``bytes_per_client`` for each of its round's clients."""

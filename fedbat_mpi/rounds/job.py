@@ -16,6 +16,7 @@ from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server import checkpoint
+from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.server.report import Report
 from fedbat_mpi.wire.comm import Communicator
 
@@ -61,7 +62,22 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
     engine = Engine(config, comm, dataset)
     if resumed is not None:
         engine.restore(resumed)
+        if engine.state_size and comm.is_root:
+            engine.states = _resumed_states(config, engine, resumed, path)
     return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed)
+
+
+def _resumed_states(config: Config, engine: Engine, resumed: checkpoint.RunState, path: str) -> ClientStateStore:
+    """Rank 0: the client-state store as the checkpoint at ``path`` committed it (checked, else a UsageError)."""
+    index, expected = resumed.client_state, (engine.algorithm.state_name, engine.state_size)
+    if index is None or (index.name, index.row_size) != expected:
+        found = None if index is None else (index.name, index.row_size)
+        raise UsageError(f"--resume: {path} holds client state {found}; --algorithm {config.algorithm} needs {expected}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder != os.path.abspath(config.out_dir):
+        raise UsageError(f"--out: a run with per-client state continues in its checkpoint's folder {folder}, "
+                         f"whose client_state.h5 it updates; got {config.out_dir}")  # fmt: skip
+    return ClientStateStore.open(folder, index, resumed.round)
 
 
 def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
@@ -93,6 +109,8 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         return PREEMPTED
     history = run.resumed.metrics if run.resumed else []
     report = Report(config, engine.float32_payload_bytes(), history) if comm.is_root else None
+    if engine.state_size and comm.is_root and engine.states is None:  # a new run of a stateful algorithm
+        engine.states = engine.new_state_store(config.out_dir)
     first = run.resumed.round + 1 if run.resumed else 1
     if report is not None and run.resumed:
         print(f"resuming after round {run.resumed.round} (checkpoint written on {run.resumed.num_ranks} ranks)", flush=True)
@@ -104,7 +122,8 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         due = config.checkpoint_every and round_index % config.checkpoint_every == 0
         if stopping or due or round_index == config.rounds:
             if report is not None:
-                checkpoint.save(run.checkpoint_path, engine.run_state(round_index, report.rows), config.num_clients)
+                checkpoint.save_committing(run.checkpoint_path, engine.run_state(round_index, report.rows),
+                                           engine.states)  # fmt: skip
             comm.barrier()
         if stopping:
             if report is not None:

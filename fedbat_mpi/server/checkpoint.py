@@ -1,6 +1,6 @@
 """HDF5 checkpoints: everything an exact resume needs, written atomically by rank 0.
 
-Layout (format version 1):
+Layout (format version 2; version 1 held the rows themselves):
 
 - root attributes: ``format`` (``"fedbat_mpi checkpoint"``), ``format_version``, ``package_version``,
   ``round`` (the last finished round), ``num_ranks`` (of the run that wrote it), ``created`` (UTC),
@@ -10,9 +10,10 @@ Layout (format version 1):
 - ``model/``: one float32 dataset per ``state_dict`` entry, by name; attribute ``order`` lists the
   names in state_dict order.
 - ``metrics``: one JSON string per finished round (the rows of ``metrics.jsonl``).
-- ``clients/NAME``: per-client state of algorithms that keep one, an array ``(num_clients, size)``
-  chunked one client per chunk and gzip-compressed, so that 10,000+ clients cost only what they hold;
-  ``clients/NAME_present`` marks the clients that have a row.
+- ``client_state`` (algorithms that keep per-client state): attributes ``name``, ``store_id`` and
+  ``row_size``, and ``slots``, one int8 per client: which slot of ``client_state.h5`` beside the
+  checkpoint holds the client's committed row (-1: none). The rows stay in that file
+  (``server/client_state.py``), so a checkpoint holds one byte per client, not the rows.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over
 ``checkpoint.h5``; the checkpoint it replaces stays as ``checkpoint.prev.h5``. A crash or kill at any
@@ -26,7 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,9 +36,10 @@ import numpy as np
 
 from fedbat_mpi import __version__
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
 
 FORMAT = "fedbat_mpi checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_NAME = "checkpoint.h5"
 PREVIOUS_FILE_NAME = "checkpoint.prev.h5"
 RANDOM_STATE = "none: every draw is keyed by (seed, stream, round, client id)"
@@ -52,12 +54,12 @@ class RunState:
     tensors: dict[str, np.ndarray]  # the global model, state_dict order, float32
     metrics: list[dict[str, Any]]
     num_ranks: int
-    client_state: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    client_state: StateIndex | None = None  # the committed rows of client_state.h5, if the algorithm keeps any
     package_version: str = __version__
     created: str = ""
 
 
-def _write(handle: h5py.File, state: RunState, num_clients: int) -> None:
+def _write(handle: h5py.File, state: RunState) -> None:
     attrs = handle.attrs
     attrs["format"] = FORMAT
     attrs["format_version"] = FORMAT_VERSION
@@ -73,21 +75,14 @@ def _write(handle: h5py.File, state: RunState, num_clients: int) -> None:
         model.create_dataset(name, data=np.asarray(tensor, dtype="<f4"))
     rows = [json.dumps(row) for row in state.metrics]
     handle.create_dataset("metrics", data=np.array(rows, dtype=object), dtype=h5py.string_dtype(), shape=(len(rows),))
-    clients = handle.create_group("clients")
-    for name, rows_by_client in state.client_state.items():
-        size = next(iter(rows_by_client.values())).size if rows_by_client else 0
-        data = clients.create_dataset(
-            name, shape=(num_clients, size), dtype="<f4", chunks=(1, max(size, 1)) if size else None,
-            compression="gzip" if size else None, fillvalue=0,
-        )  # fmt: skip
-        present = np.zeros(num_clients, dtype=bool)
-        for client_id in sorted(rows_by_client):
-            data[client_id] = rows_by_client[client_id]
-            present[client_id] = True
-        clients.create_dataset(f"{name}_present", data=present)
+    index = state.client_state
+    if index is not None:
+        group = handle.create_group("client_state")
+        group.attrs.update(name=index.name, store_id=index.store_id, row_size=index.row_size)
+        group.create_dataset("slots", data=index.slots.astype(np.int8), compression="gzip")
 
 
-def save(path: str, state: RunState, num_clients: int) -> None:
+def save(path: str, state: RunState) -> None:
     """Write ``state`` to ``path`` atomically, keeping the checkpoint it replaces beside it."""
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.tmp-"
@@ -96,7 +91,7 @@ def save(path: str, state: RunState, num_clients: int) -> None:
     temporary = os.path.join(folder, f"{prefix}{os.getpid()}")
     try:
         with h5py.File(temporary, "w") as handle:
-            _write(handle, state, num_clients)
+            _write(handle, state)
         with open(temporary, "rb+") as raw:
             os.fsync(raw.fileno())
         if os.path.exists(path):
@@ -110,6 +105,16 @@ def save(path: str, state: RunState, num_clients: int) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def save_committing(path: str, state: RunState, store: ClientStateStore | None) -> None:
+    """``save`` for a run whose algorithm keeps per-client state in ``store``: fsync the store, save the
+    checkpoint naming its newest rows, then make those the committed rows (server/client_state.py)."""
+    if store is None:
+        save(path, state)
+        return
+    save(path, replace(state, client_state=store.prepare()))
+    store.commit(state.round)
 
 
 def _keep_previous(current: str, previous: str) -> None:
@@ -165,12 +170,11 @@ def _read(handle: h5py.File) -> RunState:
     model = handle["model"]
     tensors = {name: model[name][()] for name in model.attrs["order"]}
     metrics = [json.loads(row) for row in handle["metrics"].asstr()[()]]
-    client_state = {}
-    for name, data in handle["clients"].items():
-        if name.endswith("_present"):
-            continue
-        present = np.flatnonzero(handle["clients"][f"{name}_present"][()])
-        client_state[name] = {int(c): data[c] for c in present}
+    client_state = None
+    if "client_state" in handle:
+        group = handle["client_state"]
+        meta = group.attrs
+        client_state = StateIndex(str(meta["name"]), str(meta["store_id"]), int(meta["row_size"]), group["slots"][()])
     return RunState(
         round=int(attrs["round"]),
         config=json.loads(attrs["config"]),
