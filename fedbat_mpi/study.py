@@ -11,6 +11,10 @@ A stop signal to the driver (SIGTERM, SIGINT, SIGUSR1) is passed on to every run
 they have ended: run the same command again to go on. A run that fails is reported on one line, its
 log's last line included, and the others go on.
 
+On a node with several GPUs, ``--gpus 0,1,2,3`` (default: the devices ``CUDA_VISIBLE_DEVICES`` lists,
+when it lists more than one) spreads the runs that run at once over them: each run sees one GPU
+(``CUDA_VISIBLE_DEVICES`` set to it), the one fewest running runs use.
+
 Exit status: 0 when every run has finished; 75 when a stop signal ended the study or a run early; else
 the status the failed runs share (2: a mistake in a run's input, e.g. a missing data set), or 1.
 """
@@ -23,6 +27,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from types import FrameType
 
@@ -64,8 +70,11 @@ def write_manifest(study: Study) -> None:
 class Driver:
     """Runs a list of grid runs, a few at a time, and passes stop signals on to them."""
 
-    def __init__(self, study: Study, runs: list[GridRun], runs_at_once: int, launcher: list[str]):
-        self.study, self.runs_at_once, self.launcher = study, runs_at_once, launcher
+    def __init__(
+        self, study: Study, runs: list[GridRun], runs_at_once: int, launcher: list[str], gpus: list[str]
+    ):
+        self.study, self.runs_at_once, self.launcher, self.gpus = study, runs_at_once, launcher, gpus
+        self.gpu_of: dict[str, str] = {}  # the GPU each running run sees, when there are GPUs to spread over
         self.pending = [run for run in runs if not run.standing().done]
         self.done = len(runs) - len(self.pending)
         self.running: dict[str, tuple[GridRun, subprocess.Popen]] = {}
@@ -105,12 +114,16 @@ class Driver:
                                 + yaml.safe_dump(run.options, sort_keys=False))  # fmt: skip
         command = [*self.launcher, sys.executable, "-m", "fedbat_mpi.run", "--config", str(options_file),
                    "--out", str(run.folder), *(["--resume"] if run.checkpoint.exists() else [])]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS=str(run.config.threads))
+        seen = ""
+        if self.gpus:
+            self.gpu_of[run.name] = env["CUDA_VISIBLE_DEVICES"] = least_used(self.gpus, self.gpu_of.values())
+            seen = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
         with open(run.folder / "run.log", "a") as log:  # the child keeps its own descriptor
-            log.write(f"[{datetime.now():%F %T}] fedbat_mpi.study: {shlex.join(command)}\n")
+            log.write(f"[{datetime.now():%F %T}] fedbat_mpi.study: {seen}{shlex.join(command)}\n")
             log.flush()
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, OMP_NUM_THREADS=str(run.config.threads)),
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # a Ctrl-C reaches the driver alone, which passes it on as a stop
             )  # fmt: skip
         self.running[run.name] = (run, process)
@@ -130,6 +143,7 @@ class Driver:
             if status is None:
                 continue
             del self.running[name]
+            self.gpu_of.pop(name, None)
             if status == 0:
                 self.done += 1
                 self._say(
@@ -152,6 +166,21 @@ class Driver:
         print(f"[{clock}] {event} | {counts}", file=stream, flush=True)
 
 
+def least_used(gpus: list[str], in_use: Iterable[str]) -> str:
+    """The first of ``gpus`` that the fewest running runs use."""
+    counts = Counter(in_use)
+    return min(gpus, key=lambda gpu: counts[gpu])
+
+
+def gpus_to_spread(option: str | None) -> list[str]:
+    """``--gpus`` as a list of device ids; by default those of ``CUDA_VISIBLE_DEVICES`` if it has several."""
+    listed = option if option is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    if option is not None and not gpus:
+        raise UsageError(f"--gpus: expected GPU ids separated by commas, e.g. 0,1, got {option!r}")
+    return gpus if option is not None or len(gpus) > 1 else []
+
+
 def _last_line(run: GridRun) -> str:
     lines = [
         line for line in (run.folder / "run.log").read_text(errors="replace").splitlines() if line.strip()
@@ -171,6 +200,8 @@ def _command(argv: list[str] | None) -> int:
     )
     parser.add_argument("--launcher", metavar="COMMAND", help="overrides the grid file's launcher, e.g. srun")
     parser.add_argument("--out", metavar="DIR", help="the study folder (default: the grid file's out)")
+    parser.add_argument("--gpus", metavar="IDS", help="GPUs to spread the runs over, e.g. 0,1,2,3 "
+                        "(default: CUDA_VISIBLE_DEVICES when it lists several)")  # fmt: skip
     args = parser.parse_args(argv)
     study = load_study(args.grid, args.out)
     if args.count:
@@ -190,7 +221,7 @@ def _command(argv: list[str] | None) -> int:
         runs, runs_at_once = [runs[args.task]], 1
     launcher = launcher_command(study, args.launcher or study.launcher)
     write_manifest(study)
-    return Driver(study, runs, runs_at_once, launcher).run()
+    return Driver(study, runs, runs_at_once, launcher, gpus_to_spread(args.gpus)).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,3 +121,16 @@ def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_p
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     assert captured.err.startswith(f"fedbat_mpi.study: error: {grid}: ") and expected in captured.err, captured.err
     assert not folder.exists()
+
+
+def test_runs_at_once_are_spread_over_the_gpus_the_fewest_runs_use(monkeypatch):
+    assert study.least_used(["0", "1"], []) == "0"
+    assert study.least_used(["0", "1"], ["0"]) == "1"
+    assert study.least_used(["0", "1", "2"], ["0", "1", "2", "1", "0"]) == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert study.gpus_to_spread(None) == ["2", "3"]
+    assert study.gpus_to_spread("5") == ["5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one GPU: every run shares it, nothing to set
+    assert study.gpus_to_spread(None) == []
+    with pytest.raises(study.UsageError, match="--gpus"):
+        study.gpus_to_spread(",")
