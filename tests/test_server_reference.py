@@ -53,14 +53,20 @@ def runs(tmp_path_factory):
 
 
 def _client_updates(config: Config, dataset) -> tuple[Engine, np.ndarray, list[tuple[int, object]]]:
-    """The round's clients trained one by one in this process, with each client's sample count."""
-    engine = Engine(config, Communicator(MPI.COMM_SELF), dataset)
-    clients = sample_clients(config.seed, 1, config.num_clients, config.clients_per_round)
-    start = torch.from_numpy(engine.global_vector.copy())
-    trained = []
-    for client in clients.tolist():
-        [(update, _)] = engine.train_clients(1, [client], start, {})
-        trained.append((len(engine.client_indices[client]), update))
+    """The round's clients trained one by one in this process, with each client's sample count; on the
+    run's number of threads, which decides the CPU's order of float sums (channels-last convolutions)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        engine = Engine(config, Communicator(MPI.COMM_SELF), dataset)
+        clients = sample_clients(config.seed, 1, config.num_clients, config.clients_per_round)
+        start = torch.from_numpy(engine.global_vector.copy())
+        trained = []
+        for client in clients.tolist():
+            [(update, _)] = engine.train_clients(1, [client], start, {})
+            trained.append((len(engine.client_indices[client]), update))
+    finally:
+        torch.set_num_threads(threads)
     return engine, clients, trained
 
 
