@@ -27,8 +27,9 @@ from fedbat_mpi.data import Dataset, partition
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.layout import ModelLayout, model_sha256
 from fedbat_mpi.rng import Stream, derive_seed, torch_generator
-from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.aggregate import Aggregator
 from fedbat_mpi.server.checkpoint import RunState
+from fedbat_mpi.server.payloads import read_round
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
 
@@ -68,6 +69,10 @@ class Engine:
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
+        # Rank 0's server step, its buffers and threads kept for the run (torch engine on a GPU).
+        self.aggregator = (
+            Aggregator(self.layout, self.payload_shape, self.device, config.threads) if comm.is_root else None
+        )
         self.client_states: dict[int, np.ndarray] = {}  # rank 0: per-client state between rounds
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
@@ -237,12 +242,12 @@ class Engine:
                 self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
-                payloads = codec.decode_all(received, self.payload_shape)
-                sent = sorted(p.client_id for p in payloads)
+                payloads = read_round(received, self.payload_shape)
+                sent = payloads.sorted_ids
                 if sent != clients.tolist():
                     raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
                                              f"the round sampled {clients.tolist()}")  # fmt: skip
-                new_global = aggregate(self.layout, self.global_vector, payloads)
+                new_global = self.aggregator(self.global_vector, payloads)
             else:
                 new_global = np.empty_like(self.global_vector)
         with timer("broadcast"):
@@ -255,14 +260,13 @@ class Engine:
                               config.eval_batch_size, comm)  # fmt: skip
         if not comm.is_root:
             return None
-        shares = np.array([p.weight for p in payloads]) / sum(p.weight for p in payloads)
         return RoundResult(
             round=round_index,
             clients=clients.tolist(),
             test_loss=scores[0],
             test_acc=scores[1],
-            train_loss=float(np.dot(shares, [p.train_loss for p in payloads])),
-            uplink_bytes=int(received.size),
+            train_loss=payloads.train_loss,
+            uplink_bytes=payloads.uplink_bytes,
             downlink_bytes=len(clients) * self.global_model_bytes(),
             time_s=timer.total(),
             phase_s=timer.phases,
