@@ -99,7 +99,9 @@ def measure(model: str, kind_name: str, clients: int, threads: int, engine: str 
         faults.append(fault_count)
     difference = None
     if clients * layout.update_size <= REFERENCE_LIMIT:
-        expected = reference_aggregate(layout, global_vector, [make_payload(layout, c, kind) for c in range(clients)])
+        expected = reference_aggregate(
+            layout, global_vector, [make_payload(layout, c, kind) for c in range(clients)]
+        )
         difference = float(np.abs(result - expected).max() / np.abs(expected - global_vector).max())
         del expected
     del result, again

@@ -23,7 +23,9 @@ def cnn4():
 
 
 def round_buffer(layout, kind: codec.BodyKind, clients=range(CLIENTS)) -> np.ndarray:
-    return np.concatenate([np.zeros(0, np.uint8), *(codec.encode(make_payload(layout, c, kind)) for c in clients)])
+    return np.concatenate(
+        [np.zeros(0, np.uint8), *(codec.encode(make_payload(layout, c, kind)) for c in clients)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,17 @@ def test_a_rule_of_coefficients_and_a_finish_majority_vote(cnn4, engine):
         finish=lambda update: np.float32(0.01) * np.sign(update),
     )  # fmt: skip
     new = aggregator(global_vector, read_round(round_buffer(layout, SIGNS, clients), shape))
-    votes = sum(np.unpackbits(make_payload(layout, c).body, count=layout.update_size).astype(int) * 2 - 1 for c in clients)
-    moved = np.concatenate([new[s.global_offset : s.global_offset + s.size] - global_vector[s.global_offset : s.global_offset + s.size] for s in layout.binarized])
+    votes = sum(
+        np.unpackbits(make_payload(layout, c).body, count=layout.update_size).astype(int) * 2 - 1
+        for c in clients
+    )
+    moved = np.concatenate(
+        [
+            new[s.global_offset : s.global_offset + s.size]
+            - global_vector[s.global_offset : s.global_offset + s.size]
+            for s in layout.binarized
+        ]
+    )
     assert (votes == 0).any() and (votes != 0).any()
     np.testing.assert_allclose(moved, 0.01 * np.sign(votes), atol=1e-7)
 
@@ -115,7 +126,9 @@ def test_the_first_bad_payload_in_buffer_order_is_named(cnn4, fault, row):
     fmt, offset, value, cause = FAULTS[fault]
     bad = patch(round_buffer(layout, SIGNS, range(6)), row, size, fmt, offset, value)
     # A later fault of the same stage (headers and duplicates are checked before scales) is not named.
-    bad = patch(bad, 5, size, "<f", 48, -1.0) if fault == "nan scale" else patch(bad, 5, size, "4s", 0, b"LATE")
+    bad = (
+        patch(bad, 5, size, "<f", 48, -1.0) if fault == "nan scale" else patch(bad, 5, size, "4s", 0, b"LATE")
+    )
     where = f"payload at byte {row * size}" + ("" if fault == "magic" else f" (client {row})")
     if fault == "duplicate":  # row `row` now says client 1: the later of the two rows is named
         later, earlier = max(row, 1), min(row, 1)

@@ -127,4 +127,6 @@ def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
                 index = int(bad[0])
                 cause = f"{name} {index} is {values[index]}"
                 return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite")
-    return codec.PayloadError("the new global model is not finite though every payload's values are: overflow")
+    return codec.PayloadError(
+        "the new global model is not finite though every payload's values are: overflow"
+    )

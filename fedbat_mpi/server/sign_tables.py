@@ -19,7 +19,9 @@ import torch
 GROUP = 16  # clients per table index
 BLOCK_WORDS = 512  # 64-entry words of the packed bits per block (32,768 entries)
 BIG_TENSOR = 32768  # tensors of at least this many entries get 65,536-entry tables
-_MASKS = [np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF)]
+_MASKS = [
+    np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF)
+]
 _SIGNS8 = np.where((np.arange(256) >> np.arange(8)[:, None]) & 1, 1.0, -1.0)  # [q, v]: ±1 by bit q of v
 
 
@@ -39,7 +41,9 @@ class SignTables:
     """The table engine's buffers for chunks of up to ``chunk`` clients (a multiple of 16), kept from
     call to call so that later rounds touch no fresh pages."""
 
-    def __init__(self, segments: list[tuple[int, int]], chunk: int, pool: ThreadPoolExecutor | None, threads: int):
+    def __init__(
+        self, segments: list[tuple[int, int]], chunk: int, pool: ThreadPoolExecutor | None, threads: int
+    ):
         self.segments, self.pool = segments, pool
         self.big = [stop - start >= BIG_TENSOR for start, stop in segments]
         groups = chunk // GROUP
@@ -98,7 +102,13 @@ class _Worker:
         self.ordered = touched(64 * BLOCK_WORDS, np.float32)
 
     def block(
-        self, tables: SignTables, body: np.ndarray, rows: np.ndarray, groups: int, block: _Block, update: np.ndarray
+        self,
+        tables: SignTables,
+        body: np.ndarray,
+        rows: np.ndarray,
+        groups: int,
+        block: _Block,
+        update: np.ndarray,
     ) -> None:
         """Add one block's weighted signs of the chunk's clients to ``update``."""
         width = block.stop - block.start
