@@ -3,11 +3,11 @@
 For an update of d signs (ResNet-10: d = 4,897,472; CNN4: 398,176; CNN4-MNIST: 389,920):
 
 - pack   = ``codec.pack_signs`` (``np.packbits`` of the d-byte bool array; what a client's pack does);
-- unpack = ``np.unpackbits(body, count=d)`` (``Payload.signs()``; what rank 0's aggregation does);
+- unpack = ``np.unpackbits(body, count=d)`` (``Payload.signs()``);
 - copy   = ``np.copyto`` of the packed size (d/8 bytes) and of the unpacked size (d bytes) into a
   preallocated array;
 - encode = ``codec.encode`` of a whole payload (header, scales, BatchNorm tensors, packed signs),
-  decode = ``codec.decode_all`` of the encoded buffer (views, no copies) plus unpacking its signs,
+  decode = ``codec.decode`` of the encoded buffer (views, no copies) plus unpacking its signs,
   both beside a copy of the payload's bytes.
 
 All operations run in turn, ``--repeats`` times each (one untimed turn first), and the median time of
@@ -78,8 +78,7 @@ def measure(model: str, repeats: int, copies: int | None, memory_mb: int) -> dic
     shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
 
     def decode_and_unpack():
-        for p in codec.decode_all(take()["encoded"], shape):
-            p.signs()
+        codec.decode(take()["encoded"], shape)[0].signs()
 
     def copy(source: str, destination: str):
         s = take()
@@ -170,7 +169,7 @@ def main(argv: list[str]) -> int:
             ("vs copy d/8 B %", field("pack_unpack_vs_copy_packed", scale=100), ".0f"),
         ],
     )
-    print("\nwhole payload: codec.encode, codec.decode_all + unpacking the signs, and a copy of its bytes")
+    print("\nwhole payload: codec.encode, codec.decode + unpacking the signs, and a copy of its bytes")
     benchlib.print_table(
         results,
         [

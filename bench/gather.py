@@ -41,6 +41,7 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
     """Time both gathers on this MPI job; the result on rank 0, ``None`` elsewhere."""
     from mpi4py import MPI  # noqa: PLC0415
 
+    from fedbat_mpi.server.payloads import read_round  # noqa: PLC0415
     from fedbat_mpi.testing.payloads import make_payload, model_layout  # noqa: PLC0415
     from fedbat_mpi.wire import codec  # noqa: PLC0415
     from fedbat_mpi.wire.comm import Communicator  # noqa: PLC0415
@@ -75,7 +76,7 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
     received, _ = comm.gather_bytes(data)  # check what arrives before timing it
     if comm.is_root:
         shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
-        assert [p.client_id for p in codec.decode_all(received, shape)] == list(range(clients))
+        assert read_round(received, shape).client_ids.tolist() == list(range(clients))
     variants = {"fedbat": fedbat, "raw": raw, "raw_fresh": raw_fresh, "counts": counts_only}
     times = {name: [] for name in variants}
     for turn in range(repeats + 1):  # turn 0 is untimed warm-up

@@ -3,7 +3,7 @@
 Runs ``py-spy record --subprocesses --idle`` around ``mpirun -n RANKS python -m fedbat_mpi.run ARGS``
 (default: the embedded default, 3 rounds) and counts each rank's samples by the engine call they are
 in: ``train`` (``Engine.train_within_memory``), ``pack``, ``gather`` (``gather_bytes``), ``aggregate``
-(``decode_all`` + ``aggregate``), ``broadcast``, ``eval`` (``evaluate``), the rest of ``run_round``,
+(``read_round`` + ``Aggregator.__call__``), ``broadcast``, ``eval`` (``evaluate``), the rest of ``run_round``,
 and ``outside rounds`` (start-up, data loading, checkpoints). With ``--idle`` a sample is taken
 whatever the process is doing, so the counts are wall time (a process waiting for a CPU is sampled
 too: py-spy cannot tell it from one running). Within train and eval, the hottest Python functions are
@@ -24,9 +24,9 @@ import benchlib
 from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rounds.engine import Engine
-from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.aggregate import Aggregator
+from fedbat_mpi.server.payloads import read_round
 from fedbat_mpi.testing import launch
-from fedbat_mpi.wire.codec import decode_all
 from fedbat_mpi.wire.comm import Communicator
 
 # The calls in ``Engine.run_round`` and the phase engine.py times each in, named by the functions
@@ -40,8 +40,8 @@ PHASE_OF_CALL = {
         (Engine.pack, "pack"),
         (Communicator.gather_bytes, "gather"),
         (Engine.collect_client_states, "gather"),
-        (decode_all, "aggregate"),
-        (aggregate, "aggregate"),
+        (read_round, "aggregate"),
+        (Aggregator.__call__, "aggregate"),
         (Communicator.broadcast, "broadcast"),
         (ModelLayout.load, "eval"),
         (evaluate, "eval"),

@@ -1,6 +1,6 @@
-"""The wire format: bit packing, payload layout and size, what decoding rejects, the server aggregation."""
+"""The wire format: bit packing, payload layout and size, what reading a round rejects (with which
+message), and what the server step makes of hand-written payloads (its sums: test_aggregate.py)."""
 
-import dataclasses
 import re
 import struct
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi.layout import ModelLayout, model_sha256
-from fedbat_mpi.server.aggregate import aggregate
-from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
+from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.server.aggregate import Aggregator
+from fedbat_mpi.server.payloads import read_round
+from fedbat_mpi.testing.payloads import make_payload, model_layout
 from fedbat_mpi.wire import codec
 
 MODELS = [("cnn4-mnist", 10), ("cnn4", 10), ("resnet10", 10), ("resnet10", 100)]
@@ -66,27 +67,6 @@ def test_fedbat_payload_is_one_bit_per_weight_plus_scales_and_batchnorm(layouts)
     assert ideal <= size <= 1.03 * ideal
     float_size = codec.payload_size(codec.BodyKind.FLOAT32, layout.update_size, 0, layout.dense_size)
     assert float_size >= 25 * size
-
-
-def test_concatenated_payloads_decode_in_order(layouts):
-    layout, _ = layouts[("cnn4-mnist", 10)]
-    payloads = [make_payload(layout, cid, codec.BodyKind.SIGNS) for cid in (3, 1, 2)]
-    shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
-    decoded = codec.decode_all(np.concatenate([codec.encode(p) for p in payloads]), shape)
-    assert [p.client_id for p in decoded] == [3, 1, 2]
-    assert all(np.array_equal(a.body, b.body) for a, b in zip(decoded, payloads))
-
-
-@pytest.mark.parametrize("kind", list(codec.BodyKind))
-def test_aggregation_equals_the_per_tensor_reference(layouts, kind):
-    layout, model = layouts[("cnn4-mnist", 10)]
-    global_vector = layout.global_vector(model)
-    payloads = [make_payload(layout, cid, kind) for cid in (5, 2, 9, 11)]
-    result = aggregate(layout, global_vector, payloads)
-    assert result.dtype == np.float32
-    np.testing.assert_allclose(result, reference_aggregate(layout, global_vector, payloads), rtol=1e-5, atol=1e-6)
-    # Client order in the input does not matter: rank 0 sums in client-id order.
-    assert model_sha256(aggregate(layout, global_vector, payloads[::-1])) == model_sha256(result)
 
 
 # ---- the wire format pinned: payloads written out byte by byte from the module docstring's table ----
@@ -163,7 +143,8 @@ def test_a_sign_payload_is_exactly_the_documented_bytes(tiny_layouts):
     assert payload.scales.tolist() == [0.25, 0.125] and payload.dense.tolist() == [1.0, -2.0, 0.5]
     assert payload.signs().tolist() == [int(s) for s in TINY_SIGNS]
     # Bit 1 means +scale: aggregated alone onto a zero model, each entry is +-its tensor's scale.
-    new = aggregate(tiny_layout, np.zeros(tiny_layout.global_size, np.float32), [payload])
+    zeros = np.zeros(tiny_layout.global_size, np.float32)
+    new = Aggregator(tiny_layout, _signs_shape())(zeros, read_round(raw, _signs_shape()))
     a, b = 0.25, 0.125
     assert new.tolist() == [a, -a, a, a, -a, -a, -a, a] + [b, b, -b] + [1.0, -2.0, 0.5]
 
@@ -180,7 +161,7 @@ def test_a_float32_payload_is_exactly_the_documented_bytes(tiny_layouts):
     assert payload.body.dtype == np.float32 and payload.body.tolist() == [1.0, 0.5, -0.25]
 
 
-# ---- what decoding rejects: each defect in the second payload of a round (at byte 72) ----
+# ---- what reading a round rejects: each defect in the second payload of a round (at byte 72) ----
 
 
 def _patched(offset: int, fmt: str, value) -> np.ndarray:
@@ -211,16 +192,16 @@ DEFECTS = {
 
 
 @pytest.mark.parametrize("defect", DEFECTS)
-def test_decoding_rejects_a_bad_payload_naming_where_and_why(defect):
+def test_reading_a_round_rejects_a_bad_payload_naming_where_and_why(defect):
     bad, message = DEFECTS[defect]
     buffer = np.concatenate([codec.encode(_tiny_sign_payload(client_id=4)), bad])
     with pytest.raises(codec.PayloadError, match=re.escape(message)):
-        codec.decode_all(buffer, _signs_shape())
+        read_round(buffer, _signs_shape())
 
 
-def test_decoding_accepts_a_zero_scale_the_scale_of_a_zero_update():
-    payload, = codec.decode_all(_patched(48, "<f", 0.0), _signs_shape())
-    assert payload.scales.tolist() == [0.0, 0.125]
+def test_reading_a_round_accepts_a_zero_scale_the_scale_of_a_zero_update():
+    payloads = read_round(_patched(48, "<f", 0.0), _signs_shape())
+    assert payloads.scales.tolist() == [[0.0, 0.125]]
 
 
 TINY = {codec.BodyKind.SIGNS: _tiny_sign_payload, codec.BodyKind.FLOAT32: _tiny_float32_payload}
@@ -237,24 +218,22 @@ TINY = {codec.BodyKind.SIGNS: _tiny_sign_payload, codec.BodyKind.FLOAT32: _tiny_
     ids=["signs-dense-nan", "signs-dense-inf", "float32-dense-minus-inf", "float32-body-nan"],
 )
 def test_a_non_finite_value_never_becomes_the_global_model(tiny_layouts, kind, field, index, value, message):
-    """Decoding does not scan the float32 arrays; the aggregate is checked once, then the client named."""
+    """Reading does not scan the float32 arrays; the new model is checked once, then the client named."""
     bad = TINY[kind]()
     getattr(bad, field)[index] = value
     layout = tiny_layouts[kind]
     shape = codec.PayloadShape.of(layout, kind)
     buffer = np.concatenate([codec.encode(TINY[kind](client_id=1)), codec.encode(bad)])
-    payloads = codec.decode_all(buffer, shape)
+    payloads = read_round(buffer, shape)
     with pytest.raises(codec.PayloadError, match=re.escape(message)):
-        aggregate(layout, np.zeros(layout.global_size, np.float32), payloads)
+        Aggregator(layout, shape)(np.zeros(layout.global_size, np.float32), payloads)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")
-def test_aggregation_names_a_non_finite_weight_and_an_overflow(tiny_layouts):
+def test_the_server_step_names_an_overflow(tiny_layouts):
     layout = tiny_layouts[codec.BodyKind.FLOAT32]
-    zeros = np.zeros(layout.global_size, np.float32)
-    nan_weight = dataclasses.replace(_tiny_float32_payload(), weight=float("nan"))
-    with pytest.raises(codec.PayloadError, match="client 258: aggregation weight nan is not finite"):
-        aggregate(layout, zeros, [nan_weight])
-    huge = dataclasses.replace(_tiny_float32_payload(), body=np.full(3, 3e38, np.float32))
+    huge = _tiny_float32_payload()
+    huge.body[:] = 3e38
+    shape = codec.PayloadShape.of(layout, codec.BodyKind.FLOAT32)
     with pytest.raises(codec.PayloadError, match="not finite though every payload's values are: overflow"):
-        aggregate(layout, np.full(layout.global_size, 3e38, np.float32), [huge])
+        Aggregator(layout, shape)(np.full(layout.global_size, 3e38, np.float32), read_round(codec.encode(huge), shape))

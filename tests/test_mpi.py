@@ -13,8 +13,9 @@ from fedbat_mpi.data import load_dataset
 from fedbat_mpi.layout import model_sha256
 from fedbat_mpi.rounds.engine import Engine
 from fedbat_mpi.rounds.schedule import clients_of_rank
-from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.aggregate import Aggregator
 from fedbat_mpi.server.client_state import ClientStateStore
+from fedbat_mpi.server.payloads import read_round
 from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
@@ -95,9 +96,12 @@ def test_aggregation_over_ranks_equals_serial_reference(layout_and_model, kind):
     buffer, _ = comm.gather_bytes(np.concatenate(parts))
     new = np.empty_like(global_vector)
     if comm.is_root:
-        new = aggregate(layout, global_vector, codec.decode_all(buffer, codec.PayloadShape.of(layout, kind)))
+        shape = codec.PayloadShape.of(layout, kind)
+        aggregator = Aggregator(layout, shape)
+        new = aggregator(global_vector, read_round(buffer, shape))
         serial = [make_payload(layout, int(c), kind) for c in clients]
-        assert model_sha256(new) == model_sha256(aggregate(layout, global_vector, serial))
+        serial_buffer = np.concatenate([codec.encode(p) for p in serial])
+        assert model_sha256(new) == model_sha256(aggregator(global_vector, read_round(serial_buffer, shape)))
         np.testing.assert_allclose(new, reference_aggregate(layout, global_vector, serial), rtol=1e-5, atol=1e-6)
     comm.broadcast(new)
     assert _all_equal_on_every_rank(comm, new.tobytes())

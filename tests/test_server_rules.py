@@ -8,7 +8,8 @@ import torch
 
 from fedbat_mpi.client.algorithms import make_algorithm
 from fedbat_mpi.layout import ModelLayout
-from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.aggregate import Aggregator, rule_of
+from fedbat_mpi.server.payloads import read_round
 from fedbat_mpi.testing.payloads import make_payload, model_layout, reference_aggregate
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.rule import ServerRule
@@ -33,6 +34,15 @@ CLIENTS = [
 START = np.arange(TINY.global_size, dtype=np.float32) / 8
 
 
+def aggregate(layout: ModelLayout, start: np.ndarray, payloads: list[codec.Payload], rule: ServerRule,
+              server_lr: float = 1.0, engine: str = "table") -> np.ndarray:  # fmt: skip
+    """The engine's server step under ``rule``: the payloads encoded, read back as rank 0 reads a round."""
+    shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
+    coefficients, finish = rule_of(rule, server_lr)
+    aggregator = Aggregator(layout, shape, coefficients=coefficients, finish=finish, engine=engine)
+    return aggregator(start, read_round(np.concatenate([codec.encode(p) for p in payloads]), shape))
+
+
 def test_majority_vote_moves_each_weight_by_the_step_size_ties_not_at_all_and_ignores_weights():
     new = aggregate(TINY, START, CLIENTS, ServerRule.MAJORITY_VOTE, 0.25)
     step = [0, 0, 0, 0, 1, 1, 1, -1, -1, -1, -1]  # the vote's sign, worked out by hand from CLIENTS
@@ -51,13 +61,14 @@ def test_mean_of_signs_is_the_plain_mean_of_scale_times_sign_times_the_server_lr
     np.testing.assert_array_equal(new[11:], np.float32([1 / 8, 1 / 8, 1 / 8]))
 
 
+@pytest.mark.parametrize("engine", ["table", "torch"])
 @pytest.mark.parametrize("rule", [ServerRule.MAJORITY_VOTE, ServerRule.MEAN_OF_SIGNS])
-def test_the_rules_on_a_real_layout_equal_the_float64_reference(rule):
+def test_the_rules_on_a_real_layout_equal_the_float64_reference(rule, engine):
     # Six clients of CNN4-MNIST with fair-coin signs: ties are frequent (5/16 of the entries).
     layout, _ = model_layout("cnn4-mnist")
     payloads = [make_payload(layout, client) for client in range(6)]
     start = np.random.default_rng(0).normal(0, 0.01, layout.global_size).astype(np.float32)
-    new = aggregate(layout, start, payloads, rule, 0.003)
+    new = aggregate(layout, start, payloads, rule, 0.003, engine)
     expected = reference_aggregate(layout, start, payloads, rule, 0.003)
     np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-7)
     if rule is ServerRule.MAJORITY_VOTE:

@@ -28,9 +28,10 @@ from fedbat_mpi.data import Dataset, partition
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.layout import ModelLayout, model_sha256
 from fedbat_mpi.rng import Stream, derive_seed, torch_generator
-from fedbat_mpi.server.aggregate import aggregate
+from fedbat_mpi.server.aggregate import Aggregator, rule_of
 from fedbat_mpi.server.checkpoint import RunState
 from fedbat_mpi.server.client_state import ClientStateStore
+from fedbat_mpi.server.payloads import read_round
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
 
@@ -71,6 +72,13 @@ class Engine:
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
         self.states: ClientStateStore | None = None  # rank 0, if the algorithm keeps state: set by rounds/job.py
+        # Rank 0's server step, its buffers and threads kept for the run (torch engine on a GPU).
+        coefficients, finish = rule_of(self.algorithm.server_rule, self.algorithm.server_lr)
+        self.aggregator = (
+            Aggregator(self.layout, self.payload_shape, self.device, config.threads, coefficients=coefficients,
+                       finish=finish)
+            if comm.is_root else None
+        )  # fmt: skip
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
         self.train_images = dataset.train_x.to(self.device)
@@ -237,13 +245,12 @@ class Engine:
                 self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
-                payloads = codec.decode_all(received, self.payload_shape)
-                sent = sorted(p.client_id for p in payloads)
+                payloads = read_round(received, self.payload_shape)
+                sent = payloads.sorted_ids
                 if sent != clients.tolist():
                     raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
                                              f"the round sampled {clients.tolist()}")  # fmt: skip
-                new_global = aggregate(self.layout, self.global_vector, payloads, self.algorithm.server_rule,
-                                       self.algorithm.server_lr)  # fmt: skip
+                new_global = self.aggregator(self.global_vector, payloads)
             else:
                 new_global = np.empty_like(self.global_vector)
         with timer("broadcast"):
@@ -256,14 +263,13 @@ class Engine:
                               config.eval_batch_size, comm)  # fmt: skip
         if not comm.is_root:
             return None
-        shares = np.array([p.weight for p in payloads]) / sum(p.weight for p in payloads)
         return RoundResult(
             round=round_index,
             clients=clients.tolist(),
             test_loss=scores[0],
             test_acc=scores[1],
-            train_loss=float(np.dot(shares, [p.train_loss for p in payloads])),
-            uplink_bytes=int(received.size),
+            train_loss=payloads.train_loss,
+            uplink_bytes=payloads.uplink_bytes,
             downlink_bytes=len(clients) * self.global_model_bytes(),
             time_s=timer.total(),
             phase_s=timer.phases,

@@ -1,59 +1,204 @@
-"""Rank 0's server step: the client updates combined by the algorithm's rule and added to the global model.
+"""Rank 0's server step: the new global model from one round's payloads.
 
-Under ``ServerRule.WEIGHTED_SUM``, for sign bodies ``w_l <- w_l + sum_k p_k alpha_{k,l} b_{k,l}`` per
-binarized tensor ``l`` (FEDBAT.md §1.8), for float32 bodies ``w <- w + sum_k p_k delta_k``;
-``MAJORITY_VOTE`` and ``MEAN_OF_SIGNS`` (sign bodies, with a server step size) are defined in
-``wire/rule.py``. Dense tensors become ``sum_k p_k dense_k`` under every rule. Weights ``p_k`` are the
-clients' weights normalised to sum to 1. Clients are summed in client-id order, so the result does not
-depend on which rank hosted which client.
+The rule is a coefficient per (client, binarized tensor) and a finishing transform of the summed update:
 
-The payloads come checked by ``codec.decode_all``; their float32 arrays are not scanned one by one.
-Instead the new global vector is checked once (``np.isfinite``), and only if it is not finite are the
-payloads searched for the client responsible (``codec.PayloadError``), so no NaN model goes out.
+    update_l = finish(sum_k c_{k,l} u_{k,l}),    w_l <- w_l + update_l,
+
+with ``u_{k,l}`` client k's update of tensor l (sign bodies: ±1, bit 1 meaning +1; float32 bodies: the
+values). :func:`rule_of` maps an algorithm's ``ServerRule`` (``wire/rule.py``) to the pair:
+``WEIGHTED_SUM`` (FedBAT, FedAvg and the tuning-free sign baselines, FEDBAT.md §1.8) is
+:func:`weighted_mean`, ``c_{k,l} = p_k alpha_{k,l}`` (``p_k``, the clients' weights normalised to sum
+to 1; ``alpha`` = 1 for float32 bodies) and no finish; ``MEAN_OF_SIGNS`` (z-SignFedAvg) is
+``c_{k,l} = server_lr alpha_{k,l} / n``; ``MAJORITY_VOTE`` (SignSGD) is ``c = 1`` and
+``finish(u) = server_lr sign(u)`` (a tie gives 0). Dense (BatchNorm) tensors always become the
+clients' weighted mean ``sum_k p_k dense_k``.
+
+Clients are summed in client-id order, a chunk of clients at a time, into buffers the
+:class:`Aggregator` keeps from round to round, so the result does not depend on which rank hosted
+which client, its working memory does not grow with the number of clients, and later rounds touch no
+fresh pages. Two engines: ``"table"`` (the CPU's: sign bodies by lookup tables, ``sign_tables.py``;
+float32 bodies by cache-sized column blocks; both on ``threads`` threads) and ``"torch"`` (any device:
+a block of bodies is sent to the device, signs unpacked to ±1, and multiplied by the coefficients).
+The new global vector is checked once for finite values; only if that fails are the payloads searched
+for the client responsible (:func:`payloads.non_finite_error`), so no NaN model goes out.
 """
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 
 from fedbat_mpi.layout import ModelLayout
-from fedbat_mpi.wire.codec import BodyKind, Payload, non_finite_error
+from fedbat_mpi.wire.codec import BodyKind, PayloadShape
 from fedbat_mpi.wire.rule import ServerRule
 
+from .payloads import RoundPayloads, non_finite_error
+from .sign_tables import GROUP, SignTables, parallel, take_rows, touched
 
-def aggregate(
-    layout: ModelLayout,
-    global_vector: np.ndarray,
-    payloads: list[Payload],
-    rule: ServerRule = ServerRule.WEIGHTED_SUM,
-    server_lr: float = 1.0,
-) -> np.ndarray:
-    """The new global vector (float32) after one round's ``payloads``; PayloadError if it is not finite."""
-    if not payloads:
-        raise ValueError("no client payloads to aggregate")
-    payloads = sorted(payloads, key=lambda p: p.client_id)
-    weights = np.array([p.weight for p in payloads], dtype=np.float64)
-    shares = weights / weights.sum()
-    update = np.zeros(layout.update_size, dtype=np.float32)
-    dense = np.zeros(layout.dense_size, dtype=np.float32)
-    sizes = [seg.size for seg in layout.binarized]
-    # Under MAJORITY_VOTE the sum is of unscaled signs (one vote each), under MEAN_OF_SIGNS of 1/n shares.
-    factors = np.full(len(payloads), 1 / len(payloads)) if rule is ServerRule.MEAN_OF_SIGNS else shares
-    for share, factor, payload in zip(shares, factors, payloads):
-        if payload.kind is BodyKind.SIGNS:
-            signs = payload.signs().astype(np.float32) * 2 - 1
-            update += signs if rule is ServerRule.MAJORITY_VOTE else signs * np.repeat(
-                (factor * payload.scales).astype(np.float32), sizes)
-        else:
-            update += np.float32(share) * payload.body
-        dense += np.float32(share) * payload.dense
-    if rule is ServerRule.MAJORITY_VOTE:
-        update = np.sign(update)  # a tie (0) moves nothing
-    if rule is not ServerRule.WEIGHTED_SUM:
+Coefficients = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(weights float64[n], scales float32[n, S]) -> float64[n, tensors]`` (or ``[n, 1]``, the same for
+every tensor), clients in id order; S is 0 for float32 bodies."""
+Finish = Callable[[np.ndarray], np.ndarray]
+"""The summed update (float32[d], the aggregator's buffer, which it may change in place) -> the step."""
+
+ENGINES = ("table", "torch")
+_FLOAT_BLOCK = 2**16  # float32 update entries per column block on the CPU (256 KiB)
+_TORCH_FLOATS = 2**23  # float32 entries of the torch engine's block (32 MiB)
+
+
+def weighted_mean(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """FedBAT's and FedAvg's coefficients: ``p_k alpha_{k,l}``, or ``p_k`` without scales."""
+    shares = (weights / weights.sum())[:, None]
+    return shares * scales if scales.shape[1] else shares
+
+
+def rule_of(rule: ServerRule, server_lr: float) -> tuple[Coefficients, Finish | None]:
+    """The coefficients and finish of a server rule (module docstring)."""
+    if rule is ServerRule.WEIGHTED_SUM:
+        return weighted_mean, None
+    if rule is ServerRule.MEAN_OF_SIGNS:
+        return lambda weights, scales: server_lr * scales / len(weights), None
+
+    def vote(update: np.ndarray) -> np.ndarray:
+        np.sign(update, out=update)
         update *= np.float32(server_lr)
-    new = global_vector.astype(np.float32, copy=True)
-    for seg in layout.binarized:
-        new[seg.global_offset : seg.global_offset + seg.size] += update[seg.offset : seg.offset + seg.size]
-    for seg in layout.dense:
-        new[seg.global_offset : seg.global_offset + seg.size] = dense[seg.offset : seg.offset + seg.size]
-    if not np.isfinite(new).all():
-        raise non_finite_error(payloads)
-    return new
+        return update
+
+    return lambda weights, scales: np.ones((len(weights), 1)), vote
+
+
+class Aggregator:
+    """The server step of one run, built once (its buffers and threads are reused every round).
+
+    ``engine``: ``"table"`` (the default on the CPU) or ``"torch"`` (the default on other devices; it
+    runs on the CPU too). ``coefficients`` and ``finish``: the rule, as the module docstring says.
+    """
+
+    def __init__(
+        self,
+        layout: ModelLayout,
+        shape: PayloadShape,
+        device: str | torch.device = "cpu",
+        threads: int = 1,
+        *,
+        coefficients: Coefficients = weighted_mean,
+        finish: Finish | None = None,
+        engine: str | None = None,
+        clients_per_chunk: int = 128,
+    ):
+        self.layout, self.shape, self.device = layout, shape, torch.device(device)
+        self.coefficients, self.finish = coefficients, finish
+        self.engine = engine or ("table" if self.device.type == "cpu" else "torch")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}, expected one of {ENGINES}")
+        self.chunk = -(-clients_per_chunk // GROUP) * GROUP
+        self.signs = shape.kind is BodyKind.SIGNS
+        self.segments = [(seg.offset, seg.offset + seg.size) for seg in layout.binarized]
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.engine == "table" else None
+        # The table engine's threads are its own; torch's as well would oversubscribe the cores.
+        self.torch_threads = 1 if self.engine == "table" else threads
+        self.update = touched(layout.update_size, np.float32)  # the summed update, on the host
+        self.update_t = torch.from_numpy(self.update).to(self.device)  # the same memory on the CPU
+        self.dense_rows = touched((self.chunk, layout.dense_size), np.float32)
+        if self.engine == "table" and self.signs:
+            self.tables = SignTables(self.segments, self.chunk, self.pool, threads)
+        elif self.engine == "table":
+            blocks = [(tensor, start, min(start + _FLOAT_BLOCK, stop))
+                      for tensor, (first, stop) in enumerate(self.segments)
+                      for start in range(first, stop, _FLOAT_BLOCK)]  # fmt: skip
+            self.float_parts = [blocks[part::threads] for part in range(threads)]
+        else:
+            entries = 8 if self.signs else 1  # update entries per body column
+            width = max(8, _TORCH_FLOATS // (self.chunk * entries) // 8 * 8)
+            self.staging = touched((self.chunk, width), np.uint8 if self.signs else np.float32)
+            self.shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.device)
+
+    def __call__(self, global_vector: np.ndarray, payloads: RoundPayloads) -> np.ndarray:
+        """The new global vector (float32); ``codec.PayloadError`` if it would not be finite."""
+        if not len(payloads):
+            raise ValueError("no client payloads to aggregate")
+        if payloads.shape != self.shape:
+            raise ValueError(f"payloads of shape {payloads.shape}, this aggregator's is {self.shape}")
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads)
+        try:
+            dense = self._sum(payloads)
+        finally:
+            torch.set_num_threads(torch_threads)
+        step = self.update if self.finish is None else self.finish(self.update)
+        new = global_vector.astype(np.float32, copy=True)
+        for seg in self.layout.binarized:
+            new[seg.global_offset : seg.global_offset + seg.size] += step[seg.offset : seg.offset + seg.size]
+        for seg in self.layout.dense:
+            new[seg.global_offset : seg.global_offset + seg.size] = dense[seg.offset : seg.offset + seg.size]
+        if not np.isfinite(new).all():
+            raise non_finite_error(payloads)
+        return new
+
+    def close(self) -> None:
+        """End the threads."""
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _sum(self, payloads: RoundPayloads) -> np.ndarray:
+        """Sum the updates into ``self.update`` chunk by chunk, clients in id order; the dense mean."""
+        order = payloads.order
+        weights = payloads.weights[order]
+        shares = weights / weights.sum()
+        coefficients = np.broadcast_to(
+            np.asarray(self.coefficients(weights, payloads.scales[order]), dtype=np.float64),
+            (len(payloads), len(self.segments)),
+        )
+        dense = torch.zeros(self.layout.dense_size, dtype=torch.float32, device=self.device)
+        self.update_t.zero_()
+        for start in range(0, len(payloads), self.chunk):
+            rows, part = order[start : start + self.chunk], slice(start, start + self.chunk)
+            dense_rows = self.dense_rows[: rows.size]
+            take_rows(payloads.dense, rows, dense_rows)
+            dense += self._tensor(shares[part].astype(np.float32)) @ self._tensor(dense_rows)
+            if self.engine == "torch":
+                self._torch_chunk(payloads.body, rows, coefficients[part])
+            elif self.signs:
+                self.tables.add(payloads.body, rows, coefficients[part], self.update)
+            else:
+                self._float_chunk(payloads.body, rows, coefficients[part])
+        if self.device.type != "cpu":
+            self.update[...] = self.update_t.cpu().numpy()
+        return dense.cpu().numpy()
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)
+
+    def _float_chunk(self, body: np.ndarray, rows: np.ndarray, coefficients: np.ndarray) -> None:
+        """The table engine's float32 bodies: each row's weighted values added in order, a cache-sized
+        column block at a time."""
+        weights = coefficients.astype(np.float32).T.tolist()  # [tensor][row]
+
+        def run(blocks: list[tuple[int, int, int]]) -> None:
+            for tensor, start, stop in blocks:
+                total = self.update_t[start:stop]
+                for row, weight in zip(rows, weights[tensor], strict=True):
+                    total.add_(torch.from_numpy(body[row, start:stop]), alpha=weight)
+
+        parallel(self.pool, run, self.float_parts)
+
+    def _torch_chunk(self, body: np.ndarray, rows: np.ndarray, coefficients: np.ndarray) -> None:
+        """The torch engine: the chunk's rows a column block at a time, staged in client-id order, sent to
+        the device, signs unpacked to ±1, and multiplied by each tensor's coefficients."""
+        entries = 8 if self.signs else 1
+        width = self.staging.shape[1]
+        staging = self.staging[: rows.size]
+        weights = self._tensor(coefficients.astype(np.float32))
+        for start in range(0, body.shape[1], width):
+            columns = body[:, start : start + width]
+            take_rows(columns, rows, staging[:, : columns.shape[1]])
+            values = self._tensor(staging[:, : columns.shape[1]])
+            if self.signs:
+                values = ((values.unsqueeze(-1) >> self.shifts) & 1).reshape(rows.size, -1).float() * 2 - 1
+            first = start * entries
+            last = min(first + values.shape[1], self.layout.update_size)
+            for tensor, (lo, hi) in enumerate(self.segments):
+                lo, hi = max(lo, first), min(hi, last)
+                if lo < hi:
+                    self.update_t[lo:hi] += weights[:, tensor] @ values[:, lo - first : hi - first]

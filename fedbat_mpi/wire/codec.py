@@ -25,13 +25,12 @@ offset type    field
 So a sign payload is ``align8(48 + 4*S + 4*D + ceil(d/8))`` bytes and a float32 payload
 ``align8(48 + 4*D + 4*d)`` bytes (:func:`payload_size`).
 
-Rank 0 reads a round's payloads with :func:`decode_all` against the :class:`PayloadShape` that this
-run's model and algorithm produce, and raises :class:`PayloadError` (naming the byte offset, the client
-and the cause) for: a truncated buffer, bad magic, another format version, an unknown body kind, a
-header whose body kind, S, d or D differs from the expected shape, an aggregation weight that is not
-finite and > 0, a scale that is not finite and >= 0 (zero is a zero update), and a client id sent
-twice. The other float32 values (dense tensors, float32 bodies) are not scanned here: the aggregation
-checks that the new global model is finite and, only when it is not, names the client responsible.
+:func:`decode` reads one payload against the :class:`PayloadShape` that this run's model and algorithm
+produce and raises :class:`PayloadError` (naming the byte offset, the client and the cause) for: a
+truncated buffer, bad magic, another format version, an unknown body kind, a header whose body kind, S,
+d or D differs from the expected shape, and an aggregation weight that is not finite and > 0. Rank 0
+reads a whole round at once with ``server/payloads.py``'s ``read_round``, which also rejects a client id
+sent twice and a scale that is not finite and >= 0, with the same messages.
 """
 
 import math
@@ -145,7 +144,7 @@ def encode(payload: Payload) -> np.ndarray:
 
 def decode(buffer: np.ndarray, expected: PayloadShape, offset: int = 0) -> tuple[Payload, int]:
     """Read the payload at ``offset`` and check its header against ``expected``; return the payload
-    and the offset of the next one. Scales and duplicates are checked by :func:`decode_all`."""
+    and the offset of the next one. Scales and duplicates are checked by ``server.payloads.read_round``."""
     left = buffer.size - offset
     if left < HEADER_SIZE:
         raise PayloadError(f"payload at byte {offset}: truncated header ({left} of {HEADER_SIZE} bytes)")
@@ -189,55 +188,3 @@ def _mismatch(header: tuple[int, int, int, int], expected: PayloadShape) -> str:
     if update_size != expected.update_size:
         return f"update size d = {update_size}, the model's binarized tensors have {expected.update_size}"
     return f"dense size D = {dense_size}, the model's dense tensors have {expected.dense_size}"
-
-
-def decode_all(buffer: np.ndarray, expected: PayloadShape) -> list[Payload]:
-    """Every payload in a round's buffer of concatenated payloads, checked as the module docstring says."""
-    payloads, offsets, offset = [], {}, 0  # offsets: client id -> byte offset of its payload
-    while offset < buffer.size:
-        payload, end = decode(buffer, expected, offset)
-        client = payload.client_id
-        if client in offsets:
-            where = f"payload at byte {offset} (client {client})"
-            raise PayloadError(f"{where}: duplicate client id (first sent at byte {offsets[client]})")
-        payloads.append(payload)
-        offsets[client] = offset
-        offset = end
-    scales = np.concatenate([np.zeros(0, np.float32), *(p.scales for p in payloads)])
-    if not _valid_scales(scales).all():  # one check for the round; the search below only on failure
-        raise _scale_error(payloads, offsets)
-    return payloads
-
-
-def _valid_scales(scales: np.ndarray) -> np.ndarray:
-    """True where a scale is finite and >= 0 (NaN fails both comparisons)."""
-    return (scales >= 0) & (scales < np.inf)
-
-
-def _scale_error(payloads: list[Payload], offsets: dict[int, int]) -> PayloadError:
-    """The error for the first payload with a scale that is not finite and >= 0."""
-    payload = next(p for p in payloads if not _valid_scales(p.scales).all())
-    index = int(np.argmin(_valid_scales(payload.scales)))
-    return PayloadError(
-        f"payload at byte {offsets[payload.client_id]} (client {payload.client_id}): scale {index} is "
-        f"{payload.scales[index]}, expected a finite number >= 0"
-    )
-
-
-def non_finite_error(payloads: list[Payload]) -> PayloadError:
-    """Why a round's new global model is not finite: the first client (in id order) with a non-finite
-    weight or float32 value, else overflow. The slow search, run only after the cheap check failed."""
-    for payload in sorted(payloads, key=lambda p: p.client_id):
-        where = f"client {payload.client_id}"
-        if not math.isfinite(payload.weight):
-            return PayloadError(f"{where}: aggregation weight {payload.weight} is not finite")
-        arrays = {"scale": payload.scales, "dense value": payload.dense}
-        if payload.kind is BodyKind.FLOAT32:
-            arrays["update value"] = payload.body
-        for name, values in arrays.items():
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                index = int(bad[0])
-                cause = f"{name} {index} is {values[index]}"
-                return PayloadError(f"{where}: {cause}; the new global model would not be finite")
-    return PayloadError("the new global model is not finite though every payload's values are: overflow")
