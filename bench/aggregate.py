@@ -58,7 +58,8 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(model: str, kind_name: str, clients: int, threads: int, engine: str | None, repeats: int) -> dict:
+def measure(model: str, kind_name: str, clients: int, threads: int, engine: str | None, repeats: int,
+            device: str = "cpu") -> dict:  # fmt: skip
     """One point, in this process."""
     from fedbat_mpi.server.aggregate import Aggregator  # noqa: PLC0415
     from fedbat_mpi.server.payloads import read_round  # noqa: PLC0415
@@ -78,7 +79,7 @@ def measure(model: str, kind_name: str, clients: int, threads: int, engine: str 
     rss_payloads = max_rss_mb()
 
     start = time.perf_counter()
-    aggregator = Aggregator(layout, shape, "cpu", threads, engine=engine)
+    aggregator = Aggregator(layout, shape, device, threads, engine=engine)
     setup_s = time.perf_counter() - start
 
     def timed() -> tuple[float, float, int, np.ndarray]:
@@ -153,13 +154,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kinds", nargs="+", default=["signs"], choices=["signs", "float32"], help="body kinds")
     p.add_argument("--clients", type=int, nargs="+", help="clients per round (default: 10 100 1000)")
     p.add_argument("--threads", type=int, default=2, help="the aggregator's threads (--threads of a run)")
-    p.add_argument("--engine", choices=["table", "torch"], help="default: the CPU's (table)")
+    p.add_argument("--engine", choices=["table", "torch"], help="default: the device's (table on the CPU)")
+    p.add_argument("--device", default="cpu", help="rank 0's device: cpu, or cuda (the torch engine)")
     p.add_argument("--repeats", type=int, default=5, help="later calls timed per point")
     p.add_argument("--child", nargs=3, metavar=("MODEL", "KIND", "CLIENTS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         model, kind, clients = args.child
-        print(json.dumps(measure(model, kind, int(clients), args.threads, args.engine, args.repeats)))
+        print(json.dumps(measure(model, kind, int(clients), args.threads, args.engine, args.repeats, args.device)))
         return 0
     if args.quick:
         args.clients, args.repeats, args.models, args.kinds = [2], 1, ["cnn4-mnist"], ["signs", "float32"]
@@ -169,7 +171,8 @@ def main(argv: list[str]) -> int:
             for clients in args.clients or DEFAULT_CLIENTS[model]:
                 # A fresh process per point, so that its max RSS and first call are its own.
                 child = ["--child", model, kind, str(clients), "--repeats", str(args.repeats),
-                         "--threads", str(args.threads), *(["--engine", args.engine] if args.engine else [])]  # fmt: skip
+                         "--threads", str(args.threads), "--device", args.device,
+                         *(["--engine", args.engine] if args.engine else [])]  # fmt: skip
                 done = benchlib.run(launch.command(None, child, script=[__file__]), timeout=3600)
                 results.append(json.loads(done.stdout.splitlines()[-1]))
                 r = results[-1]

@@ -20,6 +20,7 @@ SMOKE = [
     ("grouping", [], "round_s"),  # the GPU targets' script, on tiny sizes
     ("cpu_roof", [], "roof_share"),  # one 2-rank run on the embedded data
     ("client_state", [], "checkpoint_s"),
+    ("study_cost", [], "round_s"),  # the GPU script for issue 10's projection, on tiny sizes
 ]
 
 
