@@ -9,7 +9,10 @@ from typing import Any
 
 from fedbat_mpi.errors import UsageError
 
-from . import fedavg, fedbat, signs, signs_classical  # noqa: F401, I001  (each registers its algorithms, in this order)
+# Each module registers its algorithms, in this order: the order of --help and of error messages.
+# isort: off
+from . import fedbat, fedavg, signs, signs_classical  # noqa: F401
+# isort: on
 from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate
 
 ALGORITHMS = tuple(REGISTRY)
