@@ -104,7 +104,9 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         due = config.checkpoint_every and round_index % config.checkpoint_every == 0
         if stopping or due or round_index == config.rounds:
             if report is not None:
+                saving = time.perf_counter()
                 checkpoint.save(run.checkpoint_path, engine.run_state(round_index, report.rows), config.num_clients)
+                report.saved(run.checkpoint_path, round_index, time.perf_counter() - saving)
             comm.barrier()
         if stopping:
             if report is not None:
