@@ -18,6 +18,7 @@ SMOKE = [
     ("phases", ["--cases", "cnn4-svhn", "--rounds", "2"], "machinery_share"),
     ("profile_round", ["--ranks", "2"], "share_of_round_samples"),  # py-spy, from the test extra
     ("grouping", [], "round_s"),  # the GPU targets' script, on tiny sizes
+    ("scale", [], "peak_rss_mib"),  # 5 real 2-rank runs of a few hundred clients, one resumed
 ]
 
 

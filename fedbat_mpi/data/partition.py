@@ -152,10 +152,12 @@ def _top_up(owners: np.ndarray, num_clients: int, min_samples: int, rng: np.rand
     lacking = np.maximum(min_samples - sizes, 0)
     spare = np.maximum(sizes - min_samples, 0)
     keys = rng.random(len(owners))
-    by_client = np.lexsort((keys, owners))  # each client's samples in a random order
+    by_client = np.argsort(owners + keys / 2, kind="stable")  # each client's samples in a random order
     rank = np.arange(len(owners)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     movable = by_client[rank < spare[owners[by_client]]]
-    taken = movable[np.argsort(keys[movable])[: lacking.sum()]]
+    count = int(lacking.sum())
+    first = np.argpartition(keys[movable], count - 1)[:count] if count else np.zeros(0, dtype=np.int64)
+    taken = movable[first[np.argsort(keys[movable[first]], kind="stable")]]  # the `count` lowest keys
     owners = owners.copy()
     owners[taken] = np.repeat(np.arange(num_clients), lacking)
     return owners
