@@ -106,6 +106,7 @@ def measure(algorithm: str, clients: int, per_round: int, rounds: int, data: Pat
         "finished_in_timeout": finished,
         "round_s": benchlib.median([r["time_s"] for r in rows[1:]]) if len(rows) > 1 else None,
         "time_s_by_round": [r["time_s"] for r in rows],
+        "phase_s_by_round": [r["phase_s"] for r in rows],
         "peak_rss_mib_by_rank": rows[-1]["peak_rss_mib"] if rows else None,
         "peak_rss_mib": max(rows[-1]["peak_rss_mib"]) if rows else None,
         "outside_rounds_s": wall - sum(r["time_s"] for r in rows) if finished else None,
