@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
-from fedbat_mpi.data.partition import parse_scheme
+from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
 from fedbat_mpi.errors import OneLineParser, UsageError
 from fedbat_mpi.server.checkpoint import FILE_NAME
 
@@ -48,6 +48,7 @@ class RunOptions:
     batch_size: int = 32
     lr: float = 0.1
     partition: str = "iid"
+    min_samples: int = DIRICHLET_MIN_SAMPLES  # dir:BETA: the fewest samples a client may hold
     weighting: str = "batches"
     seed: int = 0
     out: str | None = None
@@ -101,7 +102,10 @@ Config = dataclasses.make_dataclass(
     frozen=True,
 )
 Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
-HELP = {option.name: option.help for option in hyperparameters()}
+HELP = {
+    "min_samples": "with --partition dir:BETA: the fewest samples a client may hold",
+    **{option.name: option.help for option in hyperparameters()},
+}
 
 
 def _fail(option: str, expected: str, got: Any) -> None:

@@ -21,6 +21,7 @@ SMOKE = [
     ("cpu_roof", [], "roof_share"),  # one 2-rank run on the embedded data
     ("client_state", [], "checkpoint_s"),
     ("study_cost", [], "round_s"),  # the GPU script for issue 10's projection, on tiny sizes
+    ("scale", [], "peak_rss_mib"),  # 5 real 2-rank runs of a few hundred clients, one resumed
 ]
 
 

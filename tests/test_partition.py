@@ -1,4 +1,6 @@
-"""Client partitions: coverage, determinism and the shape of each scheme."""
+"""Client partitions: coverage, determinism, the shape of each scheme, and small clients at scale."""
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -24,6 +26,17 @@ def test_deterministic_per_seed(scheme: str) -> None:
     other = partition(BALANCED, 100, scheme, seed=2)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+# sha256 (first 16 hex digits) of indices then offsets of partition(BALANCED, 100, scheme, seed=1234), as
+# computed by the per-client implementation before partitions were stored flat: every result depends on them.
+UNCHANGED = {"iid": "eb6c03ba5a9f6fce", "dir:0.3": "68bf3122214e7bfc", "labels:0.3": "8c7ff6960aa6d716"}
+
+
+@pytest.mark.parametrize("scheme", UNCHANGED)
+def test_partitions_are_the_ones_earlier_results_used(scheme: str) -> None:
+    split = partition(BALANCED, 100, scheme, seed=1234)
+    assert hashlib.sha256(split.indices.tobytes() + split.offsets.tobytes()).hexdigest()[:16] == UNCHANGED[scheme]
 
 
 def test_iid_sizes_balanced() -> None:
@@ -58,6 +71,18 @@ def test_dirichlet_min_samples_and_skew() -> None:
     assert np.mean(dominant) > 0.4  # label skew: iid would give about 0.1-0.2
 
 
+def test_dirichlet_small_clients_get_min_samples() -> None:
+    """20,000 clients of 5 samples: most draws leave clients short, which are topped up from the others."""
+    labels = np.random.default_rng(0).integers(0, 10, 100_000)
+    split = partition(labels, 20_000, "dir:0.3", seed=3, min_samples=2)
+    assert len(split) == 20_000 and split.sizes().min() == 2
+    np.testing.assert_array_equal(np.sort(split.indices), np.arange(len(labels)))
+    dominant = [np.bincount(labels[split[c]], minlength=10).max() / len(split[c]) for c in range(0, 20_000, 50)]
+    assert np.mean(dominant) > 0.5  # still label-skewed: iid clients of 5 give 0.37
+    again = partition(labels, 20_000, "dir:0.3", seed=3, min_samples=2)
+    assert np.array_equal(split.indices, again.indices) and np.array_equal(split.offsets, again.offsets)
+
+
 def test_parse_scheme() -> None:
     assert parse_scheme("iid") == ("iid", 0.0)
     assert parse_scheme("dir:0.3") == ("dir", 0.3)
@@ -86,3 +111,7 @@ def test_impossible_partitions() -> None:
         partition(BALANCED[:50], 10, "dir:0.3", 0)  # fewer than 10 samples per client
     with pytest.raises(UsageError, match="--num-clients"):
         partition(np.array([0, 1, 1, 1, 1, 1]), 4, "labels:0.5", 0)  # class 0's one sample, two holders
+    with pytest.raises(UsageError, match=r"needs 61 samples per client \(--min-samples\)"):
+        partition(BALANCED, 100, "dir:0.3", 0, min_samples=61)  # 6,000 samples < 61 x 100
+    with pytest.raises(UsageError, match="--min-samples: expected a positive integer, got 0"):
+        partition(BALANCED, 100, "dir:0.3", 0, min_samples=0)

@@ -14,7 +14,7 @@ from fedbat_mpi.errors import OneLineParser, run_command
 
 from .datasets import DATASET_NAMES, load_dataset
 from .download import SOURCES, download
-from .partition import partition
+from .partition import Partition, partition
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,13 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--data-dir")
     stats.add_argument("--num-clients", type=int, default=defaults.num_clients)
     stats.add_argument("--partition", default=defaults.partition)
+    stats.add_argument("--min-samples", type=int, default=defaults.min_samples)
     stats.add_argument("--seed", type=int, default=defaults.seed)
     return parser
 
 
-def partition_stats(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> str:
+def partition_stats(labels: np.ndarray, shards: Partition, num_classes: int) -> str:
     """A table of each client's size and class histogram, then a summary line."""
-    sizes = np.array([len(shard) for shard in shards])
+    sizes = shards.sizes()
     width = max(len(str(sizes.max())), 5)
     lines = ["client " + "samples".rjust(width) + "  " + " ".join(f"{c:>{width}}" for c in range(num_classes))]
     held = []
@@ -58,7 +59,7 @@ def _command(argv: list[str] | None) -> None:
     else:
         dataset = load_dataset(args.dataset, args.data_dir)
         labels = dataset.train_y.numpy()
-        shards = partition(labels, args.num_clients, args.partition, args.seed)
+        shards = partition(labels, args.num_clients, args.partition, args.seed, args.min_samples)
         print(partition_stats(labels, shards, dataset.num_classes))
 
 

@@ -1,15 +1,51 @@
 """Split a data set's samples among clients: IID, Dirichlet label skew, or a fixed share of the labels.
 
-The schemes follow FEDBAT.md §2.1 and are deterministic functions of (labels, num_clients, scheme, seed).
+The schemes follow FEDBAT.md §2.1 and are deterministic functions of (labels, num_clients, scheme,
+seed, min_samples). Each is computed with whole-array numpy steps (a loop over classes, none over
+clients) and stored flat (:class:`Partition`), so that 100,000+ clients take seconds and a few bytes
+per sample, not a Python object per client.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedbat_mpi.errors import UsageError
 
 _PARTITION_STREAM = 0x70617274  # "part": keeps the partition's random stream apart from other seeded uses
-_DIRICHLET_MIN_SAMPLES = 10
+DIRICHLET_MIN_SAMPLES = 10  # the default of --min-samples
 _DIRICHLET_MAX_TRIES = 1000
+# A draw that leaves this many clients short is not redrawn but topped up: a redraw would leave none
+# short with a chance of about e^-30 (the count of short clients is close to Poisson).
+_DIRICHLET_HOPELESS = 30
+
+
+@dataclass(frozen=True, eq=False)
+class Partition:
+    """Each client's sorted sample indices, stored flat: client c holds ``indices[offsets[c]:offsets[c + 1]]``."""
+
+    indices: np.ndarray  # int64: client 0's indices, then client 1's, ...
+    offsets: np.ndarray  # int64, num_clients + 1 entries
+
+    @classmethod
+    def of_owners(cls, owners: np.ndarray, num_clients: int) -> "Partition":
+        """The partition that gives sample i to client ``owners[i]`` (``num_clients``: to no client)."""
+        sizes = np.bincount(owners, minlength=num_clients + 1)[:num_clients]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        order = np.argsort(owners, kind="stable")  # by client, each client's samples in index order
+        return cls(order[: offsets[-1]].astype(np.int64), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, client: int) -> np.ndarray:
+        return self.indices[self.offsets[client] : self.offsets[client + 1]]
+
+    def __iter__(self):
+        return (self[client] for client in range(len(self)))
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
 
 
 def parse_scheme(scheme: str) -> tuple[str, float]:
@@ -31,85 +67,123 @@ def parse_scheme(scheme: str) -> tuple[str, float]:
     )
 
 
-def partition(labels: np.ndarray, num_clients: int, scheme: str, seed: int) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray, num_clients: int, scheme: str, seed: int, min_samples: int = DIRICHLET_MIN_SAMPLES
+) -> Partition:
     """Sorted sample indices for each of `num_clients` clients; each sample goes to at most one client.
 
     Every sample is used, except that `labels:` drops classes no client holds (when c·N < #classes).
+    `min_samples`: under `dir:`, the fewest samples a client may hold.
     """
     kind, value = parse_scheme(scheme)
     if not 1 <= num_clients <= len(labels):
         raise UsageError(f"--num-clients: expected 1..{len(labels)} (the training samples), got {num_clients}")
+    if min_samples < 1:
+        raise UsageError(f"--min-samples: expected a positive integer, got {min_samples}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, _PARTITION_STREAM]))
     if kind == "iid":
-        shards = np.array_split(rng.permutation(len(labels)), num_clients)
+        owners = np.empty(len(labels), dtype=np.int64)
+        owners[rng.permutation(len(labels))] = _owners_of_split(np.arange(num_clients), len(labels))
     elif kind == "dir":
-        shards = _dirichlet(labels, num_clients, value, rng, scheme)
+        owners = _dirichlet(labels, num_clients, value, min_samples, rng, scheme)
     else:
-        shards = _label_share(labels, num_clients, value, rng, scheme)
-    return [np.sort(shard).astype(np.int64) for shard in shards]
+        owners = _label_share(labels, num_clients, value, rng, scheme)
+    return Partition.of_owners(owners, num_clients)
+
+
+def _owners_of_split(clients: np.ndarray, length: int) -> np.ndarray:
+    """``np.array_split`` of ``length`` items among ``clients``: the client of each position."""
+    smaller, larger = divmod(length, len(clients))
+    return np.repeat(clients, smaller + (np.arange(len(clients)) < larger))
 
 
 def _dirichlet(
-    labels: np.ndarray, num_clients: int, beta: float, rng: np.random.Generator, scheme: str
-) -> list[np.ndarray]:
-    """Per class, Dir(β) shares over the clients not yet holding n/N samples; redraw until all hold ≥ 10."""
-    if len(labels) < _DIRICHLET_MIN_SAMPLES * num_clients:
+    labels: np.ndarray, num_clients: int, beta: float, min_samples: int, rng: np.random.Generator, scheme: str
+) -> np.ndarray:
+    """Per class, Dir(β) shares over the clients not yet holding n/N samples; redraw until all hold
+    ≥ ``min_samples``, or, when redraws cannot get there, top up the clients left short."""
+    if len(labels) < min_samples * num_clients:
         raise UsageError(
-            f"--partition {scheme}: needs {_DIRICHLET_MIN_SAMPLES} samples per client, "
-            f"but {len(labels)} samples < {_DIRICHLET_MIN_SAMPLES} x {num_clients} clients"
+            f"--partition {scheme}: needs {min_samples} samples per client (--min-samples), "
+            f"but {len(labels)} samples < {min_samples} x {num_clients} clients"
         )
+    classes = [np.flatnonzero(labels == cls) for cls in np.unique(labels)]
+    drawn = None
     for _ in range(_DIRICHLET_MAX_TRIES):
-        shards = _dirichlet_draw(labels, num_clients, beta, rng)
-        if shards is not None and min(len(s) for s in shards) >= _DIRICHLET_MIN_SAMPLES:
-            return shards
-    raise UsageError(
-        f"--partition {scheme}: no draw in {_DIRICHLET_MAX_TRIES} gave every one of {num_clients} clients "
-        f"{_DIRICHLET_MIN_SAMPLES} samples; use a larger BETA or fewer --num-clients"
-    )
+        owners = _dirichlet_draw(classes, len(labels), num_clients, beta, rng)
+        if owners is None:
+            continue
+        drawn = owners
+        short = np.count_nonzero(np.bincount(owners, minlength=num_clients) < min_samples)
+        if short == 0:
+            return owners
+        if short >= _DIRICHLET_HOPELESS:
+            break
+    if drawn is None:
+        raise UsageError(f"--partition {scheme}: every draw gave all samples to no client; use a larger BETA")
+    return _top_up(drawn, num_clients, min_samples, rng)
 
 
 def _dirichlet_draw(
-    labels: np.ndarray, num_clients: int, beta: float, rng: np.random.Generator
-) -> list[np.ndarray] | None:
-    """One draw of the Dirichlet split, or None when the shares degenerate (all-zero after masking)."""
-    shards: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    classes: list[np.ndarray], num_samples: int, num_clients: int, beta: float, rng: np.random.Generator
+) -> np.ndarray | None:
+    """One draw of the Dirichlet split (each sample's client), or None when the shares degenerate
+    (all-zero after masking)."""
+    owners = np.empty(num_samples, dtype=np.int64)
     sizes = np.zeros(num_clients, dtype=np.int64)
-    cap = len(labels) / num_clients
-    for cls in np.unique(labels):
-        indices = rng.permutation(np.flatnonzero(labels == cls))
+    cap = num_samples / num_clients
+    clients = np.arange(num_clients)
+    for members in classes:
+        indices = rng.permutation(members)
         shares = rng.dirichlet(np.full(num_clients, beta)) * (sizes < cap)
         if shares.sum() <= 0:
             return None
         cuts = (np.cumsum(shares / shares.sum()) * len(indices)).astype(np.int64)[:-1]
-        for client, part in enumerate(np.split(indices, cuts)):
-            shards[client].append(part)
-            sizes[client] += len(part)
-    return [np.concatenate(parts) for parts in shards]
+        counts = np.diff(cuts, prepend=0, append=len(indices))
+        owners[indices] = np.repeat(clients, counts)
+        sizes += counts
+    return owners
+
+
+def _top_up(owners: np.ndarray, num_clients: int, min_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Give each client holding fewer than ``min_samples`` the samples it lacks, taken at random from
+    what the other clients hold beyond ``min_samples`` (so that none of them drops below it)."""
+    sizes = np.bincount(owners, minlength=num_clients)
+    lacking = np.maximum(min_samples - sizes, 0)
+    spare = np.maximum(sizes - min_samples, 0)
+    keys = rng.random(len(owners))
+    by_client = np.argsort(owners + keys / 2, kind="stable")  # each client's samples in a random order
+    rank = np.arange(len(owners)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    movable = by_client[rank < spare[owners[by_client]]]
+    count = int(lacking.sum())
+    first = np.argpartition(keys[movable], count - 1)[:count] if count else np.zeros(0, dtype=np.int64)
+    taken = movable[first[np.argsort(keys[movable[first]], kind="stable")]]  # the `count` lowest keys
+    owners = owners.copy()
+    owners[taken] = np.repeat(np.arange(num_clients), lacking)
+    return owners
 
 
 def _label_share(
     labels: np.ndarray, num_clients: int, fraction: float, rng: np.random.Generator, scheme: str
-) -> list[np.ndarray]:
-    """c = int(fraction·#classes) classes per client, the c least used so far (ties: lowest class id)."""
+) -> np.ndarray:
+    """c = int(fraction·#classes) classes per client, the c least used so far (ties: lowest class id).
+
+    Taking the least used classes in turn is a cycle through the class list: client i holds classes
+    (i·c + j) mod #classes for j < c.
+    """
     classes = np.unique(labels)
     per_client = int(fraction * len(classes))
     if per_client < 1:
         raise UsageError(f"--partition {scheme}: gives int({fraction} x {len(classes)} classes) = 0 classes per client")
-    holders: list[list[int]] = [[] for _ in classes]
-    usage = np.zeros(len(classes), dtype=np.int64)
-    for client in range(num_clients):
-        chosen = np.argsort(usage, kind="stable")[:per_client]
-        usage[chosen] += 1
-        for k in chosen:
-            holders[k].append(client)
-    shards: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    held = (np.arange(num_clients)[:, None] * per_client + np.arange(per_client)).ravel() % len(classes)
+    holders = np.repeat(np.arange(num_clients), per_client)[np.argsort(held, kind="stable")]
+    bounds = np.searchsorted(np.sort(held), np.arange(len(classes) + 1))
+    owners = np.full(len(labels), num_clients, dtype=np.int64)
     for k, cls in enumerate(classes):
-        if not holders[k]:
+        if bounds[k] == bounds[k + 1]:
             continue
         indices = rng.permutation(np.flatnonzero(labels == cls))
-        for client, part in zip(holders[k], np.array_split(indices, len(holders[k]))):
-            shards[client].append(part)
-    result = [np.concatenate(parts) for parts in shards]
-    if min(len(s) for s in result) == 0:
+        owners[indices] = _owners_of_split(holders[bounds[k] : bounds[k + 1]], len(indices))
+    if np.bincount(owners, minlength=num_clients + 1)[:num_clients].min() == 0:
         raise UsageError(f"--num-clients: {num_clients} clients under --partition {scheme} leave a client empty")
-    return result
+    return owners

@@ -11,6 +11,8 @@ gathers the new rows back with the payloads and writes them to the store (timed 
 counted as uplink: it is the simulator's bookkeeping, not something a real client would send).
 """
 
+import resource
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ class RoundResult:
     time_s: float
     phase_s: dict[str, float] = field(default_factory=dict)
     model_sha256: str = ""
+    peak_rss_mib: list[float] = field(default_factory=list)  # each rank's peak resident memory so far
 
 
 class Engine:
@@ -85,7 +88,9 @@ class Engine:
         self.train_labels = dataset.train_y.to(self.device)
         self.test_images = dataset.test_x.to(self.device)
         self.test_labels = dataset.test_y.to(self.device)
-        self.client_indices = partition(dataset.train_y.numpy(), config.num_clients, config.partition, config.seed)
+        self.client_indices = partition(
+            dataset.train_y.numpy(), config.num_clients, config.partition, config.seed, config.min_samples
+        )
 
     def restore(self, state: RunState) -> None:
         """Continue from a checkpoint's global model."""
@@ -261,6 +266,7 @@ class Engine:
             ds = self.dataset
             scores = evaluate(self.model, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
                               config.eval_batch_size, comm)  # fmt: skip
+        peak_rss, _ = comm.gather_bytes(np.array([peak_rss_mib()]).view(np.uint8), [8] * comm.size)
         if not comm.is_root:
             return None
         return RoundResult(
@@ -274,7 +280,14 @@ class Engine:
             time_s=timer.total(),
             phase_s=timer.phases,
             model_sha256=model_sha256(new_global),
+            peak_rss_mib=peak_rss.view(np.float64).round(1).tolist(),
         )
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 class _PhaseTimer:

@@ -122,8 +122,10 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         due = config.checkpoint_every and round_index % config.checkpoint_every == 0
         if stopping or due or round_index == config.rounds:
             if report is not None:
+                saving = time.perf_counter()
                 checkpoint.save_committing(run.checkpoint_path, engine.run_state(round_index, report.rows),
                                            engine.states)  # fmt: skip
+                report.saved(run.checkpoint_path, round_index, time.perf_counter() - saving)
             comm.barrier()
         if stopping:
             if report is not None:

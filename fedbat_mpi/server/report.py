@@ -51,6 +51,11 @@ class Report:
             flush=True,
         )
 
+    def saved(self, path: str, round_index: int, seconds: float) -> None:
+        """A progress line for the checkpoint written after ``round_index``."""
+        print(f"checkpoint after round {round_index}: {path} ({_size(os.path.getsize(path))}, {seconds:.2f} s)",
+              file=self.stream, flush=True)  # fmt: skip
+
     def summary(self, wall_s: float) -> str:
         rows = self.rows
         uploads = sum(len(row["clients"]) for row in rows)

@@ -10,8 +10,9 @@ from pathlib import Path
 # A small run of the embedded default: 40 clients, 8 per round, 1 local epoch (about 1 s a round).
 TINY = ["--num-clients", "40", "--clients-per-round", "8", "--local-epochs", "1", "--rounds", "2",
         "--batch-size", "64", "--eval-batch-size", "1000"]  # fmt: skip
-# The metrics that are wall-clock times: the only ones that differ between two runs of one configuration.
-TIMINGS = ("time_s", "phase_s")
+# The metrics that measure the machine (wall-clock times, peak memory): the only ones that differ between
+# two runs of one configuration.
+MEASURED = ("time_s", "phase_s", "peak_rss_mib")
 
 
 def program(name: str, hint: str) -> str:
@@ -58,5 +59,5 @@ def metrics(out: str | Path) -> list[dict]:
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
-    """``rows`` without the wall-clock :data:`TIMINGS`: what runs of one configuration must agree on."""
-    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+    """``rows`` without the :data:`MEASURED` times and memory: what runs of one configuration must agree on."""
+    return [{k: v for k, v in row.items() if k not in MEASURED} for row in rows]
