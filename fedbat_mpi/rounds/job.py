@@ -96,37 +96,61 @@ def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
     return None
 
 
+def checkpoint_due(config: Config, round_index: int, stopping: bool) -> bool:
+    """The checkpoint policy: every ``--checkpoint-every`` rounds, after the last round, and on a stop."""
+    every = config.checkpoint_every
+    return stopping or round_index == config.rounds or bool(every and round_index % every == 0)
+
+
+def save_checkpoint(run: Run, report: Report | None, round_index: int, comm: Communicator) -> None:
+    """Rank 0 writes the checkpoint after ``round_index`` (committing the client-state store with it);
+    every rank waits for it, so that no rank exits before the checkpoint is whole."""
+    if report is not None:
+        start = time.perf_counter()
+        state = run.engine.run_state(round_index, report.rows)
+        checkpoint.save_committing(run.checkpoint_path, state, run.engine.states)
+        report.saved(run.checkpoint_path, round_index, time.perf_counter() - start)
+    comm.barrier()
+
+
+def open_report(run: Run, comm: Communicator) -> Report | None:
+    """Rank 0's report (``metrics.jsonl`` from the checkpoint's rows on, progress lines); None elsewhere.
+    A new run of a stateful algorithm also creates its client-state store here."""
+    if not comm.is_root:
+        return None
+    engine = run.engine
+    report = Report(run.config, engine.float32_payload_bytes(), run.resumed.metrics if run.resumed else [])
+    if engine.state_size and engine.states is None:  # the report made the folder
+        engine.states = engine.new_state_store(run.config.out_dir)
+    if run.resumed:
+        print(f"resuming after round {run.resumed.round} (checkpoint written on {run.resumed.num_ranks} ranks)",
+              flush=True)  # fmt: skip
+    return report
+
+
 def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
-    """Set up, run the remaining rounds with checkpoints, and report; returns the exit status."""
+    """Set up, run the remaining rounds with checkpoints, and report; returns the exit status.
+
+    The round loop: train a round, report it, ask every rank whether a stop was requested, save a
+    checkpoint when the policy says so (``checkpoint_due``), and end after a stop (exit 75) or the last
+    round (exit 0)."""
     start = time.perf_counter()
     run = _agreed_set_up(argv, comm)
     if run is None:
         return UsageError.exit_status
-    config, engine = run.config, run.engine
     if comm.any(stop.requested):  # a signal during start-up: nothing new to save
         if comm.is_root:
             print(f"stop signal received before the first round; exit status {PREEMPTED}", flush=True)
         return PREEMPTED
-    history = run.resumed.metrics if run.resumed else []
-    report = Report(config, engine.float32_payload_bytes(), history) if comm.is_root else None
-    if engine.state_size and comm.is_root and engine.states is None:  # a new run of a stateful algorithm
-        engine.states = engine.new_state_store(config.out_dir)
+    report = open_report(run, comm)
     first = run.resumed.round + 1 if run.resumed else 1
-    if report is not None and run.resumed:
-        print(f"resuming after round {run.resumed.round} (checkpoint written on {run.resumed.num_ranks} ranks)", flush=True)
-    for round_index in range(first, config.rounds + 1):
-        result = engine.run_round(round_index)
+    for round_index in range(first, run.config.rounds + 1):
+        result = run.engine.run_round(round_index)
         if report is not None:
             report.add(result)
         stopping = comm.any(stop.requested)
-        due = config.checkpoint_every and round_index % config.checkpoint_every == 0
-        if stopping or due or round_index == config.rounds:
-            if report is not None:
-                saving = time.perf_counter()
-                checkpoint.save_committing(run.checkpoint_path, engine.run_state(round_index, report.rows),
-                                           engine.states)  # fmt: skip
-                report.saved(run.checkpoint_path, round_index, time.perf_counter() - saving)
-            comm.barrier()
+        if checkpoint_due(run.config, round_index, stopping):
+            save_checkpoint(run, report, round_index, comm)
         if stopping:
             if report is not None:
                 report.close()
