@@ -5,10 +5,12 @@ client's update into the wire format, ``Gatherv`` the bytes to rank 0, aggregate
 order, broadcast the new float32 global model, and evaluate it with all ranks.
 
 Algorithms with per-client state (EF-SignSGD's error memory) keep it in rank 0's
-``ClientStateStore`` (``server/client_state.py``, a file in ``--out``): each round rank 0 reads the
-sampled clients' rows and scatters them to the ranks that train them (timed as ``broadcast``), and
-gathers the new rows back with the payloads and writes them to the store (timed as ``gather``, not
-counted as uplink: it is the simulator's bookkeeping, not something a real client would send).
+``ClientStateStore`` (``server/client_state.py``, a file in ``--out``). The round's clients then train
+in waves of at most ``STATE_WAVE_BYTES`` of state on rank 0: for each wave rank 0 reads the clients'
+rows and scatters them to the ranks that train them (timed as ``broadcast``), and after training
+gathers the new rows back and writes them to the store (timed as ``gather``, not counted as uplink:
+it is the simulator's bookkeeping, not something a real client would send). So no rank's memory
+grows with the number of clients of a round.
 """
 
 import resource
@@ -40,6 +42,7 @@ from fedbat_mpi.wire.comm import Communicator
 from .schedule import clients_of_rank, sample_clients
 
 PHASES = ("train", "pack", "gather", "aggregate", "broadcast", "eval")
+STATE_WAVE_BYTES = 128 * 2**20  # per-client state rank 0 sends (and receives) at once
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Engine:
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
         self.states: ClientStateStore | None = None  # rank 0, if the algorithm keeps state: set by rounds/job.py
+        self.state_wave_bytes = STATE_WAVE_BYTES
         # Rank 0's server step, its buffers and threads kept for the run (torch engine on a GPU).
         coefficients, finish = rule_of(self.algorithm.server_rule, self.algorithm.server_lr)
         self.aggregator = (
@@ -120,24 +124,37 @@ class Engine:
         ds = self.dataset
         return ClientData(self.train_images[index], self.train_labels[index], ds.train_mean, ds.train_std, ds.augment)
 
-    def send_client_states(self, clients: np.ndarray) -> dict[int, torch.Tensor]:
-        """Rank 0 sends each sampled client's state to the rank that trains it (``Scatterv``)."""
+    def waves(self, clients: np.ndarray) -> list[list[list[int]]]:
+        """The round's clients in waves, each a list of every rank's clients (in rank order): one wave
+        for stateless algorithms; for stateful ones, waves of at most ``state_wave_bytes`` of state on
+        rank 0 (at least one client a rank), so that the state in flight does not grow with the clients
+        of a round."""
+        size = self.comm.size
+        hosted = [clients_of_rank(clients, size, rank).tolist() for rank in range(size)]
+        if not self.state_size:
+            return [hosted]
+        per_rank = max(1, self.state_wave_bytes // (size * 4 * self.state_size))
+        count = max(1, -(-max(len(block) for block in hosted) // per_rank))
+        return [[block[w * per_rank : (w + 1) * per_rank] for block in hosted] for w in range(count)]
+
+    def send_client_states(self, wave: list[list[int]]) -> dict[int, torch.Tensor]:
+        """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``)."""
         parts = None
         if self.comm.is_root:
-            rows = self.states.read(clients.tolist())
-            ends = np.cumsum(self.bytes_per_rank(clients, 1))
-            parts = [block.view(np.uint8).ravel() for block in np.split(rows, ends[:-1])]
+            rows = self.states.read([c for block in wave for c in block])
+            ends = np.cumsum([len(block) for block in wave])
+            parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
         mine = self.comm.scatter_bytes(parts).view(np.float32).reshape(-1, self.state_size)
-        hosted = clients_of_rank(clients, self.comm.size, self.comm.rank).tolist()
-        return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(hosted, mine)}
+        return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(wave[self.comm.rank], mine)}
 
-    def collect_client_states(self, clients: np.ndarray, states: list[np.ndarray]) -> None:
-        """The trained clients' new states return to rank 0 (``Gatherv``, in client-id order)."""
+    def collect_client_states(self, wave: list[list[int]], states: list[np.ndarray]) -> None:
+        """The wave's new states return to rank 0 (``Gatherv``), which writes them to the store."""
         mine = np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8)
-        counts = self.bytes_per_rank(clients, 4 * self.state_size)
+        counts = [4 * self.state_size * len(block) for block in wave]
         received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
         if self.comm.is_root:
-            self.states.write(clients.tolist(), received.view(np.float32).reshape(len(clients), self.state_size))
+            clients = [c for block in wave for c in block]
+            self.states.write(clients, received.view(np.float32).reshape(len(clients), self.state_size))
 
     def bytes_per_rank(self, clients: np.ndarray, bytes_per_client: int) -> list[int]:
         """What each rank sends in a gather of ``bytes_per_client`` for each of its round's clients."""
@@ -230,24 +247,27 @@ class Engine:
         timer = _PhaseTimer()
         clients = sample_clients(config.seed, round_index, config.num_clients, config.clients_per_round)
         global_on_device = torch.from_numpy(self.global_vector).to(self.device)
-        states: dict[int, torch.Tensor] = {}
-        if self.state_size:
-            with timer("broadcast"):
-                states = self.send_client_states(clients)
-        parts, new_states = [np.zeros(0, dtype=np.uint8)], []
-        for group in self.client_groups(clients_of_rank(clients, comm.size, comm.rank).tolist()):
-            with timer("train"):
-                trained = self.train_within_memory(round_index, group, global_on_device, states)
-            with timer("pack"):
-                for client_id, (update, weight) in zip(group, trained):
-                    parts.append(self.pack(client_id, update, weight))
-                    if self.state_size:
-                        new_states.append(update.state.detach().float().cpu().numpy())
+        parts = [np.zeros(0, dtype=np.uint8)]
+        for wave in self.waves(clients):
+            states: dict[int, torch.Tensor] = {}
+            if self.state_size:
+                with timer("broadcast"):
+                    states = self.send_client_states(wave)
+            new_states = []
+            for group in self.client_groups(wave[comm.rank]):
+                with timer("train"):
+                    trained = self.train_within_memory(round_index, group, global_on_device, states)
+                with timer("pack"):
+                    for client_id, (update, weight) in zip(group, trained):
+                        parts.append(self.pack(client_id, update, weight))
+                        if self.state_size:
+                            new_states.append(update.state.detach().float().cpu().numpy())
+            if self.state_size:
+                with timer("gather"):
+                    self.collect_client_states(wave, new_states)
         with timer("gather"):
             counts = self.bytes_per_rank(clients, self.payload_shape.size)
             received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads")
-            if self.state_size:
-                self.collect_client_states(clients, new_states)
         with timer("aggregate"):
             if comm.is_root:
                 payloads = read_round(received, self.payload_shape)
