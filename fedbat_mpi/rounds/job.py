@@ -24,6 +24,9 @@ from .engine import Engine
 from .signals import PREEMPTED, StopRequest
 
 
+ABORT_GRACE_S = 1.0  # seconds between a failing rank's traceback and MPI_Abort, which kills every rank
+
+
 @dataclass
 class Run:
     """A run ready to go on this rank."""
@@ -176,5 +179,6 @@ def main(argv: list[str], stop: StopRequest) -> int:
     except BaseException:  # noqa: BLE001 - any failure must end every rank, not leave them waiting
         traceback.print_exc()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # the launcher forwards output asynchronously: let the traceback out first
         comm.abort(1)
         return 1
