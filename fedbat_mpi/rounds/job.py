@@ -23,7 +23,6 @@ from fedbat_mpi.wire.comm import Communicator
 from .engine import Engine
 from .signals import PREEMPTED, StopRequest
 
-
 ABORT_GRACE_S = 1.0  # seconds between a failing rank's traceback and MPI_Abort, which kills every rank
 
 
