@@ -23,8 +23,9 @@ Memory, two views:
 - ``max RSS``: the process's resident high-water mark (``ru_maxrss``), after the payloads were built and
   at the end (the received buffer, the aggregator's buffers, the interpreter with torch).
 
-The issue's target: 1,000 CNN4 payloads aggregated in under a second (the later calls' median of
-decode + aggregate, with the first call reported beside it).
+Issue 9's targets, read against the later calls' median of decode + aggregate (the first call
+reported beside it, at most 1.5x a later one): 1,000 CNN4 payloads in 0.1 s and 1,000 ResNet-10
+payloads in 2 s on the 2-core development machine; 1,000 ResNet-10 payloads in 0.1 s on an H100.
 
     python bench/aggregate.py                                     # CNN4-MNIST and ResNet-10 sign payloads
     python bench/aggregate.py --kinds float32 --models cnn4-mnist --clients 100 1000
@@ -200,11 +201,13 @@ def main(argv: list[str]) -> int:
             ("max RSS end", "max_rss_end_mb", ".0f"),
         ],
     )
+    targets = {"cnn4": 0.1, "cnn4-mnist": 0.1, "resnet10": 2.0 if args.device == "cpu" else 0.1}
     for r in results:
-        if r["model"] in ("cnn4", "cnn4-mnist") and r["kind"] == "signs" and r["clients"] == 1000:
-            t = r["decode_plus_aggregate_s"]
-            print(f"\ntarget: 1,000 {r['model']} payloads aggregated in < 1 s: {t:.3f} s "
-                  f"({'met' if t < 1 else 'missed'}); first call {r['first_call_s']:.3f} s")  # fmt: skip
+        if r["kind"] == "signs" and r["clients"] == 1000:
+            t, target = r["decode_plus_aggregate_s"], targets[r["model"]]
+            print(f"\ntarget: 1,000 {r['model']} payloads aggregated in <= {target} s: {t:.3f} s "
+                  f"({'met' if t <= target else 'missed'}); first call {r['first_call_s']:.3f} s "
+                  f"({r['first_call_s'] / t:.2f}x, target <= 1.5x)")  # fmt: skip
     settings = {k: getattr(args, k) for k in ("models", "kinds", "clients", "threads", "engine", "repeats")}
     benchlib.write_json(args.json, "aggregate", settings, results)
     return 0
