@@ -28,7 +28,7 @@ def step_size(alpha0: torch.Tensor, s: torch.Tensor, rho: float) -> torch.Tensor
 def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, b)``: the scaled update ``m/alpha`` and its stochastic sign in {-1, +1}."""
     x = m / alpha
-    b = torch.where(torch.floor((x + 1) / 2 + u) >= 1, 1.0, -1.0).to(m.dtype)
+    b = ((x + 1) / 2 + u >= 1).to(m.dtype) * 2 - 1  # floor(v) >= 1 exactly when v >= 1: no floor needed
     return x, b
 
 
