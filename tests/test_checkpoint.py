@@ -1,3 +1,5 @@
+import os
+
 """HDF5 checkpoints: contents, atomic replacement, refusals, and the inspector."""
 
 import hashlib
@@ -63,6 +65,19 @@ def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
     assert checkpoint.load(str(path)).round == 3
     assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
+
+
+def test_a_writer_killed_after_keeping_the_previous_one_leaves_nothing_behind(tmp_path):
+    # A kill between linking checkpoint.h5 to checkpoint.prev.h5 and replacing checkpoint.h5 leaves two
+    # names of one file; the next save must neither fail nor leave its staging name behind (renaming a
+    # link onto another link of the same file does nothing).
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state(round_index=1))
+    os.link(path, tmp_path / checkpoint.PREVIOUS_FILE_NAME)
+    checkpoint.save(str(path), _state(round_index=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
+    assert checkpoint.load(str(path)).round == 2
+    assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 1
 
 
 def test_a_failed_write_leaves_the_checkpoint_whole(tmp_path, monkeypatch):

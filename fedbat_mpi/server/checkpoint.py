@@ -122,6 +122,8 @@ def _keep_previous(current: str, previous: str) -> None:
     staging = previous + ".tmp"
     if os.path.exists(staging):
         os.remove(staging)
+    if os.path.exists(previous) and os.path.samefile(current, previous):
+        return  # a writer killed after this step already made it (and renaming onto it would do nothing)
     try:
         os.link(current, staging)
     except OSError:  # file systems without hard links
