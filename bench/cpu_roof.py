@@ -16,7 +16,6 @@ COMMIT``) in turn with this one, so the two are compared under the same backgrou
     python bench/cpu_roof.py --baseline /tmp/before --repeats 2
 """
 
-import math
 import multiprocessing
 import sys
 import tempfile
@@ -25,31 +24,10 @@ from pathlib import Path
 
 import benchlib
 import torch
-
-from fedbat_mpi.client.models import build_model
-from fedbat_mpi.data import load_dataset, partition
-from fedbat_mpi.rounds.schedule import sample_clients
+from work import multiply_adds_per_image, round_work
 
 ROUND = "--preset fmnist-iid --local-epochs 2 --device cpu".split()
 QUICK = "--num-clients 40 --clients-per-round 2 --local-epochs 1 --batch-size 64".split()
-
-
-def multiply_adds_per_image(model_name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
-    """Multiply-adds of one forward pass of one image through every Conv2d and Linear."""
-    model, total = build_model(model_name, num_classes).eval(), 0
-
-    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            total += output.numel() * module.in_channels * math.prod(module.kernel_size) // module.groups
-        elif isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features
-
-    for module in model.modules():
-        module.register_forward_hook(count)
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    return total
 
 
 def _sgemm_rate(seconds: float) -> float:
@@ -68,21 +46,6 @@ def machine_rate(processes: int, seconds: float = 3.0) -> float:
     """FLOP/s of ``processes`` single-threaded matrix multiplications running at once, summed."""
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         return sum(pool.map(_sgemm_rate, [seconds] * processes))
-
-
-def round_work(args: list[str], data_dir: str | None, rounds: int) -> list[dict]:
-    """Trained and test images of each round of the run ``args`` describes (fmnist-iid or embedded)."""
-    from fedbat_mpi.config import Config, parse_command_line  # noqa: PLC0415
-
-    config = Config(**parse_command_line(args).options).validate()
-    dataset = load_dataset(config.dataset, data_dir)
-    sizes = [len(c) for c in partition(dataset.train_y.numpy(), config.num_clients, config.partition, config.seed)]
-    work = []
-    for r in range(1, rounds + 1):
-        clients = sample_clients(config.seed, r, config.num_clients, config.clients_per_round)
-        trained = config.local_epochs * sum(sizes[c] for c in clients)
-        work.append({"trained_images": trained, "test_images": int(dataset.test_y.numel())})
-    return work
 
 
 def main(argv: list[str]) -> int:
@@ -110,7 +73,7 @@ def main(argv: list[str]) -> int:
             for name, checkout in checkouts.items():
                 rows, usage = benchlib.launch_run(args.ranks, run_args, Path(tmp) / f"{name}-{repeat}", checkout=checkout)
                 for row, round_work_ in zip(rows[1:], work[1:]):
-                    flops = 2 * mac * (3 * round_work_["trained_images"] + round_work_["test_images"])
+                    flops = round_work_["train_flops"] + round_work_["test_flops"]
                     results.append({"checkout": name, "repeat": repeat, "round": row["round"], "time_s": row["time_s"],
                                     "phase_s": row["phase_s"], "flops": flops, "cores_used": usage["cores_used"],
                                     "other_cores_busy": usage["other_cores_busy"], **round_work_})  # fmt: skip

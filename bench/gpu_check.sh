@@ -5,9 +5,11 @@
 #      the script exits 1 at the end when they differ (the timings below still run);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
-# Usage: bench/gpu_check.sh [OUT_DIR] (environment: bench/gpu_env.sh).
+# Usage: bench/gpu_check.sh [OUT_DIR] [determinism] (environment: bench/gpu_env.sh); with
+# "determinism", step 1 alone (under a minute).
 set -euo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-check}}
+only=${2:-}
 mkdir -p "$out"
 source bench/gpu_env.sh
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
@@ -18,6 +20,7 @@ for ranks in 1 2 4; do
 done
 status=0
 "$py" bench/same_runs.py "$out"/tiny-{1,2,4} || status=1  # determinism on CUDA
+[ "$only" = determinism ] && exit "$status"
 for ranks in 8 1; do
     start=$(date +%s.%N)
     "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run --device cuda --out "$out/default-$ranks" | tail -n 6

@@ -1,33 +1,51 @@
 #!/usr/bin/env bash
-# Every GPU figure the open issues still need, on one GPU, in parts (each part a few minutes on an H100):
-#   grouping   bench/grouping.py: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped and one
-#              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 5 minutes;
+# Every GPU figure the open issues still need, on one GPU, in parts (each a few minutes on an H100):
+#   smoke      bench/grouping.py --quick: grouped and one-at-a-time FedBAT work on CUDA, 20 seconds;
 #   aggregate  bench/aggregate.py --device cuda: issue 9's server step on the GPU (1,000 CNN4-MNIST and
 #              1,000 ResNet-10 payloads), about 1 minute;
+#   grouping   bench/grouping.py: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped and one
+#              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 5 minutes;
 #   cost       bench/study_cost.py: issue 10's steady rounds of the SVHN/CIFAR presets and the cost of
 #              the grid on a node of 8 GPUs, about 4 minutes;
-#   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), 2 minutes.
-# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: every part; on a device lent for 10 minutes a
-# call, run "grouping aggregate" and "cost check" as two calls). Packs OUT_DIR/records into
-# OUT_DIR/gpu-session-PARTS.tar.gz; exits 1 when a part failed.
+#   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
+#              on 8 and 1 ranks and client updates/s with 1-8 ranks sharing the GPU, 2 minutes;
+#   determinism  the first of those alone, under a minute.
+# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: every part). Each part writes PART.txt (its
+# output) and, where it has one, PART.json straight into OUT_DIR as it goes, so that a lease cut short
+# still returns the parts done (the device returns 8 files: four parts a call). FEDBAT_FMNIST_DIR, when
+# set, is a --data-dir holding the real fashion-mnist/ files for grouping (accuracies then mean
+# something). Exits 1 when a part failed.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-session}}
 shift || true
-parts=("${@:-grouping aggregate cost check}")
+parts=("${@:-smoke aggregate grouping cost check}")
 read -r -a parts <<<"${parts[*]}"
-mkdir -p "$out/records"
+parts_known=" smoke aggregate grouping cost check determinism "
+for part in "${parts[@]}"; do
+    [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
+done
+mkdir -p "$out"
+scratch=$(mktemp -d)
 source bench/gpu_env.sh
+"$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
+real_fmnist=(${FEDBAT_FMNIST_DIR:+--fmnist-dir "$FEDBAT_FMNIST_DIR"})
 status=0
 for part in "${parts[@]}"; do
+    start=$SECONDS
     case $part in
-    grouping) "$py" bench/grouping.py --device cuda --json "$out/records/grouping.json" ;;
+    smoke) "$py" bench/grouping.py --quick --device cuda --json "$scratch/smoke.json" ;;
     aggregate) "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
-        --json "$out/records/aggregate-cuda.json" ;;
-    cost) "$py" bench/study_cost.py --device cuda --json "$out/records/study_cost.json" ;;
-    check) bash bench/gpu_check.sh "$out/records/check" ;;
-    *) echo "gpu_session.sh: unknown part $part (grouping, aggregate, cost, check)" >&2; exit 2 ;;
-    esac >"$out/records/$part.txt" 2>&1 || { status=1; echo "part $part failed" >&2; }
-    tail -n 20 "$out/records/$part.txt"
+        --json "$out/aggregate.json" ;;
+    grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" --json "$out/grouping.json" ;;
+    cost) "$py" bench/study_cost.py --device cuda --json "$out/cost.json" ;;
+    check)
+        bash bench/gpu_check.sh "$scratch/check"
+        checked=$?
+        cp "$scratch/check/scaling-gpu.json" "$out/check.json"
+        exit "$checked" ;;
+    determinism) bash bench/gpu_check.sh "$scratch/check" determinism ;;
+    esac 2>&1 | tee "$out/$part.txt" | tail -n 40
+    [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "part $part failed" | tee -a "$out/$part.txt" >&2; }
+    echo "part $part: $((SECONDS - start)) s"
 done
-tar -czf "$out/gpu-session-$(IFS=-; echo "${parts[*]}").tar.gz" -C "$out" records
 exit "$status"

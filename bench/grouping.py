@@ -11,16 +11,19 @@ Seconds per round are means over the rounds after the first (warm-up). The data 
 from ``--fmnist-dir`` when given (the real files: accuracies then mean something) or files generated
 in the official formats (speed only). Each result row names its case, algorithm and grouping; the
 speed-up of grouping is one-at-a-time seconds over grouped seconds of the same case, measured in
-the same run.
+the same run; ``train TFLOP/s`` is the training arithmetic of a round (``bench/work.py``) over its
+training seconds.
 
     python bench/grouping.py --device cuda                   # on a GPU machine, about 5 minutes
     python bench/grouping.py --quick                         # tiny FedBAT runs on the CPU (tests)
 """
 
+import sys
 import tempfile
 from pathlib import Path
 
 import benchlib
+from work import round_work
 
 from fedbat_mpi.client.algorithms import ALGORITHMS
 from fedbat_mpi.testing import formats
@@ -66,11 +69,13 @@ def measure(run: dict, data_dir: Path, device: str, out: Path) -> dict:
     args = [*run["args"], "--data-dir", str(data_dir), "--device", device, "--client-group", run["group"],
             "--checkpoint-every", "0"]  # fmt: skip
     rows, usage = benchlib.launch_run(1, args, out)
-    measured = rows[1:]
+    measured, flops = rows[1:], round_work(args, str(data_dir), len(rows))[1:]
+    train_s = sum(r["phase_s"]["train"] for r in measured) / len(measured)
     return {
         **{key: run[key] for key in ("case", "algorithm", "group")},
         "round_s": sum(r["time_s"] for r in measured) / len(measured),
-        "train_s": sum(r["phase_s"]["train"] for r in measured) / len(measured),
+        "train_s": train_s,
+        "train_tflops": sum(w["train_flops"] for w in flops) / len(flops) / train_s / 1e12,
         "clients_per_round": len(rows[-1]["clients"]),
         "final_test_acc": rows[-1]["test_acc"],
         "wall_s": usage["wall_s"],
@@ -91,19 +96,26 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="--device of the runs (cuda on a GPU machine)")
     parser.add_argument("--fmnist-dir", help="a --data-dir holding the real fashion-mnist/ files")
     options = parser.parse_args()
-    results = []
+    results, failed = [], []
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = write_data(Path(scratch) / "data", options.fmnist_dir, options.quick)
         for index, run in enumerate(cases(options.quick)):
-            results.append(measure(run, data_dir, options.device, Path(scratch) / f"run-{index}"))
-            print(f"  {run['case']} {run['algorithm']} --client-group {run['group']}: "
-                  f"{results[-1]['round_s']:.3f} s/round", flush=True)  # fmt: skip
+            label = f"{run['case']} {run['algorithm']} --client-group {run['group']}"
+            try:
+                results.append(measure(run, data_dir, options.device, Path(scratch) / f"run-{index}"))
+            except SystemExit as failure:  # one failed run is reported; the other cases still run
+                failed.append(label)
+                print(f"  {label}: FAILED {failure}", flush=True)
+                continue
+            print(f"  {label}: {results[-1]['round_s']:.3f} s/round", flush=True)
     benchlib.print_table(with_speedups(results), [
         ("case", "case", ""), ("algorithm", "algorithm", ""), ("group", "group", ""),
         ("clients", "clients_per_round", "d"), ("s/round", "round_s", ".3f"), ("train s", "train_s", ".3f"),
-        ("speed-up", "speedup", ".2f"), ("test acc", "final_test_acc", ".4f"),
+        ("train TFLOP/s", "train_tflops", ".2f"), ("speed-up", "speedup", ".2f"), ("test acc", "final_test_acc", ".4f"),
     ])  # fmt: skip
     benchlib.write_json(options.json, "grouping", vars(options), results)
+    if failed:
+        sys.exit(f"grouping: {len(failed)} runs failed: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":
