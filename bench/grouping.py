@@ -58,6 +58,7 @@ def write_data(folder: Path, fmnist_dir: str | None, quick: bool) -> Path:
     """The data sets the cases read: generated in the official formats (or the real Fashion-MNIST)."""
     scale = 100 if quick else 1
     if fmnist_dir:
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "fashion-mnist").symlink_to(Path(fmnist_dir).resolve() / "fashion-mnist")
     else:
         formats.write_fmnist(folder, FMNIST_TRAIN // scale, FMNIST_TEST // scale, gz=False)
