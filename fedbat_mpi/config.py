@@ -184,17 +184,24 @@ def coerce(name: str, value: Any) -> Any:
         raise UsageError(f"--{name.replace('_', '-')}: expected {convert.__name__}, got {value!r}") from None
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """Options from a YAML mapping; keys may use dashes or underscores."""
+def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
+    """The mapping YAML file ``path`` holds (empty for an empty file); a one-line UsageError naming
+    ``source`` (the option or file kind) when it cannot be read, is not YAML or holds no mapping."""
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}
     except OSError as error:
-        raise UsageError(f"--config: cannot read {path}: {error.strerror}") from None
+        raise UsageError(f"{source}: cannot read {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise UsageError(f"--config: {path} is not valid YAML ({type(error).__name__})") from None
+        raise UsageError(f"{source}: {path} is not valid YAML ({type(error).__name__})") from None
     if not isinstance(data, dict):
-        raise UsageError(f"--config: {path} must hold a mapping of option names to values")
+        raise UsageError(f"{source}: {path} must hold {expected}")
+    return data
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Options from a YAML mapping; keys may use dashes or underscores."""
+    data = read_yaml_mapping(path, "--config", "a mapping of option names to values")
     options = {}
     for key, value in data.items():
         name = option_name(key)

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedbat_mpi.config import PRESETS, Config, coerce, option_name
+from fedbat_mpi.config import PRESETS, Config, coerce, option_name, read_yaml_mapping
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server.checkpoint import FILE_NAME, saved_round
 
@@ -93,7 +91,7 @@ class Study:
 def load_study(path: str, out: str | None = None) -> Study:
     """The study in grid file ``path`` (its folder replaced by ``out`` if given); a UsageError naming
     the key for anything wrong in it, every run's options included."""
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path, "grid file", f"a mapping with keys {', '.join(SETTINGS)}")
     for key in data:
         if str(key).replace("-", "_") not in SETTINGS:
             raise UsageError(f"{path}: unknown key {key!r} (expected {', '.join(SETTINGS)})")
@@ -124,19 +122,6 @@ def load_study(path: str, out: str | None = None) -> Study:
         twice = next(name for name in names if names.count(name) > 1)
         raise UsageError(f"{path}: grid: two runs would share the folder {twice!r}; make the values differ")
     return Study(path, folder, runs, runs_at_once, ranks_per_run, launcher)
-
-
-def _read_yaml(path: str) -> dict:
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the grid file: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path}: not valid YAML ({type(error).__name__})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping with keys {', '.join(SETTINGS)}")
-    return data
 
 
 def _option(key: Any, value: Any, where: str) -> tuple[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 from fedbat_mpi import __version__
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
+from fedbat_mpi.server.hdf5_read import read_checked
 
 FORMAT = "fedbat_mpi checkpoint"
 FORMAT_VERSION = 2
@@ -144,18 +145,12 @@ def load(path: str, option: str = "--resume") -> RunState:
 
 def _open(path: str, option: str, read: Callable[[h5py.File], Any]) -> Any:
     """``read(handle)`` of a checked checkpoint file; any failure is a UsageError naming ``option``."""
-    if not os.path.isfile(path):
-        raise UsageError(f"{option}: no checkpoint at {path}")
-    if not h5py.is_hdf5(path):
-        raise UsageError(f"{option}: {path} is not an HDF5 file (truncated or corrupt?)")
-    try:
-        with h5py.File(path, "r", locking=False) as handle:
-            _check_format(handle, path, option)
-            return read(handle)
-    except UsageError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise UsageError(f"{option}: {path} cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
+
+    def checked(handle: h5py.File) -> Any:
+        _check_format(handle, path, option)
+        return read(handle)
+
+    return read_checked(path, option, f"no checkpoint at {path}", "a checkpoint", checked)
 
 
 def _check_format(handle: h5py.File, path: str, option: str) -> None:

@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.server.hdf5_read import read_checked
 
 FORMAT = "fedbat_mpi client state"
 FORMAT_VERSION = 1
@@ -103,17 +104,8 @@ class ClientStateStore:
         and the file is left as it was (it is checked read-only first).
         """
         path = os.path.join(folder, FILE_NAME)
-        if not os.path.isfile(path):
-            raise UsageError(f"{option}: the checkpoint's client state file {path} is missing")
-        if not h5py.is_hdf5(path):
-            raise UsageError(f"{option}: {path} is not an HDF5 file (truncated or corrupt?)")
-        try:
-            with h5py.File(path, "r", locking=False) as handle:
-                _check(handle, path, index, round_index, option)
-        except UsageError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError) as error:
-            raise UsageError(f"{option}: {path} cannot be read as client state ({type(error).__name__}: {error})") from None
+        read_checked(path, option, f"the checkpoint's client state file {path} is missing", "client state",
+                     lambda handle: _check(handle, path, index, round_index, option))  # fmt: skip
         try:
             handle = _open_for_writing(path)
         except OSError as error:
