@@ -5,6 +5,8 @@
 #              1,000 ResNet-10 payloads), about 1 minute;
 #   grouping   bench/grouping.py: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped and one
 #              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 5 minutes;
+#   graphs     bench/step_graphs.py --compile: issue 8's item 4, the grouped step eager against a CUDA
+#              graph and torch.compile, about 1 minute;
 #   cost       bench/study_cost.py: issue 10's steady rounds of the SVHN/CIFAR presets and the cost of
 #              the grid on a node of 8 GPUs, about 4 minutes;
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
@@ -18,9 +20,9 @@
 set -uo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-session}}
 shift || true
-parts=("${@:-smoke aggregate grouping cost check}")
+parts=("${@:-smoke aggregate graphs grouping cost check}")
 read -r -a parts <<<"${parts[*]}"
-parts_known=" smoke aggregate grouping cost check determinism "
+parts_known=" smoke aggregate graphs grouping cost check determinism "
 for part in "${parts[@]}"; do
     [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
 done
@@ -36,6 +38,7 @@ for part in "${parts[@]}"; do
     smoke) "$py" bench/grouping.py --quick --device cuda --json "$scratch/smoke.json" ;;
     aggregate) "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
         --json "$out/aggregate.json" ;;
+    graphs) "$py" bench/step_graphs.py --device cuda --compile --json "$out/graphs.json" ;;
     grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" --json "$out/grouping.json" ;;
     cost) "$py" bench/study_cost.py --device cuda --json "$out/cost.json" ;;
     check)

@@ -21,7 +21,8 @@ SMOKE = [
     ("cpu_roof", [], "roof_share"),  # one 2-rank run on the embedded data
     ("client_state", [], "checkpoint_s"),
     ("study_cost", [], "round_s"),  # the GPU script for issue 10's projection, on tiny sizes
-    ("scale", [], "peak_rss_mib"),  # 5 real 2-rank runs of a few hundred clients, one resumed
+    ("scale", [], "peak_rss_mib"),
+    ("step_graphs", [], "ms_per_step"),  # the GPU script for issue 8's launch overhead, eager on the CPU  # 5 real 2-rank runs of a few hundred clients, one resumed
 ]
 
 

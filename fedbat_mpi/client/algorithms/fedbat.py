@@ -20,7 +20,7 @@ from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
-from .group import Stacked, dense_of, stacked_state, train_group
+from .group import ClientLoss, Stacked, dense_of, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
 
@@ -31,6 +31,40 @@ def _update(name: str) -> str:
 
 def _log_scale(name: str) -> str:
     return f"log_scale:{name}"
+
+
+def trained_tensors(model: torch.nn.Module, names: list[str], size: int) -> tuple[Stacked, Stacked, Stacked]:
+    """What a group of ``size`` clients trains from ``model``: the binarized tensors ``w`` (frozen, shared),
+    each client's ``m`` and ``s`` per binarized tensor (zeros) and copy of the other parameters, and each
+    client's copy of the buffers."""
+    frozen = {n: model.get_parameter(n).detach() for n in names}
+    others, buffers = stacked_state(model, size, exclude=frozenset(names))
+    params = {
+        **{_update(n): w.new_zeros((size, *w.shape)).requires_grad_(True) for n, w in frozen.items()},
+        **{_log_scale(n): w.new_zeros(size).requires_grad_(True) for n, w in frozen.items()},
+        **others,
+    }  # fmt: skip
+    return frozen, params, buffers
+
+
+def client_loss(model: torch.nn.Module, frozen: Stacked, rho: float, phase: str) -> ClientLoss:
+    """One client's loss in ``phase``: the model at ``w + m`` (warm-up) or ``w + B(m; alpha)``, with the
+    step sizes' ``alpha0`` and the binarizer's noise as the extras ``alpha0:NAME`` and ``noise:NAME``."""
+    latent = {name for n in frozen for name in (_update(n), _log_scale(n))}
+
+    def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
+        if phase == WARM_UP:
+            weights = {n: w + p[_update(n)] for n, w in frozen.items()}
+        else:
+            weights = {
+                n: w + binarize_with_noise(
+                    p[_update(n)], step_size(extras[f"alpha0:{n}"], p[_log_scale(n)], rho), extras[f"noise:{n}"])
+                for n, w in frozen.items()
+            }  # fmt: skip
+        trained = {n: t for n, t in p.items() if n not in latent}
+        return F.cross_entropy(functional_call(model, ({**weights, **trained}, b), (x,)), y)
+
+    return loss
 
 
 @register
@@ -53,13 +87,7 @@ class FedBAT(Algorithm):
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
         names = layout.binarized_names
-        frozen = {n: model.get_parameter(n).detach() for n in names}
-        others, buffers = stacked_state(model, size, exclude=frozenset(names))
-        params = {
-            **{_update(n): w.new_zeros((size, *w.shape)).requires_grad_(True) for n, w in frozen.items()},
-            **{_log_scale(n): w.new_zeros(size).requires_grad_(True) for n, w in frozen.items()},
-            **others,
-        }  # fmt: skip
+        frozen, params, buffers = trained_tensors(model, names, size)
         warm_steps = [self.warmup_steps(task.num_steps) for task in tasks]
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
         alpha0 = {n: w.new_zeros(size) for n, w in frozen.items()}
@@ -84,24 +112,11 @@ class FedBAT(Algorithm):
                 **{f"noise:{n}": torch.stack([d[i] for d in draws]) for i, n in enumerate(names)},
             }
 
-        def loss_of(phase: str):
-            def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
-                if phase == WARM_UP:
-                    weights = {n: frozen[n] + p[_update(n)] for n in names}
-                else:
-                    weights = {
-                        n: frozen[n] + binarize_with_noise(
-                            p[_update(n)], step_size(extras[f"alpha0:{n}"], p[_log_scale(n)], self.rho),
-                            extras[f"noise:{n}"])
-                        for n in names
-                    }  # fmt: skip
-                trained = {n: p[n] for n in others}
-                return F.cross_entropy(functional_call(model, ({**weights, **trained}, b), (x,)), y)
-
-            return loss
+        def loss_of(phase: str) -> ClientLoss:
+            return client_loss(model, frozen, self.rho, phase)
 
         losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of)
-        state = {**others, **buffers}
+        state = {**params, **buffers}
         updates = []
         for k, task in enumerate(tasks):
             if warm_steps[k] >= task.num_steps:  # warm-up to the end: alpha0 from the final m

@@ -122,6 +122,15 @@ def _no_extras(phase: Hashable, step: int, members: list[int]) -> Stacked:
     return {}
 
 
+def plain_loss(model: torch.nn.Module) -> ClientLoss:
+    """One client's cross-entropy with every parameter its own (local SGD's loss)."""
+
+    def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, b), (x,)), y)
+
+    return loss
+
+
 def local_sgd(tasks: list[LocalTask]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
     """Plain local SGD on every parameter of each client of a group (FedAvg's client step).
 
@@ -130,10 +139,7 @@ def local_sgd(tasks: list[LocalTask]) -> tuple[list[torch.Tensor], list[torch.Te
     """
     model, layout = tasks[0].model, tasks[0].layout
     params, buffers = stacked_state(model, len(tasks))
-
-    def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, (p, b), (x,)), y)
-
+    loss = plain_loss(model)
     losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras)
     start = {n: model.get_parameter(n).detach() for n in layout.binarized_names}
     state = {**params, **buffers}

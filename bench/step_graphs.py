@@ -1,0 +1,190 @@
+"""A grouped training step, eager against a CUDA graph and ``torch.compile``: what removes the launch overhead?
+
+One step of a group of clients as ``train_group`` runs a bucket that holds the whole group (the paper's
+Fashion-MNIST setting by default: CNN4-MNIST, 10 clients, batch 64 each): the clients' losses under
+``vmap(functional_call)`` (FedBAT's binarized phase with its real loss and binarizer, or FedAvg's plain
+loss), one backward pass of their sum, one SGD step. Variants, each from the same starting tensors on
+the same inputs (images, labels, the binarizer's noise):
+
+- ``eager``: what a run does today;
+- ``graph`` (CUDA only): the same step captured once as a CUDA graph after warm-up steps on a side
+  stream, then replayed, each step's inputs copied into the graph's static tensors first;
+- ``compiled`` (``--compile``): the summed loss under ``torch.compile`` (``mode="reduce-overhead"`` on
+  CUDA, Inductor's kernels replayed as CUDA graphs), backward pass and SGD step eager.
+
+Each variant reports ms per step (its input copies included), the training TFLOP/s
+(``bench/work.py``'s count) and its largest difference from eager's parameters after the timed steps
+(float rounding only, or a wrong step). A variant that fails prints its error and the others go on.
+
+    python bench/step_graphs.py --device cuda --compile      # on a GPU: about 1 minute
+    python bench/step_graphs.py --quick                      # eager, tiny, on the CPU (tests)
+"""
+
+import time
+from collections.abc import Callable
+
+import benchlib
+import torch
+from work import multiply_adds_per_image
+
+from fedbat_mpi.client.algorithms.fedbat import BINARIZED, client_loss, trained_tensors
+from fedbat_mpi.client.algorithms.group import Stacked, plain_loss, stacked_state
+from fedbat_mpi.client.models import binarized_names, build_model
+
+Step = Callable[[dict[str, torch.Tensor]], None]  # one training step on one step's inputs
+
+
+class Problem:
+    """The trained tensors of one group, its loss, and the inputs of every step, on ``device``."""
+
+    def __init__(self, algorithm: str, clients: int, batch: int, steps: int, device: torch.device):
+        torch.manual_seed(0)
+        model = build_model("cnn4-mnist", 10).to(device).train()
+        if algorithm == "fedbat":
+            frozen, self.params, self.buffers = trained_tensors(model, binarized_names(model), clients)
+            self.loss = client_loss(model, frozen, rho=6.0, phase=BINARIZED)
+            alpha0 = {f"alpha0:{n}": torch.full((clients,), 0.01, device=device) for n in frozen}
+            noise = {n: (clients, *w.shape) for n, w in frozen.items()}
+        else:
+            self.params, self.buffers = stacked_state(model, clients)
+            self.loss, alpha0, noise = plain_loss(model), {}, {}
+        self.inputs = [
+            {"x": torch.randn(clients, batch, 1, 28, 28, device=device),
+             "y": torch.randint(0, 10, (clients, batch), device=device),
+             **alpha0, **{f"noise:{n}": torch.rand(shape, device=device) for n, shape in noise.items()}}
+            for _ in range(steps)
+        ]  # fmt: skip
+        self.start = {n: t.detach().clone() for n, t in {**self.params, **self.buffers}.items()}
+
+    def reset(self) -> None:
+        """Every trained tensor and buffer back to its starting value, in place."""
+        with torch.no_grad():
+            for n, t in {**self.params, **self.buffers}.items():
+                t.copy_(self.start[n])
+
+    def summed_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        extras = {n: t for n, t in inputs.items() if n not in ("x", "y")}
+        return torch.vmap(self.loss)(self.params, self.buffers, inputs["x"], inputs["y"], extras).sum()
+
+
+def eager_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
+    def step(inputs: dict[str, torch.Tensor]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        problem.summed_loss(inputs).backward()
+        optimizer.step()
+
+    return step
+
+
+def graph_step(problem: Problem, optimizer: torch.optim.Optimizer, warmup: int = 3) -> Step:
+    """The eager step captured as a CUDA graph (the recipe of PyTorch's CUDA graph notes)."""
+    static = {n: t.clone() for n, t in problem.inputs[0].items()}
+    step = eager_step(problem, optimizer)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        problem.summed_loss(static).backward()
+        optimizer.step()
+    problem.reset()  # the warm-up steps trained: start again from the same tensors as eager
+
+    def replay(inputs: dict[str, torch.Tensor]) -> None:
+        for n, t in inputs.items():
+            static[n].copy_(t, non_blocking=True)
+        graph.replay()
+
+    return replay
+
+
+def compiled_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
+    cuda = next(iter(problem.params.values())).is_cuda
+    loss = torch.compile(problem.summed_loss, mode="reduce-overhead" if cuda else None)
+
+    def step(inputs: dict[str, torch.Tensor]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(inputs).backward()
+        optimizer.step()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(problem: Problem, variant: str, warm: int, reference: Stacked | None) -> dict:
+    """Build the variant's step, run ``warm`` steps, reset, time every step's inputs; its final tensors
+    compared with ``reference`` (eager's)."""
+    device = problem.inputs[0]["x"].device
+    problem.reset()
+    optimizer = torch.optim.SGD(list(problem.params.values()), lr=0.01)
+    build = {"eager": eager_step, "graph": graph_step, "compiled": compiled_step}[variant]
+    start = time.perf_counter()
+    step = build(problem, optimizer)
+    for inputs in problem.inputs[:warm]:
+        step(inputs)
+    _sync(device)
+    build_s = time.perf_counter() - start
+    problem.reset()
+    start = time.perf_counter()
+    for inputs in problem.inputs:
+        step(inputs)
+    _sync(device)
+    seconds = (time.perf_counter() - start) / len(problem.inputs)
+    final = {n: t.detach().clone() for n, t in problem.params.items()}
+    difference = None if reference is None else max((final[n] - reference[n]).abs().max().item() for n in final)
+    return {"variant": variant, "ms_per_step": 1e3 * seconds, "build_s": build_s, "max_difference": difference,
+            "final": final}  # fmt: skip
+
+
+def main() -> None:
+    parser = benchlib.parser("step_graphs", __doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--algorithms", nargs="+", default=["fedbat", "fedavg"], choices=["fedbat", "fedavg"])
+    parser.add_argument("--clients", type=int, default=10, help="clients of the group")
+    parser.add_argument("--batch", type=int, default=64, help="images per client and step")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps (after as many warm-up steps)")
+    parser.add_argument("--compile", action="store_true", help="also the torch.compile variant (minutes on a CPU)")
+    options = parser.parse_args()
+    if options.quick:
+        options.clients, options.batch, options.steps = 2, 4, 3
+    device = torch.device(options.device)
+    variants = ["eager", *(["graph"] if device.type == "cuda" else []), *(["compiled"] if options.compile else [])]
+    flops = 2 * 3 * multiply_adds_per_image("cnn4-mnist", (1, 28, 28), 10) * options.clients * options.batch
+    results = []
+    for algorithm in options.algorithms:
+        problem = Problem(algorithm, options.clients, options.batch, options.steps, device)
+        reference = None
+        for variant in variants:
+            try:
+                row = measure(problem, variant, options.steps, reference)
+            except Exception as error:  # a variant that cannot run here is reported; the others go on
+                print(f"  {algorithm} {variant}: FAILED {type(error).__name__}: {str(error).splitlines()[0]}")
+                results.append({"algorithm": algorithm, "variant": variant, "error": f"{type(error).__name__}: {error}"})
+                continue
+            final = row.pop("final")
+            reference = reference or final
+            row.update(algorithm=algorithm, tflops=flops / row["ms_per_step"] / 1e9)
+            results.append(row)
+            print(f"  {algorithm} {variant}: {row['ms_per_step']:.2f} ms/step", flush=True)
+    eager = {r["algorithm"]: r["ms_per_step"] for r in results if r["variant"] == "eager"}
+    for row in results:
+        if "ms_per_step" in row:
+            row["speedup_over_eager"] = eager[row["algorithm"]] / row["ms_per_step"]
+    print(f"{options.clients} clients x {options.batch} images a step on {device}, CNN4-MNIST")
+    benchlib.print_table([r for r in results if "ms_per_step" in r], [
+        ("algorithm", "algorithm", ""), ("variant", "variant", ""), ("ms/step", "ms_per_step", ".2f"),
+        ("speed-up", "speedup_over_eager", ".2f"), ("TFLOP/s", "tflops", ".2f"), ("build s", "build_s", ".1f"),
+        ("max diff vs eager", "max_difference", ".1e"),
+    ])  # fmt: skip
+    benchlib.write_json(options.json, "step_graphs", vars(options), results)
+
+
+if __name__ == "__main__":
+    main()
