@@ -28,7 +28,8 @@ class ClientData:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``epochs`` passes over the data, reshuffled each pass; the last batch may be short."""
         for _ in range(epochs):
-            permutation = torch.randperm(len(self), generator=order, device=order.device).to(self.labels.device)
+            permutation = torch.randperm(len(self), generator=order, device=order.device)
+            permutation = permutation.to(self.labels.device, non_blocking=True)  # no wait for a GPU's queue
             for start in range(0, len(self), batch_size):
                 index = permutation[start : start + batch_size]
                 images = self.images[index]

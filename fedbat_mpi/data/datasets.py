@@ -1,5 +1,6 @@
 """The data sets of FEDBAT.md §2.1 in memory, plus their normalisation and CIFAR augmentation."""
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,15 @@ def load_dataset(name: str, data_dir: str | None) -> Dataset:
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 images N×C×H×W to float32 (x/255 − mean)/std per channel, on x's device."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), x.device)
     return (x.to(torch.float32) / 255 - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-channel mean and std as 1×C×1×1 tensors on ``device``, made once (a copy to a GPU at every
+    batch would wait for the GPU's queue to drain each time)."""
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (mean, std))
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -71,9 +78,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """
     n, c, h, w = x.shape
     dev = generator.device
-    dy = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device)
-    dx = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device)
-    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device)
+    # non_blocking: a copy from the host's memory to a GPU need not wait for the GPU's queue to drain
+    dy = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device, non_blocking=True)
+    dx = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device, non_blocking=True)
+    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device, non_blocking=True)
     padded = x.new_zeros((n, h + 2 * _CROP_PAD, w + 2 * _CROP_PAD, c))
     padded[:, _CROP_PAD : _CROP_PAD + h, _CROP_PAD : _CROP_PAD + w] = x.permute(0, 2, 3, 1)
     cols = torch.arange(w, device=x.device).expand(n, w)

@@ -20,7 +20,7 @@ from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
-from .group import ClientLoss, Stacked, dense_of, stacked_state, train_group
+from .group import ClientLoss, Stacked, dense_of, member_index, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
 
@@ -105,7 +105,7 @@ class FedBAT(Algorithm):
             for k in members:
                 if step == warm_steps[k] + 1:
                     take_alpha0(k)
-            index = torch.tensor(members, device=next(iter(frozen.values())).device)
+            index = member_index(tuple(members), next(iter(frozen.values())).device)
             draws = [[uniform_noise(w, noise[k]) for w in frozen.values()] for k in members]  # each client's order
             return {
                 **{f"alpha0:{n}": alpha0[n][index] for n in names},

@@ -12,6 +12,7 @@ included) and takes exactly its own ``K_k`` steps: a group's updates equal train
 after another up to float rounding, and a group of one *is* one-by-one training.
 """
 
+import functools
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -41,6 +42,13 @@ def stacked_state(model: torch.nn.Module, size: int, exclude: frozenset[str] = f
     return params, buffers
 
 
+@functools.lru_cache(maxsize=1024)
+def member_index(members: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``members`` as an index tensor on ``device``, made once: a Python list as an index would be copied
+    to the GPU at every step, and each such copy waits for the GPU's queue to drain."""
+    return torch.tensor(members, device=device)
+
+
 def dense_of(layout: ModelLayout, tensors: Stacked, client: int) -> torch.Tensor:
     """One client's dense (BatchNorm) tensors from stacked parameters and buffers, flat float32."""
     if not layout.dense:
@@ -66,7 +74,7 @@ def train_group(
     size = len(tasks)
     device = next(iter(params.values())).device
     optimizer = torch.optim.SGD(list(params.values()), lr=tasks[0].lr)
-    totals = torch.zeros(size, device=device)
+    totals = torch.zeros(size, device=device, dtype=next(iter(params.values())).dtype)
     batches = [task.batches() for task in tasks]
     for step in range(1, max(task.num_steps for task in tasks) + 1):
         buckets: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
@@ -81,16 +89,17 @@ def train_group(
             members = [k for k, _, _ in entries]
             extras = extras_of(phase, step, members)
             losses, bucket_buffers = _bucket_losses(loss_of(phase), params, buffers, entries, extras)
-            totals[members] += losses.detach()
+            index = member_index(tuple(members), device)
+            totals.index_add_(0, index, losses.detach())
             loss = loss + losses.sum()
-            updated_buffers.append((members, bucket_buffers))
+            updated_buffers.append((index, bucket_buffers))
         loss.backward()
         optimizer.step()
         with torch.no_grad():  # after the backward pass, which may need the buffers as they were
-            for members, bucket_buffers in updated_buffers:
+            for index, bucket_buffers in updated_buffers:
                 for n, b in buffers.items():
                     if bucket_buffers[n] is not b:
-                        b[members] = bucket_buffers[n]
+                        b.index_copy_(0, index, bucket_buffers[n])
     steps = torch.tensor([task.num_steps for task in tasks], device=device, dtype=totals.dtype)
     return (totals / steps).tolist()
 
@@ -113,7 +122,7 @@ def _bucket_losses(
     y = torch.stack([y for _, _, y in entries])
     if members == list(range(len(next(iter(params.values()))))):  # the whole group: no copies
         return vmap(loss)(params, buffers, x, y, extras), buffers
-    index = torch.tensor(members, device=x.device)
+    index = member_index(tuple(members), x.device)
     mine = {n: b[index] for n, b in buffers.items()}
     return vmap(loss)({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
 
