@@ -39,3 +39,15 @@ def memory_format(device: torch.device) -> torch.memory_format:
     convolutions, pooling and their backward passes measured 1.4-1.7x faster with it (BENCHMARKS.md §9);
     the default elsewhere. A layout changes float rounding, not what is computed."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def in_memory_format(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """N×C×H×W ``images`` laid out as ``memory_format(device)`` says, with strides that say so even for
+    one channel: ``.contiguous(memory_format=torch.channels_last)`` keeps NCHW strides when C = 1, and a
+    convolution of such input then writes NCHW output, so the first block's BatchNorm and max-pooling
+    ran in NCHW (max-pooling 13x slower there, BENCHMARKS.md §10)."""
+    if memory_format(device) is not torch.channels_last:
+        return images
+    n, c, h, w = images.shape
+    laid_out = images.new_empty((n, h, w, c)).permute(0, 3, 1, 2)  # strides (HWC, 1, WC, C), whatever C
+    return laid_out.copy_(images)

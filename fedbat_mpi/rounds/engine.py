@@ -24,7 +24,7 @@ import torch
 
 from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm
 from fedbat_mpi.client.batches import ClientData
-from fedbat_mpi.client.device import memory_format, select_device
+from fedbat_mpi.client.device import in_memory_format, memory_format, select_device
 from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
@@ -88,9 +88,9 @@ class Engine:
         )  # fmt: skip
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
-        self.train_images = dataset.train_x.to(self.device)
+        self.train_images = in_memory_format(dataset.train_x.to(self.device), self.device)
         self.train_labels = dataset.train_y.to(self.device)
-        self.test_images = dataset.test_x.to(self.device)
+        self.test_images = in_memory_format(dataset.test_x.to(self.device), self.device)
         self.test_labels = dataset.test_y.to(self.device)
         self.client_indices = partition(
             dataset.train_y.numpy(), config.num_clients, config.partition, config.seed, config.min_samples
