@@ -20,7 +20,8 @@ fresh pages. Two engines: ``"table"`` (the CPU's: sign bodies by lookup tables, 
 float32 bodies by cache-sized column blocks; both on ``threads`` threads) and ``"torch"`` (any device:
 a column block of a chunk's bodies is gathered into a staging buffer and sent to the device, signs
 unpacked to ±1 by a 256 x 8 lookup table of bytes, and multiplied by the coefficients; on CUDA the
-staging buffers are pinned and alternate, so that a block's copy overlaps the gathering of the next).
+staging buffers are pinned and alternate, so that a block's copy overlaps the gathering of the next,
+and the engine is warmed up when built, so that the first round costs what later ones do).
 The new global vector is checked once for finite values; only if that fails are the payloads searched
 for the client responsible (:func:`payloads.non_finite_error`), so no NaN model goes out.
 """
@@ -117,6 +118,7 @@ class Aggregator:
             self.float_parts = [blocks[part::threads] for part in range(threads)]
         else:
             self._torch_buffers()
+            self._warm_up()
 
     def __call__(self, global_vector: np.ndarray, payloads: RoundPayloads) -> np.ndarray:
         """The new global vector (float32); ``codec.PayloadError`` if it would not be finite."""
@@ -200,6 +202,20 @@ class Aggregator:
             self.table = torch.from_numpy(_UNPACKED).to(self.device)
             self.indices = torch.empty(block, dtype=torch.int32, device=self.device)
             self.unpacked = torch.empty(block * 8, dtype=torch.float32, device=self.device)
+
+    def _warm_up(self) -> None:
+        """One chunk of zero payloads, a block wide, through the torch engine's whole path of a round, so
+        that the device's context, libraries, kernels and memory pools are set up now, not in the first
+        round (every call starts from a zeroed sum)."""
+        chunk, shape = self.chunk, self.shape
+        columns = -(-shape.update_size // 8) if self.signs else shape.update_size
+        body = np.zeros((chunk, min(self.width, columns)), np.uint8 if self.signs else np.float32)
+        zeros = RoundPayloads(
+            shape, client_ids=np.arange(chunk, dtype=np.uint32), weights=np.ones(chunk),
+            train_losses=np.zeros(chunk), scales=np.zeros((chunk, shape.num_scales), np.float32),
+            dense=np.zeros((chunk, shape.dense_size), np.float32), body=body, order=np.arange(chunk),
+        )  # fmt: skip
+        self._sum(zeros)
 
     def _torch_chunk(self, body: np.ndarray, rows: np.ndarray, coefficients: np.ndarray) -> None:
         """The torch engine: the chunk's rows a column block at a time, staged in client-id order, sent to
