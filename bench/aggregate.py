@@ -3,8 +3,8 @@
 For each model, body kind and number of clients, a fresh Python process builds that many realistic
 payloads (``testing.payloads.make_payload``: random signs with FedBAT-range step sizes, or FedAvg-like
 float32 updates; BatchNorm tensors), encodes them into one buffer as rank 0 receives it from the gather,
-builds the run's ``Aggregator`` (timed as ``setup``; once per run) and times what the engine's
-``aggregate`` phase does each round:
+builds the run's ``Aggregator`` (timed as ``setup``, the torch engine's warm-up included; once per
+run) and times what the engine's ``aggregate`` phase does each round:
 
 - ``decode``: ``read_round(buffer, shape)`` (every header, weight and scale checked; views, no copies);
 - ``aggregate``: ``aggregator(global_vector, payloads)``;
@@ -191,6 +191,7 @@ def main(argv: list[str]) -> int:
             ("decode ms", ms("decode_s"), ".2f"),
             ("aggregate ms", ms("aggregate_s"), ".1f"),
             ("decode+aggregate ms", ms("decode_plus_aggregate_s"), ".1f"),
+            ("setup ms", ms("setup_s"), ".1f"),
             ("first call ms", ms("first_call_s"), ".1f"),
             ("first/later", "first_over_later", ".2f"),
             ("ms/client", "per_client_ms", ".3f"),

@@ -96,6 +96,11 @@ class Engine:
             dataset.train_y.numpy(), config.num_clients, config.partition, config.seed, config.min_samples
         )
 
+    def close(self) -> None:
+        """The run's end: rank 0's aggregator lets go of its threads."""
+        if self.aggregator is not None:
+            self.aggregator.close()
+
     def restore(self, state: RunState) -> None:
         """Continue from a checkpoint's global model."""
         try:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import closing
 from dataclasses import dataclass, replace
 
 import torch
@@ -135,34 +136,36 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
 
     The round loop: train a round, report it, ask every rank whether a stop was requested, save a
     checkpoint when the policy says so (``checkpoint_due``), and end after a stop (exit 75) or the last
-    round (exit 0)."""
+    round (exit 0); the engine is closed then."""
     start = time.perf_counter()
     run = _agreed_set_up(argv, comm)
     if run is None:
         return UsageError.exit_status
-    if comm.any(stop.requested):  # a signal during start-up: nothing new to save
-        if comm.is_root:
-            print(f"stop signal received before the first round; exit status {PREEMPTED}", flush=True)
-        return PREEMPTED
-    report = open_report(run, comm)
-    first = run.resumed.round + 1 if run.resumed else 1
-    for round_index in range(first, run.config.rounds + 1):
-        result = run.engine.run_round(round_index)
-        if report is not None:
-            report.add(result)
-        stopping = comm.any(stop.requested)
-        if checkpoint_due(run.config, round_index, stopping):
-            save_checkpoint(run, report, round_index, comm)
-        if stopping:
-            if report is not None:
-                report.close()
-                print(f"stop signal received: checkpoint after round {round_index} in {run.checkpoint_path}; "
-                      f"continue with --resume (exit status {PREEMPTED})", flush=True)  # fmt: skip
+    with closing(run.engine):  # the aggregator's threads end with the run, however it ends
+        if comm.any(stop.requested):  # a signal during start-up: nothing new to save
+            if comm.is_root:
+                print(f"stop signal received before the first round; exit status {PREEMPTED}", flush=True)
             return PREEMPTED
-    if report is not None:
-        report.close()
-        print(report.summary(time.perf_counter() - start), flush=True)
-    return 0
+        report = open_report(run, comm)
+        first = run.resumed.round + 1 if run.resumed else 1
+        for round_index in range(first, run.config.rounds + 1):
+            result = run.engine.run_round(round_index)
+            if report is not None:
+                report.add(result)
+            stopping = comm.any(stop.requested)
+            if checkpoint_due(run.config, round_index, stopping):
+                save_checkpoint(run, report, round_index, comm)
+            if stopping:
+                if report is not None:
+                    report.close()
+                    print(f"stop signal received: checkpoint after round {round_index} in "
+                          f"{run.checkpoint_path}; continue with --resume (exit status {PREEMPTED})",
+                          flush=True)  # fmt: skip
+                return PREEMPTED
+        if report is not None:
+            report.close()
+            print(report.summary(time.perf_counter() - start), flush=True)
+        return 0
 
 
 def main(argv: list[str], stop: StopRequest) -> int:

@@ -18,13 +18,17 @@ Clients are summed in client-id order, a chunk of clients at a time, into buffer
 which client, its working memory does not grow with the number of clients, and later rounds touch no
 fresh pages. Two engines: ``"table"`` (the CPU's: sign bodies by lookup tables, ``sign_tables.py``;
 float32 bodies by cache-sized column blocks; both on ``threads`` threads) and ``"torch"`` (any device:
-a block of bodies is sent to the device, signs unpacked to ±1, and multiplied by the coefficients).
+a column block of a chunk's bodies is gathered into a staging buffer and sent to the device, signs
+unpacked to ±1 by a 256 x 8 lookup table of bytes, and multiplied by the coefficients; on CUDA the
+staging buffers are pinned and alternate, so that a block's copy overlaps the gathering of the next,
+and the engine is warmed up when built, so that the first round costs what later ones do).
 The new global vector is checked once for finite values; only if that fails are the payloads searched
 for the client responsible (:func:`payloads.non_finite_error`), so no NaN model goes out.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -44,7 +48,11 @@ Finish = Callable[[np.ndarray], np.ndarray]
 
 ENGINES = ("table", "torch")
 _FLOAT_BLOCK = 2**16  # float32 update entries per column block on the CPU (256 KiB)
-_TORCH_FLOATS = 2**23  # float32 entries of the torch engine's block (32 MiB)
+_TORCH_FLOATS = 2**23  # float32 entries of the torch engine's block on the CPU (32 MiB)
+_TORCH_FLOATS_CUDA = 2**26  # and on CUDA (256 MiB): fewer copies and kernel launches
+_STAGES = 2  # the torch engine's staging buffers, used in turn
+_UNPACKED = np.where((np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1, 1, -1).astype(np.float32)
+"""``[byte, q]``: the ±1 of entry q of a packed byte (``np.packbits`` order, the high bit first)."""
 
 
 def weighted_mean(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -109,10 +117,8 @@ class Aggregator:
                       for start in range(first, stop, _FLOAT_BLOCK)]  # fmt: skip
             self.float_parts = [blocks[part::threads] for part in range(threads)]
         else:
-            entries = 8 if self.signs else 1  # update entries per body column
-            width = max(8, _TORCH_FLOATS // (self.chunk * entries) // 8 * 8)
-            self.staging = touched((self.chunk, width), np.uint8 if self.signs else np.float32)
-            self.shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.device)
+            self._torch_buffers()
+            self._warm_up()
 
     def __call__(self, global_vector: np.ndarray, payloads: RoundPayloads) -> np.ndarray:
         """The new global vector (float32); ``codec.PayloadError`` if it would not be finite."""
@@ -120,12 +126,7 @@ class Aggregator:
             raise ValueError("no client payloads to aggregate")
         if payloads.shape != self.shape:
             raise ValueError(f"payloads of shape {payloads.shape}, this aggregator's is {self.shape}")
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(self.torch_threads)
-        try:
-            dense = self._sum(payloads)
-        finally:
-            torch.set_num_threads(torch_threads)
+        dense = self._sum(payloads)
         step = self.update if self.finish is None else self.finish(self.update)
         new = global_vector.astype(np.float32, copy=True)
         for seg in self.layout.binarized:
@@ -150,22 +151,23 @@ class Aggregator:
             np.asarray(self.coefficients(weights, payloads.scales[order]), dtype=np.float64),
             (len(payloads), len(self.segments)),
         )
-        dense = torch.zeros(self.layout.dense_size, dtype=torch.float32, device=self.device)
-        self.update_t.zero_()
-        for start in range(0, len(payloads), self.chunk):
-            rows, part = order[start : start + self.chunk], slice(start, start + self.chunk)
-            dense_rows = self.dense_rows[: rows.size]
-            take_rows(payloads.dense, rows, dense_rows)
-            dense += self._tensor(shares[part].astype(np.float32)) @ self._tensor(dense_rows)
-            if self.engine == "torch":
-                self._torch_chunk(payloads.body, rows, coefficients[part])
-            elif self.signs:
-                self.tables.add(payloads.body, rows, coefficients[part], self.update)
-            else:
-                self._float_chunk(payloads.body, rows, coefficients[part])
-        if self.device.type != "cpu":
-            self.update[...] = self.update_t.cpu().numpy()
-        return dense.cpu().numpy()
+        with _torch_threads(self.torch_threads):
+            dense = torch.zeros(self.layout.dense_size, dtype=torch.float32, device=self.device)
+            self.update_t.zero_()
+            for start in range(0, len(payloads), self.chunk):
+                rows, part = order[start : start + self.chunk], slice(start, start + self.chunk)
+                dense_rows = self.dense_rows[: rows.size]
+                take_rows(payloads.dense, rows, dense_rows)
+                dense += self._tensor(shares[part].astype(np.float32)) @ self._tensor(dense_rows)
+                if self.engine == "torch":
+                    self._torch_chunk(payloads.body, rows, coefficients[part])
+                elif self.signs:
+                    self.tables.add(payloads.body, rows, coefficients[part], self.update)
+                else:
+                    self._float_chunk(payloads.body, rows, coefficients[part])
+            if self.device.type != "cpu":
+                torch.from_numpy(self.update).copy_(self.update_t)
+            return dense.cpu().numpy()
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
@@ -183,22 +185,86 @@ class Aggregator:
 
         parallel(self.pool, run, self.float_parts)
 
+    def _torch_buffers(self) -> None:
+        """The torch engine's buffers: ``_STAGES`` staging buffers of a block (pinned on CUDA, with an
+        event each marking the end of its last copy to the device) and, for signs, the lookup table and
+        the device's work buffers of the unpacking."""
+        cuda = self.device.type == "cuda"
+        entries = 8 if self.signs else 1  # update entries per body column
+        floats = _TORCH_FLOATS_CUDA if cuda else _TORCH_FLOATS
+        self.width = max(8, floats // (self.chunk * entries) // 8 * 8)  # body columns per block
+        block = self.chunk * self.width
+        dtype = torch.uint8 if self.signs else torch.float32
+        self.staging = [torch.zeros(block, dtype=dtype, pin_memory=cuda) for _ in range(_STAGES)]
+        self.copied = [torch.cuda.Event() for _ in self.staging] if cuda else []
+        self.turn = 0  # the staging buffer last filled
+        if self.signs:
+            self.table = torch.from_numpy(_UNPACKED).to(self.device)
+            self.indices = torch.empty(block, dtype=torch.int32, device=self.device)
+            self.unpacked = torch.empty(block * 8, dtype=torch.float32, device=self.device)
+
+    def _warm_up(self) -> None:
+        """One chunk of zero payloads, a block wide, through the torch engine's whole path of a round, so
+        that the device's context, libraries, kernels and memory pools are set up now, not in the first
+        round (every call starts from a zeroed sum)."""
+        chunk, shape = self.chunk, self.shape
+        columns = -(-shape.update_size // 8) if self.signs else shape.update_size
+        body = np.zeros((chunk, min(self.width, columns)), np.uint8 if self.signs else np.float32)
+        zeros = RoundPayloads(
+            shape, client_ids=np.arange(chunk, dtype=np.uint32), weights=np.ones(chunk),
+            train_losses=np.zeros(chunk), scales=np.zeros((chunk, shape.num_scales), np.float32),
+            dense=np.zeros((chunk, shape.dense_size), np.float32), body=body, order=np.arange(chunk),
+        )  # fmt: skip
+        self._sum(zeros)
+
     def _torch_chunk(self, body: np.ndarray, rows: np.ndarray, coefficients: np.ndarray) -> None:
         """The torch engine: the chunk's rows a column block at a time, staged in client-id order, sent to
         the device, signs unpacked to ±1, and multiplied by each tensor's coefficients."""
         entries = 8 if self.signs else 1
-        width = self.staging.shape[1]
-        staging = self.staging[: rows.size]
         weights = self._tensor(coefficients.astype(np.float32))
-        for start in range(0, body.shape[1], width):
-            columns = body[:, start : start + width]
-            take_rows(columns, rows, staging[:, : columns.shape[1]])
-            values = self._tensor(staging[:, : columns.shape[1]])
+        for start in range(0, body.shape[1], self.width):
+            values = self._stage(body[:, start : start + self.width], rows)
             if self.signs:
-                values = ((values.unsqueeze(-1) >> self.shifts) & 1).reshape(rows.size, -1).float() * 2 - 1
+                values = self._unpack(values)
             first = start * entries
             last = min(first + values.shape[1], self.layout.update_size)
             for tensor, (lo, hi) in enumerate(self.segments):
                 lo, hi = max(lo, first), min(hi, last)
                 if lo < hi:
                     self.update_t[lo:hi] += weights[:, tensor] @ values[:, lo - first : hi - first]
+
+    def _stage(self, columns: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """``columns[rows]`` on the device, by the next staging buffer. On CUDA the copy does not block:
+        the host gathers the next block meanwhile, into the other buffer; a buffer is refilled only once
+        its previous copy is done."""
+        self.turn = (self.turn + 1) % _STAGES
+        staged = self.staging[self.turn][: rows.size * columns.shape[1]].view(rows.size, columns.shape[1])
+        if self.copied:
+            self.copied[self.turn].synchronize()
+        take_rows(columns, rows, staged.numpy())
+        values = staged.to(self.device, non_blocking=bool(self.copied))  # staged itself on the CPU
+        if self.copied:
+            self.copied[self.turn].record()
+        return values
+
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed signs uint8[n, c] -> ±1 float32[n, 8c] (a view of the work buffer): each byte looked
+        up in the 256 x 8 table (the bytes widened to indices, then one gather; no pass over the
+        bits)."""
+        size = packed.numel()
+        indices = self.indices[:size]
+        indices.copy_(packed.view(-1))
+        signs = self.unpacked[: 8 * size].view(size, 8)
+        torch.index_select(self.table, 0, indices, out=signs)
+        return signs.view(packed.shape[0], -1)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block, then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
