@@ -89,6 +89,24 @@ def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(t
     assert without_timings(metrics(out)) == uninterrupted
 
 
+def test_a_second_run_in_the_folder_of_a_running_one_is_refused_and_the_first_goes_on(tmp_path):
+    out = tmp_path / "run"
+    first = _start_and_wait_for_rows(out, 1, ["--checkpoint-every", "0", "--rounds", "500"])
+    try:
+        second = launch(2, [*RUN, "--out", str(out)], timeout=120)
+        assert first.poll() is None, "the first run ended before the second one was refused"
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"fedbat_mpi: error: --out: another run is using {out}")
+        os.kill(_rank_pids(out)[0], signal.SIGTERM)  # the first run stops as usual: checkpoint, exit 75
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 75, stderr
+    rows = metrics(out)
+    assert checkpoint.load(str(out / checkpoint.FILE_NAME)).round == len(rows) == rows[-1]["round"]
+
+
 def test_sigkill_of_one_rank_ends_all_and_the_last_checkpoint_resumes(tmp_path, uninterrupted):
     out = tmp_path / "run"
     process = _start_and_wait_for_rows(out, 2, ["--checkpoint-every", "1"])

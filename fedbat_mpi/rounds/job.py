@@ -8,8 +8,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
+from typing import TextIO
 
 import torch
 
@@ -22,6 +24,7 @@ from fedbat_mpi.server.report import Report
 from fedbat_mpi.wire.comm import Communicator
 
 from .engine import Engine
+from .out_lock import hold_out_dir
 from .signals import PREEMPTED, StopRequest
 
 ABORT_GRACE_S = 1.0  # seconds between a failing rank's traceback and MPI_Abort, which kills every rank
@@ -35,11 +38,12 @@ class Run:
     engine: Engine
     checkpoint_path: str
     resumed: checkpoint.RunState | None
+    out_lock: TextIO | None = None  # rank 0's hold on the output folder (``out_lock.py``), for the run's life
 
 
 def _set_up(argv: list[str], comm: Communicator) -> Run:
     invocation = parse_command_line(argv)
-    resumed = None
+    resumed, path = None, None
     if invocation.resume is None:
         config = Config(**invocation.options).validate()
         if os.path.exists(os.path.join(config.out_dir, checkpoint.FILE_NAME)):
@@ -65,13 +69,25 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
     engine = Engine(config, comm, dataset)
     if resumed is not None:
         engine.restore(resumed)
-        if engine.state_size and comm.is_root:
-            engine.states = _resumed_states(config, engine, resumed, path)
+        if engine.state_size:
+            _check_resumed_state(config, engine, resumed, path)
     return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed)
 
 
-def _resumed_states(config: Config, engine: Engine, resumed: checkpoint.RunState, path: str) -> ClientStateStore:
-    """Rank 0: the client-state store as the checkpoint at ``path`` committed it (checked, else a UsageError)."""
+def _claim_out_dir(run: Run, comm: Communicator) -> Run:
+    """Rank 0, once every rank is set up: the output folder's lock, then (resuming a run with per-client
+    state) the client-state store, which opening updates; nothing is written before the lock is held."""
+    if comm.is_root:
+        run.out_lock = hold_out_dir(run.config.out_dir)
+        if run.resumed is not None and run.engine.state_size:
+            folder, index = run.config.out_dir, run.resumed.client_state
+            run.engine.states = ClientStateStore.open(folder, index, run.resumed.round)
+    return run
+
+
+def _check_resumed_state(config: Config, engine: Engine, resumed: checkpoint.RunState, path: str) -> None:
+    """A resumed run with per-client state: the checkpoint at ``path`` holds the algorithm's kind of
+    state and lies in ``--out`` (else a UsageError)."""
     index, expected = resumed.client_state, (engine.algorithm.state_name, engine.state_size)
     if index is None or (index.name, index.row_size) != expected:
         found = None if index is None else (index.name, index.row_size)
@@ -80,14 +96,14 @@ def _resumed_states(config: Config, engine: Engine, resumed: checkpoint.RunState
     if folder != os.path.abspath(config.out_dir):
         raise UsageError(f"--out: a run with per-client state continues in its checkpoint's folder {folder}, "
                          f"whose client_state.h5 it updates; got {config.out_dir}")  # fmt: skip
-    return ClientStateStore.open(folder, index, resumed.round)
 
 
-def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
-    """Set up on every rank; on a UsageError anywhere, the lowest failing rank prints it once."""
+def _agreed(comm: Communicator, step: Callable[[], Run]) -> Run | None:
+    """``step()`` on every rank; on a UsageError anywhere, the lowest failing rank prints it once and
+    every rank gets None."""
     error: UsageError | None = None
     try:
-        run = _set_up(argv, comm)
+        run = step()
     except UsageError as caught:
         error, run = caught, None
     failed = comm.lowest_rank_with(error is not None)
@@ -97,6 +113,12 @@ def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
         where = "" if failed == 0 else f" (on rank {failed})"
         print(f"fedbat_mpi: error{where}: {error}", file=sys.stderr, flush=True)
     return None
+
+
+def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
+    """Set up on every rank, then claim the output folder; None (the error printed once) if either fails."""
+    run = _agreed(comm, lambda: _set_up(argv, comm))
+    return None if run is None else _agreed(comm, lambda: _claim_out_dir(run, comm))
 
 
 def checkpoint_due(config: Config, round_index: int, stopping: bool) -> bool:

@@ -1,0 +1,38 @@
+"""One run at a time in an output folder: rank 0 holds ``OUT/run.lock`` for the run's life.
+
+A second run on the same ``--out`` (a resubmitted job while the first still runs, a study's Slurm
+array beside a local driver) would write its metrics, checkpoints and client state over the first's.
+The lock is an ``flock``: the kernel releases it however the holder ends, ``kill -9`` included, so a
+stale lock file never blocks a later run.
+"""
+
+import fcntl
+import os
+from typing import TextIO
+
+from fedbat_mpi.errors import UsageError
+
+FILE_NAME = "run.lock"
+
+
+def hold_out_dir(out_dir: str) -> TextIO | None:
+    """Take ``out_dir``'s lock (making the folder if needed) and keep it until the returned file is closed
+    or the process ends; a UsageError naming ``--out`` if another run holds it. ``None`` where the file
+    system offers no ``flock`` (the run goes on unguarded)."""
+    path = os.path.join(out_dir, FILE_NAME)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as error:
+        raise UsageError(f"--out: cannot write to {out_dir}: {error.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(
+            f"--out: another run is using {out_dir} (it holds {path}); wait for it to end or choose another --out"
+        ) from None
+    except OSError:  # no flock on this file system
+        handle.close()
+        return None
+    return handle
