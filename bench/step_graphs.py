@@ -10,26 +10,34 @@ the same inputs (images, labels, the binarizer's noise):
 - ``graph`` (CUDA only): the same step captured once as a CUDA graph after warm-up steps on a side
   stream, then replayed, each step's inputs copied into the graph's static tensors first;
 - ``compiled`` (``--compile``): the summed loss under ``torch.compile`` (``mode="reduce-overhead"`` on
-  CUDA, Inductor's kernels replayed as CUDA graphs), backward pass and SGD step eager.
+  CUDA, Inductor's kernels replayed as CUDA graphs), backward pass and SGD step eager;
+- ``train_group``: the algorithm's own training of the group (``Algorithm.train``: buckets, extras,
+  the binarizer's noise from each client's generator, loss totals, the upload) over the same batches,
+  with FedBAT's warm-up set to 0 so that every step is binarized. On CUDA it also counts the steps'
+  host-device synchronisations (``torch.cuda.set_sync_debug_mode``): each one stalls the host until the
+  GPU's queue drains. Its noise differs from the other variants', so its difference is not reported.
 
 Each variant reports ms per step (its input copies included), the training TFLOP/s
 (``bench/work.py``'s count) and its largest difference from eager's parameters after the timed steps
 (float rounding only, or a wrong step). A variant that fails prints its error and the others go on.
 
     python bench/step_graphs.py --device cuda --compile      # on a GPU: about 1 minute
-    python bench/step_graphs.py --quick                      # eager, tiny, on the CPU (tests)
+    python bench/step_graphs.py --quick                      # eager and train_group, tiny, on the CPU (tests)
 """
 
 import time
+import warnings
 from collections.abc import Callable
 
 import benchlib
 import torch
 from work import multiply_adds_per_image
 
+from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
 from fedbat_mpi.client.algorithms.fedbat import BINARIZED, client_loss, trained_tensors
 from fedbat_mpi.client.algorithms.group import Stacked, plain_loss, stacked_state
 from fedbat_mpi.client.models import binarized_names, build_model
+from fedbat_mpi.layout import ModelLayout
 
 Step = Callable[[dict[str, torch.Tensor]], None]  # one training step on one step's inputs
 
@@ -39,7 +47,8 @@ class Problem:
 
     def __init__(self, algorithm: str, clients: int, batch: int, steps: int, device: torch.device):
         torch.manual_seed(0)
-        model = build_model("cnn4-mnist", 10).to(device).train()
+        self.algorithm = algorithm
+        self.model = model = build_model("cnn4-mnist", 10).to(device).train()
         if algorithm == "fedbat":
             frozen, self.params, self.buffers = trained_tensors(model, binarized_names(model), clients)
             self.loss = client_loss(model, frozen, rho=6.0, phase=BINARIZED)
@@ -113,6 +122,43 @@ def compiled_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
     return step
 
 
+def measure_train_group(problem: Problem) -> dict:
+    """The algorithm's own training of the group over the problem's batches (FedBAT's warm-up 0: every
+    step binarized), once to warm up and once timed, then once more counting host-device
+    synchronisations on CUDA."""
+    model, device = problem.model, problem.inputs[0]["x"].device
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm(problem.algorithm, rho=6.0, warmup=0.0)
+    clients, steps = problem.inputs[0]["x"].shape[0], len(problem.inputs)
+
+    def train() -> None:
+        trainer.train([
+            LocalTask(k, model, layout, lambda k=k: ((i["x"][k], i["y"][k]) for i in problem.inputs), steps,
+                      0.01, lambda stream, k=k: torch.Generator(device).manual_seed(k))
+            for k in range(clients)
+        ])  # fmt: skip
+
+    start = time.perf_counter()
+    train()
+    _sync(device)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    train()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    syncs = None
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught) / steps
+    return {"variant": "train_group", "ms_per_step": 1e3 * seconds, "build_s": build_s, "syncs_per_step": syncs}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -155,7 +201,8 @@ def main() -> None:
     if options.quick:
         options.clients, options.batch, options.steps = 2, 4, 3
     device = torch.device(options.device)
-    variants = ["eager", *(["graph"] if device.type == "cuda" else []), *(["compiled"] if options.compile else [])]
+    variants = ["eager", *(["graph"] if device.type == "cuda" else []), *(["compiled"] if options.compile else []),
+                "train_group"]  # fmt: skip
     flops = 2 * 3 * multiply_adds_per_image("cnn4-mnist", (1, 28, 28), 10) * options.clients * options.batch
     results = []
     for algorithm in options.algorithms:
@@ -163,13 +210,17 @@ def main() -> None:
         reference = None
         for variant in variants:
             try:
-                row = measure(problem, variant, options.steps, reference)
+                if variant == "train_group":
+                    row = measure_train_group(problem)
+                else:
+                    row = measure(problem, variant, options.steps, reference)
             except Exception as error:  # a variant that cannot run here is reported; the others go on
                 print(f"  {algorithm} {variant}: FAILED {type(error).__name__}: {str(error).splitlines()[0]}")
                 results.append({"algorithm": algorithm, "variant": variant, "error": f"{type(error).__name__}: {error}"})
                 continue
-            final = row.pop("final")
-            reference = reference or final
+            if variant == "eager":
+                reference = row["final"]
+            row.pop("final", None)
             row.update(algorithm=algorithm, tflops=flops / row["ms_per_step"] / 1e9)
             results.append(row)
             print(f"  {algorithm} {variant}: {row['ms_per_step']:.2f} ms/step", flush=True)
@@ -181,7 +232,7 @@ def main() -> None:
     benchlib.print_table([r for r in results if "ms_per_step" in r], [
         ("algorithm", "algorithm", ""), ("variant", "variant", ""), ("ms/step", "ms_per_step", ".2f"),
         ("speed-up", "speedup_over_eager", ".2f"), ("TFLOP/s", "tflops", ".2f"), ("build s", "build_s", ".1f"),
-        ("max diff vs eager", "max_difference", ".1e"),
+        ("max diff vs eager", "max_difference", ".1e"), ("syncs/step", "syncs_per_step", ".1f"),
     ])  # fmt: skip
     benchlib.write_json(options.json, "step_graphs", vars(options), results)
 
