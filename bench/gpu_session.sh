@@ -7,6 +7,8 @@
 #              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 5 minutes;
 #   graphs     bench/step_graphs.py --compile: issue 8's item 4, the grouped step eager against a CUDA
 #              graph and torch.compile, about 1 minute;
+#   agreement  bench/agreement.py: issue 8's accuracy check, 20 rounds of fmnist-iid and fmnist-dir0.3
+#              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), 5 minutes;
 #   cost       bench/study_cost.py: issue 10's steady rounds of the SVHN/CIFAR presets and the cost of
 #              the grid on a node of 8 GPUs, about 4 minutes;
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
@@ -22,7 +24,7 @@ out=${1:-${OUT:-/tmp/fedbat-gpu-session}}
 shift || true
 parts=("${@:-smoke aggregate graphs grouping cost check}")
 read -r -a parts <<<"${parts[*]}"
-parts_known=" smoke aggregate graphs grouping cost check determinism "
+parts_known=" smoke aggregate graphs grouping agreement cost check determinism "
 for part in "${parts[@]}"; do
     [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
 done
@@ -40,6 +42,8 @@ for part in "${parts[@]}"; do
         --json "$out/aggregate.json" ;;
     graphs) "$py" bench/step_graphs.py --device cuda --compile --json "$out/graphs.json" ;;
     grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" --json "$out/grouping.json" ;;
+    agreement) "$py" bench/agreement.py --device cuda --data-dir "${FEDBAT_FMNIST_DIR:-/usr/share/datasets}" \
+        --json "$out/agreement.json" ;;
     cost) "$py" bench/study_cost.py --device cuda --json "$out/cost.json" ;;
     check)
         bash bench/gpu_check.sh "$scratch/check"

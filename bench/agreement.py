@@ -1,0 +1,57 @@
+"""Do grouped and one-at-a-time training reach the same accuracy? Issue 8's check on the GPU.
+
+For each preset (``fmnist-iid`` and ``fmnist-dir0.3`` by default: the paper's Fashion-MNIST setting,
+E = 10) FedBAT runs ``--rounds`` rounds twice on one rank, ``--client-group 1`` and ``--client-group
+auto``, on the real Fashion-MNIST files (``--data-dir``). The two runs draw the same samples, noise and
+data order; only float rounding differs (a group's convolutions add in another order), and training
+amplifies it, so the runs agree in accuracy, not in bits. The final test accuracies are compared:
+the script exits 1 when a preset's two runs differ by more than ``--tolerance`` points.
+
+    python bench/agreement.py --device cuda --data-dir .gpu_data     # on a GPU: about 5 minutes
+    python bench/agreement.py --quick                                # tiny, on the CPU (tests)
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import benchlib
+
+QUICK = "--dataset embedded --num-clients 40 --clients-per-round 2 --local-epochs 1 --batch-size 32".split()
+
+
+def main() -> int:
+    parser = benchlib.parser("agreement", __doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="--device of the runs (cuda on a GPU machine)")
+    parser.add_argument("--data-dir", default="/usr/share/datasets", help="a folder holding fashion-mnist/")
+    parser.add_argument("--presets", nargs="+", default=["fmnist-iid", "fmnist-dir0.3"])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--tolerance", type=float, default=0.5, help="largest accepted difference, in points")
+    options = parser.parse_args()
+    rounds = 1 if options.quick else options.rounds
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for preset in options.presets:
+            accuracy = {}
+            for group in ("1", "2" if options.quick else "auto"):  # on the CPU "auto" is one at a time
+                args = ["--preset", preset, "--rounds", str(rounds), "--client-group", group, "--device",
+                        options.device, "--checkpoint-every", "0"]  # fmt: skip
+                args += QUICK if options.quick else ["--data-dir", options.data_dir]
+                rows, usage = benchlib.launch_run(1, args, Path(scratch) / f"{preset}-{group}")
+                accuracy["1" if group == "1" else "grouped"] = 100 * rows[-1]["test_acc"]
+                print(f"  {preset} --client-group {group}: {100 * rows[-1]['test_acc']:.2f} % after {rounds} rounds "
+                      f"({usage['wall_s']:.0f} s)", flush=True)  # fmt: skip
+            difference = abs(accuracy["grouped"] - accuracy["1"])
+            results.append({"preset": preset, "rounds": rounds, "one_at_a_time_acc": accuracy["1"],
+                            "grouped_acc": accuracy["grouped"], "difference_points": difference,
+                            "within_tolerance": difference <= options.tolerance})  # fmt: skip
+    benchlib.print_table(results, [
+        ("preset", "preset", ""), ("rounds", "rounds", "d"), ("one at a time %", "one_at_a_time_acc", ".2f"),
+        ("grouped %", "grouped_acc", ".2f"), ("difference (points)", "difference_points", ".2f"),
+    ])  # fmt: skip
+    benchlib.write_json(options.json, "agreement", vars(options), results)
+    return 0 if options.quick or all(r["within_tolerance"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
