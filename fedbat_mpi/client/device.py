@@ -42,12 +42,14 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 def in_memory_format(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """N×C×H×W ``images`` laid out as ``memory_format(device)`` says, with strides that say so even for
-    one channel: ``.contiguous(memory_format=torch.channels_last)`` keeps NCHW strides when C = 1, and a
-    convolution of such input then writes NCHW output, so the first block's BatchNorm and max-pooling
-    ran in NCHW (max-pooling 13x slower there, BENCHMARKS.md §10)."""
-    if memory_format(device) is not torch.channels_last:
-        return images
+    """N×C×H×W ``images`` as the device's convolutions want them. On the CPU (channels-last), one-channel
+    images get explicit channels-last strides, a view of the same bytes: a one-channel tensor made
+    channels-last with ``.contiguous(memory_format=...)`` keeps NCHW strides, and a convolution of it
+    (its weight, one input channel, is both layouts) writes NCHW output, so the first block's
+    BatchNorm and max-pooling ran in NCHW (max-pooling 13x slower there, BENCHMARKS.md §10). With
+    more channels the channels-last weight decides the output's layout, and the images stay as they are."""
     n, c, h, w = images.shape
-    laid_out = images.new_empty((n, h, w, c)).permute(0, 3, 1, 2)  # strides (HWC, 1, WC, C), whatever C
-    return laid_out.copy_(images)
+    if memory_format(device) is not torch.channels_last or c != 1:
+        return images
+    flat = images.contiguous()  # NCHW and NHWC are the same bytes when C = 1
+    return flat.as_strided((n, c, h, w), (h * w, 1, w, 1), flat.storage_offset())
