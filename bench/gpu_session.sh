@@ -18,7 +18,8 @@
 # output) and, where it has one, PART.json straight into OUT_DIR as it goes, so that a lease cut short
 # still returns the parts done (the device returns 8 files: four parts a call). FEDBAT_FMNIST_DIR, when
 # set, is a --data-dir holding the real fashion-mnist/ files for grouping (accuracies then mean
-# something). Exits 1 when a part failed.
+# something); FEDBAT_GROUPING_CASES (e.g. "fmnist-1000 cifar10-iid") runs only those cases of grouping.
+# Exits 1 when a part failed.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-session}}
 shift || true
@@ -41,7 +42,8 @@ for part in "${parts[@]}"; do
     aggregate) "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
         --json "$out/aggregate.json" ;;
     graphs) "$py" bench/step_graphs.py --device cuda --compile --json "$out/graphs.json" ;;
-    grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" --json "$out/grouping.json" ;;
+    grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" ${FEDBAT_GROUPING_CASES:+--cases $FEDBAT_GROUPING_CASES} \
+        --json "$out/grouping.json" ;;
     agreement) "$py" bench/agreement.py --device cuda --data-dir "${FEDBAT_FMNIST_DIR:-/usr/share/datasets}" \
         --json "$out/agreement.json" ;;
     cost) "$py" bench/study_cost.py --device cuda --json "$out/cost.json" ;;

@@ -29,6 +29,7 @@ from fedbat_mpi.client.algorithms import ALGORITHMS
 from fedbat_mpi.testing import formats
 
 FMNIST_TRAIN, FMNIST_TEST = 60_000, 10_000
+CASES = ["fmnist-iid", "fmnist-dir0.3", "fmnist-1000", "cifar10-iid"]
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
 
@@ -96,11 +97,15 @@ def main() -> None:
     parser = benchlib.parser("grouping", __doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="--device of the runs (cuda on a GPU machine)")
     parser.add_argument("--fmnist-dir", help="a --data-dir holding the real fashion-mnist/ files")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES,
+                        help="the cases to run, in this order (e.g. the ones a lease cut short)")
     options = parser.parse_args()
     results, failed = [], []
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = write_data(Path(scratch) / "data", options.fmnist_dir, options.quick)
-        for index, run in enumerate(cases(options.quick)):
+        runs = cases(options.quick)
+        runs = [run for case in options.cases for run in runs if run["case"] == case]
+        for index, run in enumerate(runs):
             label = f"{run['case']} {run['algorithm']} --client-group {run['group']}"
             try:
                 results.append(measure(run, data_dir, options.device, Path(scratch) / f"run-{index}"))
