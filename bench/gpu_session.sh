@@ -4,11 +4,14 @@
 #   aggregate  bench/aggregate.py --device cuda: issue 9's server step on the GPU (1,000 CNN4-MNIST and
 #              1,000 ResNet-10 payloads), about 1 minute;
 #   grouping   bench/grouping.py: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped and one
-#              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 5 minutes;
+#              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 8 minutes (measured
+#              2026-11-27: 7 for the Fashion-MNIST cases, 1 for the rest; use FEDBAT_GROUPING_CASES
+#              to split it over two calls);
 #   graphs     bench/step_graphs.py --compile: issue 8's item 4, the grouped step eager against a CUDA
 #              graph and torch.compile, about 1 minute;
 #   agreement  bench/agreement.py: issue 8's accuracy check, 20 rounds of fmnist-iid and fmnist-dir0.3
-#              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), 5 minutes;
+#              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), about 8
+#              minutes (estimated from the measured rounds);
 #   cost       bench/study_cost.py: issue 10's steady rounds of the SVHN/CIFAR presets and the cost of
 #              the grid on a node of 8 GPUs, about 4 minutes;
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default

@@ -14,7 +14,7 @@ speed-up of grouping is one-at-a-time seconds over grouped seconds of the same c
 the same run; ``train TFLOP/s`` is the training arithmetic of a round (``bench/work.py``) over its
 training seconds.
 
-    python bench/grouping.py --device cuda                   # on a GPU machine, about 5 minutes
+    python bench/grouping.py --device cuda                   # on an H100: about 8 minutes (measured)
     python bench/grouping.py --quick                         # tiny FedBAT runs on the CPU (tests)
 """
 
