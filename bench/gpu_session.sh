@@ -8,7 +8,7 @@
 #              2026-11-27: 7 for the Fashion-MNIST cases, 1 for the rest; use FEDBAT_GROUPING_CASES
 #              to split it over two calls);
 #   graphs     bench/step_graphs.py --compile: issue 8's item 4, the grouped step eager against a CUDA
-#              graph and torch.compile, about 1 minute;
+#              graph and torch.compile, not yet run on a GPU (estimated 1-3 minutes, compiling included);
 #   agreement  bench/agreement.py: issue 8's accuracy check, 20 rounds of fmnist-iid and fmnist-dir0.3
 #              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), about 8
 #              minutes (estimated from the measured rounds);
