@@ -1,8 +1,8 @@
 """A grouped training step, eager against a CUDA graph and ``torch.compile``: what removes the launch overhead?
 
 One step of a group of clients as ``train_group`` runs a bucket that holds the whole group (the paper's
-Fashion-MNIST setting by default: CNN4-MNIST, 10 clients, batch 64 each): the clients' losses under
-``vmap(functional_call)`` (FedBAT's binarized phase with its real loss and binarizer, or FedAvg's plain
+Fashion-MNIST setting by default: CNN4-MNIST, 10 clients, batch 64 each): the clients' losses from one
+call of the grouped model (FedBAT's binarized phase with its real loss and binarizer, or FedAvg's plain
 loss), one backward pass of their sum, one SGD step. Variants, each from the same starting tensors on
 the same inputs (images, labels, the binarizer's noise):
 
@@ -19,7 +19,11 @@ the same inputs (images, labels, the binarizer's noise):
 
 Each variant reports ms per step (its input copies included), the training TFLOP/s
 (``bench/work.py``'s count) and its largest difference from eager's parameters after the timed steps
-(float rounding only, or a wrong step). A variant that fails prints its error and the others go on.
+(float rounding only, or a wrong step). ``eager`` and ``train_group`` also report the *operations per
+step* that the host issues, counted by ``torch.profiler`` over one step (``train_group``: one training
+of the group, divided by its steps): kernels launched on CUDA, top-level ATen calls on the CPU. What a
+launch-bound step costs is about that count times the host's cost of one operation. A variant that
+fails prints its error and the others go on.
 
     python bench/step_graphs.py --device cuda --compile      # on a GPU: about 1 minute
     python bench/step_graphs.py --quick                      # eager and train_group, tiny, on the CPU (tests)
@@ -31,11 +35,13 @@ from collections.abc import Callable
 
 import benchlib
 import torch
+from torch.profiler import ProfilerActivity, profile
 from work import multiply_adds_per_image
 
 from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
 from fedbat_mpi.client.algorithms.fedbat import BINARIZED, client_loss, trained_tensors
 from fedbat_mpi.client.algorithms.group import Stacked, plain_loss, stacked_state
+from fedbat_mpi.client.grouped_layers import grouped_inputs
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.layout import ModelLayout
 
@@ -50,17 +56,18 @@ class Problem:
         self.algorithm = algorithm
         self.model = model = build_model("cnn4-mnist", 10).to(device).train()
         if algorithm == "fedbat":
-            frozen, self.params, self.buffers = trained_tensors(model, binarized_names(model), clients)
-            self.loss = client_loss(model, frozen, rho=6.0, phase=BINARIZED)
-            alpha0 = {f"alpha0:{n}": torch.full((clients,), 0.01, device=device) for n in frozen}
-            noise = {n: (clients, *w.shape) for n, w in frozen.items()}
+            layout = ModelLayout(model, binarized_names(model))
+            frozen, self.params, self.buffers = trained_tensors(model, layout, clients)
+            self.loss = client_loss(model, layout, frozen, rho=6.0, phase=BINARIZED)
+            alpha0 = {"alpha0": torch.full((clients, len(layout.binarized)), 0.01, device=device)}
+            noise = {"noise": (clients, layout.update_size)}
         else:
             self.params, self.buffers = stacked_state(model, clients)
             self.loss, alpha0, noise = plain_loss(model), {}, {}
         self.inputs = [
             {"x": torch.randn(clients, batch, 1, 28, 28, device=device),
              "y": torch.randint(0, 10, (clients, batch), device=device),
-             **alpha0, **{f"noise:{n}": torch.rand(shape, device=device) for n, shape in noise.items()}}
+             **alpha0, **{n: torch.rand(shape, device=device) for n, shape in noise.items()}}
             for _ in range(steps)
         ]  # fmt: skip
         self.start = {n: t.detach().clone() for n, t in {**self.params, **self.buffers}.items()}
@@ -73,7 +80,8 @@ class Problem:
 
     def summed_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         extras = {n: t for n, t in inputs.items() if n not in ("x", "y")}
-        return torch.vmap(self.loss)(self.params, self.buffers, inputs["x"], inputs["y"], extras).sum()
+        x = grouped_inputs(list(inputs["x"].unbind(0)))
+        return self.loss(self.params, self.buffers, x, inputs["y"], extras).sum()
 
 
 def eager_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
@@ -122,6 +130,26 @@ def compiled_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
     return step
 
 
+def operations(work: Callable[[], None], device: torch.device) -> int:
+    """The operations ``work`` issues: CUDA kernels launched, or top-level ATen calls on the CPU."""
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
+    with profile(activities=activities) as trace:
+        work()
+        _sync(device)
+    if device.type == "cuda":
+        return sum(1 for e in trace.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in trace.events() if e.name.startswith("aten::") and not _inside_aten(e))
+
+
+def _inside_aten(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def measure_train_group(problem: Problem) -> dict:
     """The algorithm's own training of the group over the problem's batches (FedBAT's warm-up 0: every
     step binarized), once to warm up and once timed, then once more counting host-device
@@ -156,7 +184,8 @@ def measure_train_group(problem: Problem) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         syncs = sum("synchroniz" in str(w.message) for w in caught) / steps
-    return {"variant": "train_group", "ms_per_step": 1e3 * seconds, "build_s": build_s, "syncs_per_step": syncs}
+    return {"variant": "train_group", "ms_per_step": 1e3 * seconds, "build_s": build_s, "syncs_per_step": syncs,
+            "ops_per_step": operations(train, device) / steps}  # fmt: skip
 
 
 def _sync(device: torch.device) -> None:
@@ -185,8 +214,9 @@ def measure(problem: Problem, variant: str, warm: int, reference: Stacked | None
     seconds = (time.perf_counter() - start) / len(problem.inputs)
     final = {n: t.detach().clone() for n, t in problem.params.items()}
     difference = None if reference is None else max((final[n] - reference[n]).abs().max().item() for n in final)
+    ops = operations(lambda: step(problem.inputs[0]), device) if variant == "eager" else None
     return {"variant": variant, "ms_per_step": 1e3 * seconds, "build_s": build_s, "max_difference": difference,
-            "final": final}  # fmt: skip
+            "ops_per_step": ops, "final": final}  # fmt: skip
 
 
 def main() -> None:
@@ -233,6 +263,7 @@ def main() -> None:
         ("algorithm", "algorithm", ""), ("variant", "variant", ""), ("ms/step", "ms_per_step", ".2f"),
         ("speed-up", "speedup_over_eager", ".2f"), ("TFLOP/s", "tflops", ".2f"), ("build s", "build_s", ".1f"),
         ("max diff vs eager", "max_difference", ".1e"), ("syncs/step", "syncs_per_step", ".1f"),
+        ("ops/step", "ops_per_step", ".0f"),
     ])  # fmt: skip
     benchlib.write_json(options.json, "step_graphs", vars(options), results)
 

@@ -115,16 +115,18 @@ def test_warmup_switches_after_exactly_floor_phi_k_steps(monkeypatch, num_steps,
     task, _ = _tiny_task(num_steps)
     calls = []
 
-    def spy(m, alpha, u):
-        calls.append((m.detach().clone(), alpha.detach().clone()))
-        return binarize_module.binarize_with_noise(m, alpha, u)
+    def spy(m, alpha, u, sizes):
+        calls.append((m.detach().clone(), alpha.detach().clone(), sizes))
+        return binarize_module.binarize_segments(m, alpha, u, sizes)
 
-    monkeypatch.setattr(fedbat_module, "binarize_with_noise", spy)
+    monkeypatch.setattr(fedbat_module, "binarize_segments", spy)
     [update] = FedBAT(rho=6.0, warmup=warmup).train([task])
-    num_tensors = 2
-    assert len(calls) == (num_steps - expected_warm) * num_tensors
+    assert len(calls) == num_steps - expected_warm  # one call a binarized step, for all tensors
     # At the first binarized step s = 0, so alpha = clamp(alpha0) with alpha0 = mean|m| of the warm-up.
-    for m, alpha in calls[:num_tensors]:
-        assert alpha.item() == pytest.approx(min(max(m.abs().mean().item(), ALPHA_MIN), ALPHA_MAX), rel=1e-6)
+    m, alpha, sizes = calls[0]
+    assert sizes == (4 * 1 * 3 * 3, 3 * 4 * 4 * 4) and alpha.shape == (1, 2)
+    for t, part in enumerate(m[0].split(sizes)):
+        expected = min(max(part.abs().mean().item(), ALPHA_MIN), ALPHA_MAX)
+        assert alpha[0, t].item() == pytest.approx(expected, rel=1e-6)
     assert torch.all((update.scales >= torch.tensor(ALPHA_MIN)) & (update.scales <= torch.tensor(ALPHA_MAX)))
     assert update.body.dtype == torch.bool and update.body.numel() == task.layout.update_size

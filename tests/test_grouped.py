@@ -12,9 +12,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mpi4py import MPI
+from torch.func import functional_call
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset, normalize
@@ -101,3 +104,30 @@ def test_client_groups_are_runs_of_the_hosted_clients_in_id_order(dataset):
     assert engine(client_group=3).client_groups([1, 4, 5, 9, 12, 20, 33]) == [[1, 4, 5], [9, 12, 20], [33]]
     # auto: one at a time on the CPU (grouping measured no faster there); on a GPU the whole share.
     assert engine().client_groups([1, 4, 5]) == [[1], [4], [5]]
+
+
+@pytest.mark.parametrize("name", ["cnn4", "resnet10"])
+def test_the_grouped_model_is_each_client_alone(name):
+    """Three clients with their own weights, BatchNorm statistics and samples in one grouped call: each
+    client's logits, loss and running statistics are those of its model alone (float64)."""
+    torch.manual_seed(0)
+    models = [build_model(name, 10).double().train() for _ in range(3)]
+    inputs = [torch.randn(4, 3, 32, 32, dtype=torch.float64) for _ in models]
+    labels = torch.randint(0, 10, (3, 4))
+    params = {n: torch.stack([m.get_parameter(n).detach() for m in models]) for n, _ in models[0].named_parameters()}
+    buffers = {n: torch.stack([m.get_buffer(n).clone() for m in models]) for n, _ in models[0].named_buffers()}
+    logits = functional_call(grouped_model(models[0]), (params, buffers), (grouped_inputs(inputs),))
+    losses = group_cross_entropy(logits, labels)
+    for k, (model, x) in enumerate(zip(models, inputs)):
+        alone = model(x)
+        torch.testing.assert_close(logits.view(4, 3, 10)[:, k], alone, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(losses[k], F.cross_entropy(alone, labels[k]), rtol=1e-10, atol=0)
+        for n, b in model.named_buffers():
+            if b.is_floating_point():
+                torch.testing.assert_close(buffers[n][k], b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_layer_that_mixes_channels_cannot_be_grouped():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match="GroupNorm layer cannot be grouped"):
+        grouped_model(model)

@@ -9,6 +9,8 @@ Backward (§1.4), with ``x = m/alpha``, ``b = 2 xi - 1`` the realised sign and `
 ``[-1, 1]`` and ``sign(x)`` outside.
 """
 
+import functools
+
 import torch
 
 ALPHA_MIN = 5e-4
@@ -33,34 +35,55 @@ def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch
 
 
 class _StochasticBinarize(torch.autograd.Function):
-    """``alpha * b`` with the designed derivatives; also runs under ``torch.func.vmap``."""
-
-    generate_vmap_rule = True
+    """``alpha * b`` with the designed derivatives, for the rows of ``m`` (``G x P``: a group's flat
+    updates, each cut into segments of ``sizes`` entries, one per tensor) and one step size per row and
+    segment (``alpha``: ``G x T``); ``alpha``'s gradient sums over the entries of its segment. A whole
+    group's binarizer is one handful of operations, whatever the number of tensors."""
 
     @staticmethod
-    def forward(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor):
-        x, b = _signs(m, alpha, u)
-        return alpha * b, x, b
+    def forward(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]):
+        per_entry = _per_entry(alpha, sizes)
+        x, b = _signs(m, per_entry, u)
+        return per_entry * b, x, b
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         _, x, b = output
         ctx.save_for_backward(x, b)
         ctx.mark_non_differentiable(x, b)
-        ctx.alpha_shape = inputs[1].shape
+        ctx.sizes = inputs[3]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         x, b = ctx.saved_tensors
         inside = x.abs() <= 1
         grad_m = grad * inside
-        grad_alpha = (grad * torch.where(inside, b - x, torch.sign(x))).sum()
-        return grad_m, grad_alpha.reshape(ctx.alpha_shape), None
+        grad_h = grad * torch.where(inside, b - x, torch.sign(x))
+        grad_alpha = torch.stack([part.sum(1) for part in grad_h.split(ctx.sizes, dim=1)], dim=1)
+        return grad_m, grad_alpha, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _repeats(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``sizes`` on ``device``, made once (a copy from the host at every step would wait for a GPU)."""
+    return torch.tensor(sizes, device=device)
+
+
+def _per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)``."""
+    return alpha.repeat_interleave(_repeats(sizes, alpha.device), dim=1, output_size=sum(sizes))
+
+
+def binarize_segments(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``B(m; alpha)`` of a group's flat updates ``m`` (``G x P``), segment ``t`` of each row with step
+    size ``alpha[:, t]``, for given uniform noise ``u`` (``G x P``)."""
+    return _StochasticBinarize.apply(m, alpha, u, sizes)[0]
 
 
 def binarize_with_noise(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``B(m; alpha)`` for given uniform noise ``u`` (same shape as ``m``)."""
-    return _StochasticBinarize.apply(m, alpha, u)[0]
+    """``B(m; alpha)`` of one tensor with one step size, for given uniform noise ``u`` (shaped like ``m``)."""
+    flat = binarize_segments(m.reshape(1, -1), alpha.reshape(1, 1), u.reshape(1, -1), (m.numel(),))
+    return flat.reshape(m.shape)
 
 
 def binarize(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -12,57 +12,55 @@ Clients of a group may have different K, so each switches phase at its own step.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedbat_mpi.client.binarize import binarize_with_noise, sample_signs, step_size, uniform_noise
+from fedbat_mpi.client.binarize import binarize_segments, sample_signs, step_size, uniform_noise
+from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_model
+from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
-from .group import ClientLoss, Stacked, dense_of, member_index, stacked_state, train_group
+from .group import GroupLoss, Stacked, dense_of, member_index, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
+UPDATE, LOG_SCALE = "update", "log_scale"  # each client's flat m (G x P) and its s, one per tensor (G x T)
 
 
-def _update(name: str) -> str:
-    return f"update:{name}"
-
-
-def _log_scale(name: str) -> str:
-    return f"log_scale:{name}"
-
-
-def trained_tensors(model: torch.nn.Module, names: list[str], size: int) -> tuple[Stacked, Stacked, Stacked]:
-    """What a group of ``size`` clients trains from ``model``: the binarized tensors ``w`` (frozen, shared),
-    each client's ``m`` and ``s`` per binarized tensor (zeros) and copy of the other parameters, and each
-    client's copy of the buffers."""
-    frozen = {n: model.get_parameter(n).detach() for n in names}
+def trained_tensors(model: torch.nn.Module, layout: ModelLayout, size: int) -> tuple[torch.Tensor, Stacked, Stacked]:
+    """What a group of ``size`` clients trains from ``model``: the binarized tensors ``w`` (frozen, shared,
+    flat in the layout's update order), each client's ``m`` (flat) and ``s`` (one per binarized tensor),
+    both zeros, and copy of the other parameters, and each client's copy of the buffers."""
+    names = layout.binarized_names
+    frozen = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
     others, buffers = stacked_state(model, size, exclude=frozenset(names))
     params = {
-        **{_update(n): w.new_zeros((size, *w.shape)).requires_grad_(True) for n, w in frozen.items()},
-        **{_log_scale(n): w.new_zeros(size).requires_grad_(True) for n, w in frozen.items()},
+        UPDATE: frozen.new_zeros(size, frozen.numel()).requires_grad_(True),
+        LOG_SCALE: frozen.new_zeros(size, len(names)).requires_grad_(True),
         **others,
     }  # fmt: skip
     return frozen, params, buffers
 
 
-def client_loss(model: torch.nn.Module, frozen: Stacked, rho: float, phase: str) -> ClientLoss:
-    """One client's loss in ``phase``: the model at ``w + m`` (warm-up) or ``w + B(m; alpha)``, with the
-    step sizes' ``alpha0`` and the binarizer's noise as the extras ``alpha0:NAME`` and ``noise:NAME``."""
-    latent = {name for n in frozen for name in (_update(n), _log_scale(n))}
+def _sizes(layout: ModelLayout) -> tuple[int, ...]:
+    return tuple(seg.size for seg in layout.binarized)
+
+
+def client_loss(model: torch.nn.Module, layout: ModelLayout, frozen: torch.Tensor, rho: float, phase: str) -> GroupLoss:
+    """A bucket's losses in ``phase``: the model at ``w + m`` (warm-up) or ``w + B(m; alpha)`` for each
+    client, with the step sizes' ``alpha0`` (``G x T``) and the binarizer's noise (``G x P``) as the
+    extras ``alpha0`` and ``noise``."""
+    grouped, sizes = grouped_model(model), _sizes(layout)
 
     def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
+        m = p[UPDATE]
         if phase == WARM_UP:
-            weights = {n: w + p[_update(n)] for n, w in frozen.items()}
+            flat = frozen + m
         else:
-            weights = {
-                n: w + binarize_with_noise(
-                    p[_update(n)], step_size(extras[f"alpha0:{n}"], p[_log_scale(n)], rho), extras[f"noise:{n}"])
-                for n, w in frozen.items()
-            }  # fmt: skip
-        trained = {n: t for n, t in p.items() if n not in latent}
-        return F.cross_entropy(functional_call(model, ({**weights, **trained}, b), (x,)), y)
+            flat = frozen + binarize_segments(m, step_size(extras["alpha0"], p[LOG_SCALE], rho), extras["noise"], sizes)
+        weights = {seg.name: t.view(-1, *seg.shape) for seg, t in zip(layout.binarized, flat.split(sizes, dim=1))}
+        trained = {n: t for n, t in p.items() if n not in (UPDATE, LOG_SCALE)}
+        return group_cross_entropy(functional_call(grouped, ({**weights, **trained}, b), (x,)), y)
 
     return loss
 
@@ -86,15 +84,14 @@ class FedBAT(Algorithm):
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
-        names = layout.binarized_names
-        frozen, params, buffers = trained_tensors(model, names, size)
+        sizes = _sizes(layout)
+        frozen, params, buffers = trained_tensors(model, layout, size)
         warm_steps = [self.warmup_steps(task.num_steps) for task in tasks]
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
-        alpha0 = {n: w.new_zeros(size) for n, w in frozen.items()}
+        alpha0 = frozen.new_zeros(size, len(sizes))
 
         def take_alpha0(k: int) -> None:
-            for n in names:
-                alpha0[n][k] = params[_update(n)][k].detach().abs().mean()
+            alpha0[k] = torch.stack([part.abs().mean() for part in params[UPDATE][k].detach().split(sizes)])
 
         def phase_of(k: int, step: int) -> str:
             return WARM_UP if step <= warm_steps[k] else BINARIZED
@@ -105,15 +102,11 @@ class FedBAT(Algorithm):
             for k in members:
                 if step == warm_steps[k] + 1:
                     take_alpha0(k)
-            index = member_index(tuple(members), next(iter(frozen.values())).device)
-            draws = [[uniform_noise(w, noise[k]) for w in frozen.values()] for k in members]  # each client's order
-            return {
-                **{f"alpha0:{n}": alpha0[n][index] for n in names},
-                **{f"noise:{n}": torch.stack([d[i] for d in draws]) for i, n in enumerate(names)},
-            }
+            draws = [uniform_noise(frozen, noise[k]) for k in members]  # the tensors' noise in layout order
+            return {"alpha0": alpha0[member_index(tuple(members), frozen.device)], "noise": torch.stack(draws)}
 
-        def loss_of(phase: str) -> ClientLoss:
-            return client_loss(model, frozen, self.rho, phase)
+        def loss_of(phase: str) -> GroupLoss:
+            return client_loss(model, layout, frozen, self.rho, phase)
 
         losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of)
         state = {**params, **buffers}
@@ -123,8 +116,9 @@ class FedBAT(Algorithm):
                 take_alpha0(k)
             with torch.no_grad():
                 upload = task.generator(Stream.UPLOAD)
-                alphas = [step_size(alpha0[n][k], params[_log_scale(n)][k], self.rho) for n in names]
-                signs = [sample_signs(params[_update(n)][k], a, upload).reshape(-1) for n, a in zip(names, alphas)]
-            updates.append(LocalUpdate(self.kind, torch.stack(alphas).float(), torch.cat(signs),
-                                       dense_of(layout, state, k), losses[k]))  # fmt: skip
+                alphas = step_size(alpha0[k], params[LOG_SCALE][k], self.rho)
+                parts = params[UPDATE][k].split(sizes)
+                signs = [sample_signs(m, a, upload) for m, a in zip(parts, alphas)]
+            updates.append(LocalUpdate(self.kind, alphas.float(), torch.cat(signs), dense_of(layout, state, k),
+                                       losses[k]))  # fmt: skip
         return updates

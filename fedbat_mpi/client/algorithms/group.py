@@ -3,13 +3,13 @@
 Each client of a group has its own copy of the trained tensors and of the BatchNorm statistics
 (stacked along a leading client dimension), its own data, its own number of steps ``K_k`` and its own
 random streams. At step ``t`` the clients that still have steps are put in buckets of equal batch size
-and equal *phase* (e.g. FedBAT's warm-up or binarized steps); a bucket runs as one vectorised forward
-pass (``torch.func.vmap`` over ``functional_call``), a bucket of one client as a plain call. One
-backward pass of the summed losses follows: clients share no trained tensor, so each gets its own
-gradient, and plain SGD leaves the clients that did not train at ``t`` untouched (their gradient is
-zero). So every client sees exactly its own samples (ragged last batches and BatchNorm statistics
-included) and takes exactly its own ``K_k`` steps: a group's updates equal training its clients one
-after another up to float rounding, and a group of one *is* one-by-one training.
+and equal *phase* (e.g. FedBAT's warm-up or binarized steps); a bucket runs as one forward pass of the
+grouped model (``grouped_layers``: one convolution, BatchNorm, product per layer for all its
+clients). One backward pass of the summed losses follows: clients share no trained tensor, so each
+gets its own gradient, and plain SGD leaves the clients that did not train at ``t`` untouched (their
+gradient is zero). So every client sees exactly its own samples (ragged last batches and BatchNorm
+statistics included) and takes exactly its own ``K_k`` steps: a group's updates equal training its
+clients one after another up to float rounding, and a group of one *is* one-by-one training.
 """
 
 import functools
@@ -17,17 +17,17 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from fedbat_mpi.client.device import memory_format
+from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.layout import ModelLayout
 
 from .base import LocalTask
 
 Stacked = dict[Any, torch.Tensor]  # tensors with a leading client dimension, by name
-# One client's loss on one batch: (trained tensors, buffers, inputs, labels, per-client extras) -> scalar.
-ClientLoss = Callable[[Stacked, Stacked, torch.Tensor, torch.Tensor, Stacked], torch.Tensor]
+# The losses of a bucket of G clients, (G,), from its stacked trained tensors and buffers, its grouped
+# inputs (``grouped_inputs``), its G x N labels and its stacked per-client extras.
+GroupLoss = Callable[[Stacked, Stacked, torch.Tensor, torch.Tensor, Stacked], torch.Tensor]
 
 
 def stacked(tensor: torch.Tensor, size: int) -> torch.Tensor:
@@ -61,14 +61,14 @@ def train_group(
     params: Stacked,
     buffers: Stacked,
     phase_of: Callable[[int, int], Hashable],
-    loss_of: Callable[[Hashable], ClientLoss],
+    loss_of: Callable[[Hashable], GroupLoss],
     extras_of: Callable[[Hashable, int, list[int]], Stacked],
 ) -> list[float]:
     """Plain SGD (FEDBAT.md §1.6) on every client's ``params`` for its ``K_k`` steps; each client's
     mean training loss.
 
     ``phase_of(k, step)`` names the phase of client ``k`` at ``step`` (counted from 1), ``loss_of(phase)``
-    is one client's loss in that phase, and ``extras_of(phase, step, members)`` gives the bucket's
+    gives a bucket's losses in that phase, and ``extras_of(phase, step, members)`` gives the bucket's
     per-client extra inputs, stacked in member order (e.g. FedBAT's step sizes and noise).
     """
     size = len(tasks)
@@ -105,37 +105,35 @@ def train_group(
 
 
 def _bucket_losses(
-    loss: ClientLoss, params: Stacked, buffers: Stacked, entries: list[tuple[int, torch.Tensor, torch.Tensor]],
+    loss: GroupLoss, params: Stacked, buffers: Stacked, entries: list[tuple[int, torch.Tensor, torch.Tensor]],
     extras: Stacked,
 ) -> tuple[torch.Tensor, Stacked]:  # fmt: skip
     """The losses of one bucket's clients, and their BatchNorm buffers after the step: ``buffers``
     itself when the bucket is the whole group (updated in place), else copies to write back."""
     members = [k for k, _, _ in entries]
-    if len(members) == 1:  # a plain call on the client's slices, convolution tensors in the device's layout
-        k, x, y = entries[0]
-        mine = {n: b[k].clone() for n, b in buffers.items()}
-        layout = memory_format(x.device)
-        mine_params = {n: p[k].contiguous(memory_format=layout) if p.dim() == 5 else p[k] for n, p in params.items()}
-        value = loss(mine_params, mine, x, y, {n: t[0] for n, t in extras.items()})
-        return value.unsqueeze(0), {n: b.unsqueeze(0) for n, b in mine.items()}
-    x = torch.stack([x for _, x, _ in entries])
-    y = torch.stack([y for _, _, y in entries])
+    x = grouped_inputs([x for _, x, _ in entries])
+    y = torch.stack([y for _, _, y in entries]) if len(entries) > 1 else entries[0][2].unsqueeze(0)
     if members == list(range(len(next(iter(params.values()))))):  # the whole group: no copies
-        return vmap(loss)(params, buffers, x, y, extras), buffers
+        return loss(params, buffers, x, y, extras), buffers
+    if len(members) == 1:  # slices, views of the group's tensors
+        k = members[0]
+        mine = {n: b[k : k + 1].clone() for n, b in buffers.items()}
+        return loss({n: p[k : k + 1] for n, p in params.items()}, mine, x, y, extras), mine
     index = member_index(tuple(members), x.device)
     mine = {n: b[index] for n, b in buffers.items()}
-    return vmap(loss)({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
+    return loss({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
 
 
 def _no_extras(phase: Hashable, step: int, members: list[int]) -> Stacked:
     return {}
 
 
-def plain_loss(model: torch.nn.Module) -> ClientLoss:
-    """One client's cross-entropy with every parameter its own (local SGD's loss)."""
+def plain_loss(model: torch.nn.Module) -> GroupLoss:
+    """Each client's cross-entropy with every parameter its own (local SGD's loss)."""
+    grouped = grouped_model(model)
 
     def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, (p, b), (x,)), y)
+        return group_cross_entropy(functional_call(grouped, (p, b), (x,)), y)
 
     return loss
 
