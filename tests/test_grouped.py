@@ -17,6 +17,7 @@ from mpi4py import MPI
 from torch.func import functional_call
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.algorithms.group import GroupStep
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
@@ -46,18 +47,18 @@ def client_data(dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return data
 
 
-def _tasks(model, layout, client_data, states=None) -> list[LocalTask]:
+def _tasks(model, layout, client_data, states=None, graphs=False, epochs=EPOCHS) -> list[LocalTask]:
     """The clients' tasks: each reshuffles its own data every epoch, from its own streams."""
     tasks = []
     for k, (x, y) in enumerate(client_data):
         order = torch.Generator().manual_seed(k)
         batches = []
-        for _ in range(EPOCHS):
+        for _ in range(epochs):
             permutation = torch.randperm(len(y), generator=order)
             batches += [(x[i], y[i]) for i in permutation.split(BATCH)]
         tasks.append(LocalTask(k, model, layout, lambda b=batches: iter(b), len(batches), LR,
                                lambda stream, k=k: torch.Generator().manual_seed(1000 * k + int(stream)),
-                               None if states is None else states[k]))  # fmt: skip
+                               None if states is None else states[k], graphs))  # fmt: skip
     return tasks
 
 
@@ -104,6 +105,26 @@ def test_client_groups_are_runs_of_the_hosted_clients_in_id_order(dataset):
     assert engine(client_group=3).client_groups([1, 4, 5, 9, 12, 20, 33]) == [[1, 4, 5], [9, 12, 20], [33]]
     # auto: one at a time on the CPU (grouping measured no faster there); on a GPU the whole share.
     assert engine().client_groups([1, 4, 5]) == [[1], [4], [5]]
+
+
+@pytest.mark.parametrize("algorithm", ["fedbat", "fedavg"])
+def test_steps_replayed_from_static_inputs_are_the_eager_steps(client_data, algorithm, monkeypatch):
+    """``graphs``: a step that comes back runs from copies of its inputs in tensors of its own (on a GPU,
+    a CUDA graph's replay; on the CPU the same function, eagerly): bitwise the eager result."""
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5, zsign_sigma=1.0)
+    captures = []
+    capture = GroupStep.capture
+    monkeypatch.setattr(GroupStep, "capture", lambda self, step: captures.append(1) or capture(self, step))
+    eager = trainer.train(_tasks(model, layout, client_data, epochs=4))
+    assert not captures
+    replayed = trainer.train(_tasks(model, layout, client_data, graphs=True, epochs=4))
+    assert len(captures) >= 2  # e.g. full batches of the whole group, in each phase
+    for a, b in zip(replayed, eager, strict=True):
+        assert torch.equal(a.body, b.body) and torch.equal(a.scales, b.scales) and torch.equal(a.dense, b.dense)
+        assert a.train_loss == b.train_loss
 
 
 @pytest.mark.parametrize("name", ["cnn4", "resnet10"])

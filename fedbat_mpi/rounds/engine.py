@@ -69,6 +69,8 @@ class Engine:
         self.config = config
         self.comm = comm
         self.device = select_device(config.device, comm.local_rank)
+        if config.cuda_graphs == "on" and self.device.type != "cuda":
+            raise UsageError(f"--cuda-graphs: on needs a GPU, and this rank runs on the {self.device.type}")
         torch.manual_seed(derive_seed(config.seed, Stream.MODEL_INIT))
         model = build_model(config.model, dataset.num_classes)
         self.layout = ModelLayout(model, binarized_names(model))
@@ -186,6 +188,7 @@ class Engine:
             lr=config.lr,
             generator=generator,
             state=state,
+            graphs=config.cuda_graphs == "on",
         )
         weight = batches_per_epoch if config.weighting == "batches" else len(data)
         return task, float(weight)

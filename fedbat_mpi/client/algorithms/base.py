@@ -28,6 +28,7 @@ class LocalTask:
     lr: float
     generator: Callable[[Stream], torch.Generator]  # the client's stream for (seed, round, id)
     state: torch.Tensor | None = None  # the client's persistent state (zeros before its first round)
+    graphs: bool = False  # replay repeated steps of its group as CUDA graphs (``group.GroupStep``)
 
 
 @dataclass

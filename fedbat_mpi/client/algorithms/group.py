@@ -12,8 +12,10 @@ statistics included) and takes exactly its own ``K_k`` steps: a group's updates 
 clients one after another up to float rounding, and a group of one *is* one-by-one training.
 """
 
+import contextlib
 import functools
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,6 +58,99 @@ def dense_of(layout: ModelLayout, tensors: Stacked, client: int) -> torch.Tensor
     return torch.cat([tensors[seg.name][client].detach().reshape(-1).float() for seg in layout.dense])
 
 
+@dataclass
+class Bucket:
+    """Clients of a group that take the same kind of step together: their phase, their positions in the
+    group, their grouped inputs (``grouped_inputs``), ``G x N`` labels and stacked extras."""
+
+    phase: Hashable
+    members: tuple[int, ...]
+    x: torch.Tensor
+    y: torch.Tensor
+    extras: Stacked
+
+    def signature(self) -> Hashable:
+        """What a captured step depends on besides its input values."""
+        return self.phase, self.members, tuple(self.x.shape), tuple(self.y.shape)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.x, self.y, *self.extras.values()]
+
+    def clone(self) -> "Bucket":
+        return Bucket(self.phase, self.members, self.x.clone(), self.y.clone(),
+                      {n: t.clone() for n, t in self.extras.items()})  # fmt: skip
+
+
+class GroupStep:
+    """One SGD step (FEDBAT.md §1.6) of a group's buckets: the buckets' losses, one backward pass of
+    their sum, the step, the BatchNorm statistics written back, each client's loss added to ``totals``.
+
+    With ``graphs`` on a GPU, a step whose signature (its buckets' phases, members and shapes) comes
+    back is captured as a CUDA graph the second time it is seen, and replayed from then on with its
+    inputs copied into the graph's own: a replay runs the same kernels on the same values, so results
+    are bitwise those of eager steps, without the host's cost of issuing each operation. The group's
+    graphs share one memory pool (nothing a graph computes is read after the step: parameters,
+    statistics and totals live outside it). On the CPU, ``graphs`` runs the same restructured steps
+    from static inputs eagerly (what the tests check).
+    """
+
+    def __init__(self, params: Stacked, buffers: Stacked, totals: torch.Tensor, lr: float,
+                 loss_of: Callable[[Hashable], GroupLoss], graphs: bool):  # fmt: skip
+        self.params, self.buffers, self.totals, self.loss_of = params, buffers, totals, loss_of
+        self.optimizer = torch.optim.SGD(list(params.values()), lr=lr)
+        self.graphs = graphs
+        self.seen: set[Hashable] = set()
+        self.captured: dict[Hashable, tuple[list[Bucket], Callable[[], None]]] = {}
+        self.pool = None
+
+    def __call__(self, buckets: list[Bucket]) -> None:
+        if not self.graphs:
+            return self.run(buckets)
+        signature = tuple(bucket.signature() for bucket in buckets)
+        if signature in self.captured:
+            static, replay = self.captured[signature]
+            for mine, bucket in zip(static, buckets):
+                for target, value in zip(mine.tensors(), bucket.tensors()):
+                    target.copy_(value, non_blocking=True)
+        elif signature in self.seen:
+            static = [bucket.clone() for bucket in buckets]
+            replay = self.capture(lambda: self.run(static))
+            self.captured[signature] = static, replay
+        else:  # the first time: eager, which also warms up what a capture needs
+            self.seen.add(signature)
+            return self.run(buckets)
+        replay()
+
+    def capture(self, step: Callable[[], None]) -> Callable[[], None]:
+        """``step`` as a CUDA graph's replay (on the CPU: ``step`` itself)."""
+        device = self.totals.device
+        if device.type != "cuda":
+            return step
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream(device)):
+            step()
+        self.pool = self.pool or graph.pool()
+        return graph.replay
+
+    def run(self, buckets: list[Bucket]) -> None:
+        """The step, operation by operation."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, written = None, []
+        for bucket in buckets:
+            losses, bucket_buffers = _bucket_losses(self.loss_of(bucket.phase), self.params, self.buffers, bucket)
+            index = member_index(bucket.members, self.totals.device)
+            self.totals.index_add_(0, index, losses.detach())
+            loss = losses.sum() if loss is None else loss + losses.sum()
+            written.append((index, bucket_buffers))
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():  # after the backward pass, which may need the buffers as they were
+            for index, bucket_buffers in written:
+                for n, b in self.buffers.items():
+                    if bucket_buffers[n] is not b:
+                        b.index_copy_(0, index, bucket_buffers[n])
+
+
 def train_group(
     tasks: list[LocalTask],
     params: Stacked,
@@ -69,57 +164,57 @@ def train_group(
 
     ``phase_of(k, step)`` names the phase of client ``k`` at ``step`` (counted from 1), ``loss_of(phase)``
     gives a bucket's losses in that phase, and ``extras_of(phase, step, members)`` gives the bucket's
-    per-client extra inputs, stacked in member order (e.g. FedBAT's step sizes and noise).
+    per-client extra inputs, stacked in member order (e.g. FedBAT's step sizes and noise). With
+    ``tasks[0].graphs``, repeated steps replay CUDA graphs (``GroupStep``), all on one side stream.
     """
-    size = len(tasks)
     device = next(iter(params.values())).device
-    optimizer = torch.optim.SGD(list(params.values()), lr=tasks[0].lr)
-    totals = torch.zeros(size, device=device, dtype=next(iter(params.values())).dtype)
-    batches = [task.batches() for task in tasks]
-    for step in range(1, max(task.num_steps for task in tasks) + 1):
-        buckets: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
-        for k, task in enumerate(tasks):
-            if step <= task.num_steps:
-                x, y = next(batches[k])
-                buckets.setdefault((phase_of(k, step), y.shape[0]), []).append((k, x, y))
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=device)
-        updated_buffers = []
-        for (phase, _), entries in buckets.items():
-            members = [k for k, _, _ in entries]
-            extras = extras_of(phase, step, members)
-            losses, bucket_buffers = _bucket_losses(loss_of(phase), params, buffers, entries, extras)
-            index = member_index(tuple(members), device)
-            totals.index_add_(0, index, losses.detach())
-            loss = loss + losses.sum()
-            updated_buffers.append((index, bucket_buffers))
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():  # after the backward pass, which may need the buffers as they were
-            for index, bucket_buffers in updated_buffers:
-                for n, b in buffers.items():
-                    if bucket_buffers[n] is not b:
-                        b.index_copy_(0, index, bucket_buffers[n])
+    totals = torch.zeros(len(tasks), device=device, dtype=next(iter(params.values())).dtype)
+    graphs = tasks[0].graphs
+    step_of = GroupStep(params, buffers, totals, tasks[0].lr, loss_of, graphs)
+    with _side_stream(device) if graphs else contextlib.nullcontext():
+        batches = [task.batches() for task in tasks]
+        for step in range(1, max(task.num_steps for task in tasks) + 1):
+            entries: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+            for k, task in enumerate(tasks):
+                if step <= task.num_steps:
+                    x, y = next(batches[k])
+                    entries.setdefault((phase_of(k, step), y.shape[0]), []).append((k, x, y))
+            step_of([_bucket(phase, bucket, extras_of(phase, step, [k for k, _, _ in bucket]))
+                     for (phase, _), bucket in entries.items()])  # fmt: skip
     steps = torch.tensor([task.num_steps for task in tasks], device=device, dtype=totals.dtype)
     return (totals / steps).tolist()
 
 
-def _bucket_losses(
-    loss: GroupLoss, params: Stacked, buffers: Stacked, entries: list[tuple[int, torch.Tensor, torch.Tensor]],
-    extras: Stacked,
-) -> tuple[torch.Tensor, Stacked]:  # fmt: skip
+@contextlib.contextmanager
+def _side_stream(device: torch.device) -> Iterator[None]:
+    """A non-default stream (CUDA graphs are captured on one) for the block, ordered after the work
+    already queued and before the work that follows; nothing on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    outer, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(outer)
+    with torch.cuda.stream(side):
+        yield
+    outer.wait_stream(side)
+
+
+def _bucket(phase: Hashable, entries: list[tuple[int, torch.Tensor, torch.Tensor]], extras: Stacked) -> Bucket:
+    y = torch.stack([y for _, _, y in entries]) if len(entries) > 1 else entries[0][2].unsqueeze(0)
+    return Bucket(phase, tuple(k for k, _, _ in entries), grouped_inputs([x for _, x, _ in entries]), y, extras)
+
+
+def _bucket_losses(loss: GroupLoss, params: Stacked, buffers: Stacked, bucket: Bucket) -> tuple[torch.Tensor, Stacked]:
     """The losses of one bucket's clients, and their BatchNorm buffers after the step: ``buffers``
     itself when the bucket is the whole group (updated in place), else copies to write back."""
-    members = [k for k, _, _ in entries]
-    x = grouped_inputs([x for _, x, _ in entries])
-    y = torch.stack([y for _, _, y in entries]) if len(entries) > 1 else entries[0][2].unsqueeze(0)
-    if members == list(range(len(next(iter(params.values()))))):  # the whole group: no copies
+    members, x, y, extras = bucket.members, bucket.x, bucket.y, bucket.extras
+    if members == tuple(range(len(next(iter(params.values()))))):  # the whole group: no copies
         return loss(params, buffers, x, y, extras), buffers
     if len(members) == 1:  # slices, views of the group's tensors
         k = members[0]
         mine = {n: b[k : k + 1].clone() for n, b in buffers.items()}
         return loss({n: p[k : k + 1] for n, p in params.items()}, mine, x, y, extras), mine
-    index = member_index(tuple(members), x.device)
+    index = member_index(members, x.device)
     mine = {n: b[index] for n, b in buffers.items()}
     return loss({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
 
