@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one short script (a few minutes):
 #   1. 1, 2 and 4 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA,
-#      one client at a time: groups of a rank's clients depend on the number of ranks);
+#      one client at a time: groups of a rank's clients depend on the number of ranks), and a grouped
+#      run gives the same with --cuda-graphs on as off (a replayed step is the eager step);
 #      the script exits 1 at the end when they differ (the timings below still run);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
@@ -18,8 +19,12 @@ tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --devic
 for ranks in 1 2 4; do
     "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run "${tiny[@]}" --out "$out/tiny-$ranks" | tail -n 3
 done
+for graphs in off on; do
+    "$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs "$graphs" --out "$out/graphs-$graphs" | tail -n 1
+done
 status=0
 "$py" bench/same_runs.py "$out"/tiny-{1,2,4} || status=1  # determinism on CUDA
+"$py" bench/same_runs.py "$out"/graphs-{off,on} || status=1  # CUDA graphs change nothing
 [ "$only" = determinism ] && exit "$status"
 for ranks in 8 1; do
     start=$(date +%s.%N)

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues still need, on one GPU, in parts (each a few minutes on an H100):
-#   smoke      bench/grouping.py --quick: grouped and one-at-a-time FedBAT work on CUDA, 20 seconds;
+#   smoke      bench/grouping.py --quick --graphs: grouped (with and without CUDA graphs) and
+#              one-at-a-time FedBAT work on CUDA, 30 seconds;
 #   aggregate  bench/aggregate.py --device cuda: issue 9's server step on the GPU (1,000 CNN4-MNIST and
 #              1,000 ResNet-10 payloads), about 1 minute;
-#   grouping   bench/grouping.py: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped and one
-#              at a time, 1,000 clients a round, the ResNet-10 speed-up), about 8 minutes (measured
-#              2026-11-27: 7 for the Fashion-MNIST cases, 1 for the rest; use FEDBAT_GROUPING_CASES
-#              to split it over two calls);
+#   grouping   bench/grouping.py --graphs: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped
+#              and one at a time, FedBAT and FedAvg grouped also with --cuda-graphs on, 1,000 clients a
+#              round, the ResNet-10 speed-up), about 8 minutes without the graph runs (measured
+#              2026-11-27: 7 for the Fashion-MNIST cases, 1 for the rest; the graph runs add about 2);
+#              use FEDBAT_GROUPING_CASES to split it over calls;
 #   graphs     bench/step_graphs.py --compile: issue 8's item 4, the grouped step eager against a CUDA
-#              graph and torch.compile, not yet run on a GPU (estimated 1-3 minutes, compiling included);
+#              graph and torch.compile, and train_group with and without --cuda-graphs, not yet run on
+#              a GPU (estimated 1-3 minutes, compiling included);
 #   agreement  bench/agreement.py: issue 8's accuracy check, 20 rounds of fmnist-iid and fmnist-dir0.3
 #              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), about 8
 #              minutes (estimated from the measured rounds);
@@ -41,11 +44,11 @@ status=0
 for part in "${parts[@]}"; do
     start=$SECONDS
     case $part in
-    smoke) "$py" bench/grouping.py --quick --device cuda --json "$scratch/smoke.json" ;;
+    smoke) "$py" bench/grouping.py --quick --graphs --device cuda --json "$scratch/smoke.json" ;;
     aggregate) "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
         --json "$out/aggregate.json" ;;
     graphs) "$py" bench/step_graphs.py --device cuda --compile --json "$out/graphs.json" ;;
-    grouping) "$py" bench/grouping.py --device cuda "${real_fmnist[@]}" ${FEDBAT_GROUPING_CASES:+--cases $FEDBAT_GROUPING_CASES} \
+    grouping) "$py" bench/grouping.py --graphs --device cuda "${real_fmnist[@]}" ${FEDBAT_GROUPING_CASES:+--cases $FEDBAT_GROUPING_CASES} \
         --json "$out/grouping.json" ;;
     agreement) "$py" bench/agreement.py --device cuda --data-dir "${FEDBAT_FMNIST_DIR:-/usr/share/datasets}" \
         --json "$out/agreement.json" ;;

@@ -7,6 +7,9 @@ Cases, one rank each (issue 8's targets on one GPU):
 - ``fmnist-1000``: FedBAT, 1,000 of 1,000 clients a round, 1 local epoch, grouped: training seconds;
 - ``cifar10-iid``: ResNet-10, ``--preset cifar10-iid --local-epochs 1``, FedBAT one at a time and grouped.
 
+With ``--graphs``, every grouped FedBAT and FedAvg run also runs with ``--cuda-graphs on`` (column
+``graphs``; its speed-up is over the same case's one-at-a-time run, like the others').
+
 Seconds per round are means over the rounds after the first (warm-up). The data are Fashion-MNIST
 from ``--fmnist-dir`` when given (the real files: accuracies then mean something) or files generated
 in the official formats (speed only). Each result row names its case, algorithm and grouping; the
@@ -33,8 +36,8 @@ CASES = ["fmnist-iid", "fmnist-dir0.3", "fmnist-1000", "cifar10-iid"]
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
 
-def cases(quick: bool) -> list[dict]:
-    """(case, algorithm, --client-group, run options) of every run, in the order they run."""
+def cases(quick: bool, graphs: bool = False) -> list[dict]:
+    """(case, algorithm, --client-group, --cuda-graphs, run options) of every run, in the order they run."""
     rounds = ["--rounds", "2" if quick else "3"]
     small = "--num-clients 4 --clients-per-round 2 --local-epochs 1 --batch-size 16".split() if quick else []
     runs = []
@@ -43,16 +46,22 @@ def cases(quick: bool) -> list[dict]:
             groups = ("1", "auto") if algorithm in ("fedbat", "fedavg") else ("auto",)
             for group in groups:
                 args = ["--preset", preset, "--algorithm", algorithm, *rounds, *small]
-                runs.append(dict(case=preset, algorithm=algorithm, group=group, args=args))
-    if quick:  # the smoke test: the two kinds of run above are enough to show the script works
+                runs.append(dict(case=preset, algorithm=algorithm, group=group, graphs="off", args=args))
+    if not quick:
+        many = "--num-clients 1000 --clients-per-round 1000".split()
+        runs.append(dict(case="fmnist-1000", algorithm="fedbat", group="auto", graphs="off",
+                         args=["--preset", "fmnist-iid", *many, "--local-epochs", "1", *rounds]))  # fmt: skip
+        for group in ("1", "auto"):
+            runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group, graphs="off",
+                             args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds]))  # fmt: skip
+    if not graphs:
         return runs
-    many = "--num-clients 1000 --clients-per-round 1000".split()
-    runs.append(dict(case="fmnist-1000", algorithm="fedbat", group="auto",
-                     args=["--preset", "fmnist-iid", *many, "--local-epochs", "1", *rounds]))  # fmt: skip
-    for group in ("1", "auto"):
-        runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group,
-                         args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds]))  # fmt: skip
-    return runs
+    with_graphs = []
+    for run in runs:
+        with_graphs.append(run)
+        if run["group"] != "1" and run["algorithm"] in ("fedbat", "fedavg"):
+            with_graphs.append(dict(run, graphs="on"))
+    return with_graphs
 
 
 def write_data(folder: Path, fmnist_dir: str | None, quick: bool) -> Path:
@@ -69,12 +78,12 @@ def write_data(folder: Path, fmnist_dir: str | None, quick: bool) -> Path:
 
 def measure(run: dict, data_dir: Path, device: str, out: Path) -> dict:
     args = [*run["args"], "--data-dir", str(data_dir), "--device", device, "--client-group", run["group"],
-            "--checkpoint-every", "0"]  # fmt: skip
+            "--cuda-graphs", run["graphs"], "--checkpoint-every", "0"]  # fmt: skip
     rows, usage = benchlib.launch_run(1, args, out)
     measured, flops = rows[1:], round_work(args, str(data_dir), len(rows))[1:]
     train_s = sum(r["phase_s"]["train"] for r in measured) / len(measured)
     return {
-        **{key: run[key] for key in ("case", "algorithm", "group")},
+        **{key: run[key] for key in ("case", "algorithm", "group", "graphs")},
         "round_s": sum(r["time_s"] for r in measured) / len(measured),
         "train_s": train_s,
         "train_tflops": sum(w["train_flops"] for w in flops) / len(flops) / train_s / 1e12,
@@ -99,14 +108,15 @@ def main() -> None:
     parser.add_argument("--fmnist-dir", help="a --data-dir holding the real fashion-mnist/ files")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES,
                         help="the cases to run, in this order (e.g. the ones a lease cut short)")
+    parser.add_argument("--graphs", action="store_true", help="grouped FedBAT and FedAvg also with --cuda-graphs on")
     options = parser.parse_args()
     results, failed = [], []
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = write_data(Path(scratch) / "data", options.fmnist_dir, options.quick)
-        runs = cases(options.quick)
+        runs = cases(options.quick, options.graphs)
         runs = [run for case in options.cases for run in runs if run["case"] == case]
         for index, run in enumerate(runs):
-            label = f"{run['case']} {run['algorithm']} --client-group {run['group']}"
+            label = f"{run['case']} {run['algorithm']} --client-group {run['group']} --cuda-graphs {run['graphs']}"
             try:
                 results.append(measure(run, data_dir, options.device, Path(scratch) / f"run-{index}"))
             except SystemExit as failure:  # one failed run is reported; the other cases still run
@@ -115,7 +125,7 @@ def main() -> None:
                 continue
             print(f"  {label}: {results[-1]['round_s']:.3f} s/round", flush=True)
     benchlib.print_table(with_speedups(results), [
-        ("case", "case", ""), ("algorithm", "algorithm", ""), ("group", "group", ""),
+        ("case", "case", ""), ("algorithm", "algorithm", ""), ("group", "group", ""), ("graphs", "graphs", ""),
         ("clients", "clients_per_round", "d"), ("s/round", "round_s", ".3f"), ("train s", "train_s", ".3f"),
         ("train TFLOP/s", "train_tflops", ".2f"), ("speed-up", "speedup", ".2f"), ("test acc", "final_test_acc", ".4f"),
     ])  # fmt: skip

@@ -11,7 +11,8 @@ the same inputs (images, labels, the binarizer's noise):
   stream, then replayed, each step's inputs copied into the graph's static tensors first;
 - ``compiled`` (``--compile``): the summed loss under ``torch.compile`` (``mode="reduce-overhead"`` on
   CUDA, Inductor's kernels replayed as CUDA graphs), backward pass and SGD step eager;
-- ``train_group``: the algorithm's own training of the group (``Algorithm.train``: buckets, extras,
+- ``train_group`` (and on CUDA ``train_group_graphs``, the same with ``--cuda-graphs on``): the
+  algorithm's own training of the group (``Algorithm.train``: buckets, extras,
   the binarizer's noise from each client's generator, loss totals, the upload) over the same batches,
   with FedBAT's warm-up set to 0 so that every step is binarized. On CUDA it also counts the steps'
   host-device synchronisations (``torch.cuda.set_sync_debug_mode``): each one stalls the host until the
@@ -150,10 +151,10 @@ def _inside_aten(event) -> bool:
     return False
 
 
-def measure_train_group(problem: Problem) -> dict:
+def measure_train_group(problem: Problem, graphs: bool = False) -> dict:
     """The algorithm's own training of the group over the problem's batches (FedBAT's warm-up 0: every
     step binarized), once to warm up and once timed, then once more counting host-device
-    synchronisations on CUDA."""
+    synchronisations on CUDA; with ``graphs``, its steps replayed as CUDA graphs (``--cuda-graphs on``)."""
     model, device = problem.model, problem.inputs[0]["x"].device
     layout = ModelLayout(model, binarized_names(model))
     trainer = make_algorithm(problem.algorithm, rho=6.0, warmup=0.0)
@@ -162,7 +163,7 @@ def measure_train_group(problem: Problem) -> dict:
     def train() -> None:
         trainer.train([
             LocalTask(k, model, layout, lambda k=k: ((i["x"][k], i["y"][k]) for i in problem.inputs), steps,
-                      0.01, lambda stream, k=k: torch.Generator(device).manual_seed(k))
+                      0.01, lambda stream, k=k: torch.Generator(device).manual_seed(k), graphs=graphs)
             for k in range(clients)
         ])  # fmt: skip
 
@@ -184,7 +185,7 @@ def measure_train_group(problem: Problem) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         syncs = sum("synchroniz" in str(w.message) for w in caught) / steps
-    return {"variant": "train_group", "ms_per_step": 1e3 * seconds, "build_s": build_s, "syncs_per_step": syncs,
+    return {"variant": "train_group_graphs" if graphs else "train_group", "ms_per_step": 1e3 * seconds, "build_s": build_s, "syncs_per_step": syncs,
             "ops_per_step": operations(train, device) / steps}  # fmt: skip
 
 
@@ -231,8 +232,9 @@ def main() -> None:
     if options.quick:
         options.clients, options.batch, options.steps = 2, 4, 3
     device = torch.device(options.device)
-    variants = ["eager", *(["graph"] if device.type == "cuda" else []), *(["compiled"] if options.compile else []),
-                "train_group"]  # fmt: skip
+    cuda = device.type == "cuda"
+    variants = ["eager", *(["graph"] if cuda else []), *(["compiled"] if options.compile else []), "train_group",
+                *(["train_group_graphs"] if cuda else [])]  # fmt: skip
     flops = 2 * 3 * multiply_adds_per_image("cnn4-mnist", (1, 28, 28), 10) * options.clients * options.batch
     results = []
     for algorithm in options.algorithms:
@@ -240,8 +242,8 @@ def main() -> None:
         reference = None
         for variant in variants:
             try:
-                if variant == "train_group":
-                    row = measure_train_group(problem)
+                if variant.startswith("train_group"):
+                    row = measure_train_group(problem, graphs=variant == "train_group_graphs")
                 else:
                     row = measure(problem, variant, options.steps, reference)
             except Exception as error:  # a variant that cannot run here is reported; the others go on
