@@ -21,9 +21,10 @@ SMOKE = [
     ("cpu_roof", [], "roof_share"),  # one 2-rank run on the embedded data
     ("client_state", [], "checkpoint_s"),
     ("study_cost", [], "round_s"),  # the GPU script for issue 10's projection, on tiny sizes
-    ("scale", [], "peak_rss_mib"),
-    ("step_graphs", [], "ms_per_step"),
-    ("agreement", ["--presets", "fmnist-iid"], "difference_points"),  # issue 8's GPU accuracy check, tiny  # the GPU script for issue 8's launch overhead, eager on the CPU  # 5 real 2-rank runs of a few hundred clients, one resumed
+    ("scale", [], "peak_rss_mib"),  # 5 real 2-rank runs of a few hundred clients, one resumed
+    ("step_graphs", [], "ms_per_step"),  # the GPU script for issue 8's launch overhead, eager on the CPU
+    ("agreement", ["--presets", "fmnist-iid"], "difference_points"),  # issue 8's GPU accuracy check, tiny
+    ("host_time", [], "host_ms_per_step"),  # the host's cost of a grouped step, in a subprocess
 ]
 
 
