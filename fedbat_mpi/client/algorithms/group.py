@@ -122,13 +122,18 @@ class GroupStep:
         replay()
 
     def capture(self, step: Callable[[], None]) -> Callable[[], None]:
-        """``step`` as a CUDA graph's replay (on the CPU: ``step`` itself)."""
-        device = self.totals.device
-        if device.type != "cuda":
+        """``step`` as a CUDA graph's replay (on the CPU: ``step`` itself). Captured on the current
+        stream (``train_group``'s side stream) with ``capture_begin``/``capture_end``, not the
+        ``torch.cuda.graph`` context, which synchronises and empties the allocator's cache at every
+        capture; ``thread_local`` so that another thread's CUDA calls cannot spoil it."""
+        if self.totals.device.type != "cuda":
             return step
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream(device)):
+        graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+        try:
             step()
+        finally:
+            graph.capture_end()
         self.pool = self.pool or graph.pool()
         return graph.replay
 
@@ -185,14 +190,19 @@ def train_group(
     return (totals / steps).tolist()
 
 
+@functools.lru_cache(maxsize=16)
+def _stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
 @contextlib.contextmanager
 def _side_stream(device: torch.device) -> Iterator[None]:
-    """A non-default stream (CUDA graphs are captured on one) for the block, ordered after the work
-    already queued and before the work that follows; nothing on the CPU."""
+    """A non-default stream (CUDA graphs are captured on one; the same one every round) for the block,
+    ordered after the work already queued and before the work that follows; nothing on the CPU."""
     if device.type != "cuda":
         yield
         return
-    outer, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    outer, side = torch.cuda.current_stream(device), _stream(device)
     side.wait_stream(outer)
     with torch.cuda.stream(side):
         yield
