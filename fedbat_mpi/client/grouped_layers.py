@@ -59,7 +59,8 @@ _GROUPED: dict[type[nn.Module], type[nn.Module]] = {
 
 @functools.lru_cache(maxsize=4)
 def grouped_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` that trains a group: call it with ``functional_call`` and stacked tensors.
+    """A copy of ``model`` that trains a group (in training mode, whatever ``model``'s): call it with
+    ``functional_call`` and every parameter and buffer stacked (its own copies are never read).
 
     Layers without tensors of their own (pooling, ReLU, containers, the models' own ``forward``) run
     unchanged: they must act per sample and per channel, as the paper's models' do. Raises ValueError
@@ -77,7 +78,7 @@ def grouped_model(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.BatchNorm2d) and not (module.affine and module.track_running_stats and module.momentum):
             raise ValueError(f"{name}: only an affine BatchNorm with running statistics and a fixed momentum can be grouped")
         module.__class__ = _GROUPED[kind]  # the same attributes, the grouped forward
-    return grouped
+    return grouped.train()
 
 
 def grouped_inputs(inputs: list[torch.Tensor]) -> torch.Tensor:
