@@ -16,6 +16,7 @@ from fedbat_mpi.client.binarize import (
     binarize_with_noise,
     sample_signs,
     step_size,
+    uniform_noise,
 )
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
@@ -89,7 +90,8 @@ def test_step_size_stays_inside_its_clamp(alpha0, s):
 def test_upload_signs_follow_the_same_rule():
     generator = torch.Generator().manual_seed(4)
     m = torch.tensor([0.5, -0.5, 0.0])
-    signs = torch.stack([sample_signs(m, torch.tensor(0.1), generator) for _ in range(2000)]).float()
+    alpha = torch.tensor([[0.1]])
+    signs = torch.cat([sample_signs(m[None], alpha, uniform_noise(m[None], generator), (3,)) for _ in range(2000)]).float()
     assert signs[:, 0].min() == 1 and signs[:, 1].max() == 0  # |m| > alpha: deterministic
     assert abs(signs[:, 2].mean().item() - 0.5) < 0.05
 

@@ -96,7 +96,8 @@ def uniform_noise(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
 
 
-def sample_signs(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A fresh sample of the signs of ``B(m; alpha)`` as a bool tensor (True for +alpha)."""
+def sample_signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """A sample of the signs of ``B(m; alpha)`` for a group's flat updates (``G x P``, segments and step
+    sizes as in ``binarize_segments``) from uniform noise ``u``: bool, True for +alpha."""
     with torch.no_grad():
-        return _signs(m, alpha, uniform_noise(m, generator))[1] > 0
+        return _signs(m, _per_entry(alpha, sizes), u)[1] > 0

@@ -21,7 +21,7 @@ from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
-from .group import GroupLoss, Stacked, dense_of, member_index, stacked_state, train_group
+from .group import GroupLoss, Stacked, dense_rows, member_index, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
 UPDATE, LOG_SCALE = "update", "log_scale"  # each client's flat m (G x P) and its s, one per tensor (G x T)
@@ -109,16 +109,12 @@ class FedBAT(Algorithm):
             return client_loss(model, layout, frozen, self.rho, phase)
 
         losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of)
-        state = {**params, **buffers}
-        updates = []
         for k, task in enumerate(tasks):
             if warm_steps[k] >= task.num_steps:  # warm-up to the end: alpha0 from the final m
                 take_alpha0(k)
-            with torch.no_grad():
-                upload = task.generator(Stream.UPLOAD)
-                alphas = step_size(alpha0[k], params[LOG_SCALE][k], self.rho)
-                parts = params[UPDATE][k].split(sizes)
-                signs = [sample_signs(m, a, upload) for m, a in zip(parts, alphas)]
-            updates.append(LocalUpdate(self.kind, alphas.float(), torch.cat(signs), dense_of(layout, state, k),
-                                       losses[k]))  # fmt: skip
-        return updates
+        with torch.no_grad():  # the whole group's uploads at once, each from its client's own stream
+            alphas = step_size(alpha0, params[LOG_SCALE], self.rho)
+            noise = torch.stack([uniform_noise(frozen, task.generator(Stream.UPLOAD)) for task in tasks])
+            signs = sample_signs(params[UPDATE], alphas, noise, sizes)
+        dense = dense_rows(layout, {**params, **buffers}, size)
+        return [LocalUpdate(self.kind, alphas[k].float(), signs[k], dense[k], losses[k]) for k in range(size)]

@@ -51,11 +51,11 @@ def member_index(members: tuple[int, ...], device: torch.device) -> torch.Tensor
     return torch.tensor(members, device=device)
 
 
-def dense_of(layout: ModelLayout, tensors: Stacked, client: int) -> torch.Tensor:
-    """One client's dense (BatchNorm) tensors from stacked parameters and buffers, flat float32."""
+def dense_rows(layout: ModelLayout, tensors: Stacked, size: int) -> torch.Tensor:
+    """Each client's dense (BatchNorm) tensors from stacked parameters and buffers: ``size x D`` float32."""
     if not layout.dense:
-        return torch.zeros(0)
-    return torch.cat([tensors[seg.name][client].detach().reshape(-1).float() for seg in layout.dense])
+        return torch.zeros(size, 0)
+    return torch.cat([tensors[seg.name].detach().reshape(size, -1).float() for seg in layout.dense], dim=1)
 
 
 @dataclass
@@ -249,11 +249,11 @@ def local_sgd(tasks: list[LocalTask]) -> tuple[list[torch.Tensor], list[torch.Te
     Returns each client's flat update of the binarized tensors (``w_end - w_start``, state_dict
     order), its dense tensors after training, and its mean training loss.
     """
-    model, layout = tasks[0].model, tasks[0].layout
-    params, buffers = stacked_state(model, len(tasks))
+    model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
+    params, buffers = stacked_state(model, size)
     loss = plain_loss(model)
     losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras)
-    start = {n: model.get_parameter(n).detach() for n in layout.binarized_names}
-    state = {**params, **buffers}
-    deltas = [torch.cat([(params[n][k].detach() - w0).reshape(-1) for n, w0 in start.items()]) for k in range(len(tasks))]
-    return deltas, [dense_of(layout, state, k) for k in range(len(tasks))], losses
+    names = layout.binarized_names
+    start = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
+    deltas = torch.cat([params[n].detach().reshape(size, -1) for n in names], dim=1) - start
+    return list(deltas), list(dense_rows(layout, {**params, **buffers}, size)), losses
