@@ -25,6 +25,7 @@ SMOKE = [
     ("step_graphs", [], "ms_per_step"),  # the GPU script for issue 8's launch overhead, eager on the CPU
     ("agreement", ["--presets", "fmnist-iid"], "difference_points"),  # issue 8's GPU accuracy check, tiny
     ("host_time", [], "host_ms_per_step"),  # the host's cost of a grouped step, in a subprocess
+    ("cpu_step", ["--algorithms", "fedavg"], "roof_share"),  # a CPU step's operators against sgemm
 ]
 
 

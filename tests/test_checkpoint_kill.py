@@ -30,7 +30,8 @@ RUN = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "16", "--clients-per
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
 TEMPORARY_PREFIX = f".{checkpoint.FILE_NAME}.tmp-"  # checkpoint.save writes here first, then renames
 WRITER_TRIALS = 30
-RUN_TRIALS = 3
+RUN_TRIALS = 3  # kills that land inside a write; a kill just after one (also checked) is tried again,
+RUN_RETRIES = 3  # at most this many times in all
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +156,10 @@ def _write_time(temporary: Path, process: subprocess.Popen) -> float:
 
 
 def _kill_rank_0_during_write(out: Path, process: subprocess.Popen, killed_round: int,
-                              rng: random.Random) -> str:  # fmt: skip
-    """Watch rank 0's checkpoint writes; SIGKILL it at a random moment of the one after ``killed_round``."""
+                              rng: random.Random) -> tuple[str, bool]:  # fmt: skip
+    """Watch rank 0's checkpoint writes; SIGKILL it at a random moment of the one after ``killed_round``.
+    Returns where it was killed, and whether the kill landed inside that write (a write of ~10 ms can
+    end before the moment drawn from the previous one's duration: then rank 0 died just after it)."""
     for _ in range(1, killed_round):
         write_s = _write_time(_next_write(out, process), process)
     temporary = _next_write(out, process)
@@ -171,20 +174,25 @@ def _kill_rank_0_during_write(out: Path, process: subprocess.Popen, killed_round
     where = (f"rank 0 killed {1000 * delay:.0f} ms into the write after round {killed_round} "
              f"(the write before took {1000 * write_s:.0f} ms)")  # fmt: skip
     assert process.returncode != 0, where
-    assert temporary.exists(), f"{where}: that write had ended, the kill missed it"  # left by a killed writer
-    return where
+    landed = temporary.exists()  # left by a killed writer
+    return where + ("" if landed else ", after that write had ended"), landed
 
 
 def test_sigkill_of_rank_0_while_it_writes_resumes_to_the_uninterrupted_model(tmp_path, reference):
     print(f"kill moments from random.Random({SEED}) (FEDBAT_KILL_SEED)")
     rng = random.Random(SEED)
     expected = without_timings(metrics(reference))
-    for trial in range(RUN_TRIALS):
+    landed = 0
+    for trial in range(RUN_TRIALS + RUN_RETRIES):
+        if landed == RUN_TRIALS:
+            break
         out = tmp_path / f"run-{trial}"
         killed_round = rng.choice(range(2, ROUNDS + 1))
         process = subprocess.Popen(command(2, [*RUN, "--out", str(out)]), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
-        where = f"trial {trial}: " + _kill_rank_0_during_write(out, process, killed_round, rng)
+        where, inside = _kill_rank_0_during_write(out, process, killed_round, rng)
+        where = f"trial {trial}: {where}"
+        landed += inside
         print(where)
         state = checkpoint.load(str(out / checkpoint.FILE_NAME))
         assert state.round in (killed_round - 1, killed_round), where
@@ -192,3 +200,4 @@ def test_sigkill_of_rank_0_while_it_writes_resumes_to_the_uninterrupted_model(tm
         done = launch(None, ["--resume", "--out", str(out)])  # one process: quicker, and the same model
         assert done.returncode == 0, f"{where}\n{done.stderr}"
         assert without_timings(metrics(out)) == expected, where
+    assert landed == RUN_TRIALS, f"only {landed} of {trial + 1} kills landed inside a write"
