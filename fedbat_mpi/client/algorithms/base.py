@@ -87,6 +87,7 @@ class Algorithm(ABC):
     def __init__(self, **options: Any):
         for option in self.hyperparameters:
             setattr(self, option.name, options.get(option.name, option.default))
+        self.kept: dict = {}  # group tensors kept between rounds for CUDA graphs (``group.keep``)
 
     def state_size(self, layout: ModelLayout) -> int:
         """The number of float32 values of per-client state; 0 for stateless algorithms."""

@@ -16,5 +16,5 @@ class FedAvg(Algorithm):
     kind = BodyKind.FLOAT32
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
-        deltas, dense, losses = local_sgd(tasks)
+        deltas, dense, losses = local_sgd(tasks, self.kept)
         return [LocalUpdate(self.kind, torch.zeros(0), d, v, loss) for d, v, loss in zip(deltas, dense, losses)]

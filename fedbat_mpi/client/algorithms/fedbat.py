@@ -21,7 +21,7 @@ from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
-from .group import GroupLoss, Stacked, dense_rows, member_index, stacked_state, train_group
+from .group import GroupLoss, Stacked, dense_rows, keep, member_index, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
 UPDATE, LOG_SCALE = "update", "log_scale"  # each client's flat m (G x P) and its s, one per tensor (G x T)
@@ -86,6 +86,10 @@ class FedBAT(Algorithm):
         model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
         sizes = _sizes(layout)
         frozen, params, buffers = trained_tensors(model, layout, size)
+        kept = None
+        if tasks[0].graphs:  # a graph bakes in rho and the step size besides its tensors
+            kept = keep(self.kept, (model, size, tasks[0].lr, self.rho), {"w": frozen}, params, buffers)
+            frozen, params, buffers = kept.tensors[0]["w"], kept.tensors[1], kept.tensors[2]
         warm_steps = [self.warmup_steps(task.num_steps) for task in tasks]
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
         alpha0 = frozen.new_zeros(size, len(sizes))
@@ -108,7 +112,7 @@ class FedBAT(Algorithm):
         def loss_of(phase: str) -> GroupLoss:
             return client_loss(model, layout, frozen, self.rho, phase)
 
-        losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of)
+        losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of, kept)
         for k, task in enumerate(tasks):
             if warm_steps[k] >= task.num_steps:  # warm-up to the end: alpha0 from the final m
                 take_alpha0(k)

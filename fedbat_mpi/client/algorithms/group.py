@@ -156,6 +156,33 @@ class GroupStep:
                         b.index_copy_(0, index, bucket_buffers[n])
 
 
+@dataclass
+class Kept:
+    """A group's trained tensors and its step, kept from round to round while its steps are CUDA
+    graphs (``--cuda-graphs on``): a graph captured in one round replays in the next on the same
+    tensors, refilled with that round's starting values."""
+
+    tensors: tuple[Stacked, ...]
+    step: GroupStep | None = None
+
+
+def keep(store: dict[Hashable, Kept], key: Hashable, *fresh: Stacked) -> Kept:
+    """The tensors kept in ``store`` under ``key`` with ``fresh``'s values copied in (the first time,
+    ``fresh`` themselves). ``key`` names all a graph bakes in besides tensors (the model, the group's
+    size, the step size...); ``store`` keeps the last four keys."""
+    kept = store.get(key)
+    if kept is None:
+        if len(store) >= 4:
+            store.pop(next(iter(store)))
+        store[key] = kept = Kept(fresh)
+        return kept
+    with torch.no_grad():
+        for mine, new in zip(kept.tensors, fresh, strict=True):
+            for n, t in mine.items():
+                t.copy_(new[n])
+    return kept
+
+
 def train_group(
     tasks: list[LocalTask],
     params: Stacked,
@@ -163,6 +190,7 @@ def train_group(
     phase_of: Callable[[int, int], Hashable],
     loss_of: Callable[[Hashable], GroupLoss],
     extras_of: Callable[[Hashable, int, list[int]], Stacked],
+    kept: Kept | None = None,
 ) -> list[float]:
     """Plain SGD (FEDBAT.md §1.6) on every client's ``params`` for its ``K_k`` steps; each client's
     mean training loss.
@@ -170,12 +198,22 @@ def train_group(
     ``phase_of(k, step)`` names the phase of client ``k`` at ``step`` (counted from 1), ``loss_of(phase)``
     gives a bucket's losses in that phase, and ``extras_of(phase, step, members)`` gives the bucket's
     per-client extra inputs, stacked in member order (e.g. FedBAT's step sizes and noise). With
-    ``tasks[0].graphs``, repeated steps replay CUDA graphs (``GroupStep``), all on one side stream.
+    ``tasks[0].graphs``, repeated steps replay CUDA graphs (``GroupStep``), all on one side stream;
+    ``kept`` (whose tensors ``params`` and ``buffers`` are) keeps the step and its graphs for the next
+    round.
     """
     device = next(iter(params.values())).device
-    totals = torch.zeros(len(tasks), device=device, dtype=next(iter(params.values())).dtype)
     graphs = tasks[0].graphs
-    step_of = GroupStep(params, buffers, totals, tasks[0].lr, loss_of, graphs)
+    if kept is not None and kept.step is not None:
+        step_of = kept.step
+        step_of.loss_of = loss_of
+        step_of.totals.zero_()
+    else:
+        totals = torch.zeros(len(tasks), device=device, dtype=next(iter(params.values())).dtype)
+        step_of = GroupStep(params, buffers, totals, tasks[0].lr, loss_of, graphs)
+        if kept is not None:
+            kept.step = step_of
+    totals = step_of.totals
     with _side_stream(device) if graphs else contextlib.nullcontext():
         batches = [task.batches() for task in tasks]
         for step in range(1, max(task.num_steps for task in tasks) + 1):
@@ -243,16 +281,22 @@ def plain_loss(model: torch.nn.Module) -> GroupLoss:
     return loss
 
 
-def local_sgd(tasks: list[LocalTask]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
-    """Plain local SGD on every parameter of each client of a group (FedAvg's client step).
+def local_sgd(
+    tasks: list[LocalTask], store: dict[Hashable, Kept]
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """Plain local SGD on every parameter of each client of a group (FedAvg's client step); with CUDA
+    graphs, its tensors kept in the algorithm's ``store``.
 
     Returns each client's flat update of the binarized tensors (``w_end - w_start``, state_dict
     order), its dense tensors after training, and its mean training loss.
     """
     model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
     params, buffers = stacked_state(model, size)
+    kept = keep(store, (model, size, tasks[0].lr), params, buffers) if tasks[0].graphs else None
+    if kept is not None:
+        params, buffers = kept.tensors
     loss = plain_loss(model)
-    losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras)
+    losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras, kept)
     names = layout.binarized_names
     start = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
     deltas = torch.cat([params[n].detach().reshape(size, -1) for n in names], dim=1) - start

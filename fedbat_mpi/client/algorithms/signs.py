@@ -48,7 +48,7 @@ class PostTrainingSign(Algorithm):
         """``(scale, positive)`` for one tensor's update: the float scale and the bool signs."""
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
-        deltas, dense, losses = local_sgd(tasks)
+        deltas, dense, losses = local_sgd(tasks, self.kept)
         updates = []
         for task, delta, values, loss in zip(tasks, deltas, dense, losses):
             upload = task.generator(Stream.UPLOAD)
@@ -75,7 +75,7 @@ class EFSignSGD(Algorithm):
         return layout.update_size
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
-        deltas, dense, losses = local_sgd(tasks)
+        deltas, dense, losses = local_sgd(tasks, self.kept)
         updates = []
         for task, delta, values, loss in zip(tasks, deltas, dense, losses):
             corrected = delta if task.state is None else delta + task.state
