@@ -81,6 +81,9 @@ class Bucket:
                       {n: t.clone() for n, t in self.extras.items()})  # fmt: skip
 
 
+MAX_GRAPHS = 64  # graphs a group keeps; beyond them, new step signatures (unequal clients) run eagerly
+
+
 class GroupStep:
     """One SGD step (FEDBAT.md §1.6) of a group's buckets: the buckets' losses, one backward pass of
     their sum, the step, the BatchNorm statistics written back, each client's loss added to ``totals``.
@@ -112,11 +115,11 @@ class GroupStep:
             for mine, bucket in zip(static, buckets):
                 for target, value in zip(mine.tensors(), bucket.tensors()):
                     target.copy_(value, non_blocking=True)
-        elif signature in self.seen:
+        elif signature in self.seen and len(self.captured) < MAX_GRAPHS:
             static = [bucket.clone() for bucket in buckets]
             replay = self.capture(lambda: self.run(static))
             self.captured[signature] = static, replay
-        else:  # the first time: eager, which also warms up what a capture needs
+        else:  # the first time (or past MAX_GRAPHS): eager, which also warms up what a capture needs
             self.seen.add(signature)
             return self.run(buckets)
         replay()
