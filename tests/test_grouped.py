@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 from torch.func import functional_call
 
-from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm, on_host
 from fedbat_mpi.client.algorithms.group import GroupStep
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.client.models import binarized_names, build_model
@@ -158,3 +158,20 @@ def test_a_layer_that_mixes_channels_cannot_be_grouped():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
     with pytest.raises(ValueError, match="GroupNorm layer cannot be grouped"):
         grouped_model(model)
+
+
+@pytest.mark.parametrize("algorithm", ["ef-signsgd", "fedavg", "fedbat"])
+def test_a_groups_updates_move_to_the_host_unchanged(client_data, algorithm):
+    """``on_host`` (a GPU's group of updates in one copy per kind of tensor) keeps every value and field."""
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5)
+    states = [torch.full((layout.update_size,), 1e-3 * k, dtype=torch.float64) for k in range(CLIENTS)]
+    updates = trainer.train(_tasks(model, layout, client_data, states if trainer.state_size(layout) else None))
+    moved = on_host(updates)
+    for a, b in zip(moved, updates, strict=True):
+        assert (a.kind, a.train_loss) == (b.kind, b.train_loss)
+        for name in ("scales", "body", "dense", "state"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or (x.device.type == "cpu" and torch.equal(x, y)), name

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm
+from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm, on_host
 from fedbat_mpi.client.batches import ClientData
 from fedbat_mpi.client.device import in_memory_format, memory_format, select_device
 from fedbat_mpi.client.evaluate import evaluate
@@ -214,7 +214,8 @@ class Engine:
         self.layout.load(self.model, global_on_device)
         self.model.train()
         tasks, weights = zip(*(self.local_task(round_index, c, states.get(c)) for c in group))
-        return list(zip(self.algorithm.train(list(tasks)), weights))
+        updates = self.algorithm.train(list(tasks))
+        return list(zip(on_host(updates) if self.device.type == "cuda" else updates, weights))
 
     def train_within_memory(
         self, round_index: int, group: list[int], global_on_device: torch.Tensor, states: dict[int, torch.Tensor]

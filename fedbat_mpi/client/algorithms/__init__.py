@@ -13,7 +13,7 @@ from fedbat_mpi.errors import UsageError
 # isort: off
 from . import fedbat, fedavg, signs, signs_classical  # noqa: F401
 # isort: on
-from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate
+from .base import REGISTRY, Algorithm, HyperParameter, LocalTask, LocalUpdate, on_host
 
 ALGORITHMS = tuple(REGISTRY)
 
@@ -34,4 +34,5 @@ def make_algorithm(name: str, **options: Any) -> Algorithm:
     return cls(**{option.name: options[option.name] for option in cls.hyperparameters if option.name in options})
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "HyperParameter", "LocalTask", "LocalUpdate", "hyperparameters", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "HyperParameter", "LocalTask", "LocalUpdate", "hyperparameters", "make_algorithm",
+           "on_host"]
