@@ -17,6 +17,7 @@ from mpi4py import MPI
 from torch.func import functional_call
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm, on_host
+from fedbat_mpi.client.algorithms import group as group_module
 from fedbat_mpi.client.algorithms.group import GroupStep
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.client.models import binarized_names, build_model
@@ -131,6 +132,23 @@ def test_steps_replayed_from_static_inputs_are_the_eager_steps(client_data, algo
         for a, b in zip(round_, eager, strict=True):
             assert torch.equal(a.body, b.body) and torch.equal(a.scales, b.scales) and torch.equal(a.dense, b.dense)
             assert a.train_loss == b.train_loss
+
+
+def test_a_group_past_its_graph_budget_evicts_the_oldest_and_still_equals_eager(client_data, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm("fedavg")
+    eager = trainer.train(_tasks(model, layout, client_data, epochs=4))
+    monkeypatch.setattr(group_module, "MAX_GRAPHS", 1)
+    captures = []
+    capture = GroupStep.capture
+    monkeypatch.setattr(GroupStep, "capture", lambda self, step: captures.append(1) or capture(self, step))
+    replayed = trainer.train(_tasks(model, layout, client_data, graphs=True, epochs=4))
+    [kept] = trainer.kept.values()
+    assert len(kept.step.captured) == 1 and len(captures) >= 2  # each capture after the first evicted one
+    for a, b in zip(replayed, eager, strict=True):
+        assert torch.equal(a.body, b.body) and torch.equal(a.dense, b.dense) and a.train_loss == b.train_loss
 
 
 @pytest.mark.parametrize("name", ["cnn4", "resnet10"])

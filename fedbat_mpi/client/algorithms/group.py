@@ -14,6 +14,7 @@ clients one after another up to float rounding, and a group of one *is* one-by-o
 
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ class Bucket:
                       {n: t.clone() for n, t in self.extras.items()})  # fmt: skip
 
 
-MAX_GRAPHS = 64  # graphs a group keeps; beyond them, new step signatures (unequal clients) run eagerly
+MAX_GRAPHS = 64  # graphs a group keeps; a new one replaces the one unused longest (unequal clients)
 
 
 class GroupStep:
@@ -103,7 +104,7 @@ class GroupStep:
         self.optimizer = torch.optim.SGD(list(params.values()), lr=lr)
         self.graphs = graphs
         self.seen: set[Hashable] = set()
-        self.captured: dict[Hashable, tuple[list[Bucket], Callable[[], None]]] = {}
+        self.captured: OrderedDict[Hashable, tuple[list[Bucket], Callable[[], None]]] = OrderedDict()
         self.pool = None
 
     def __call__(self, buckets: list[Bucket]) -> None:
@@ -112,14 +113,17 @@ class GroupStep:
         signature = tuple(bucket.signature() for bucket in buckets)
         if signature in self.captured:
             static, replay = self.captured[signature]
+            self.captured.move_to_end(signature)
             for mine, bucket in zip(static, buckets):
                 for target, value in zip(mine.tensors(), bucket.tensors()):
                     target.copy_(value, non_blocking=True)
-        elif signature in self.seen and len(self.captured) < MAX_GRAPHS:
+        elif signature in self.seen:
+            if len(self.captured) == MAX_GRAPHS:
+                self.captured.popitem(last=False)
             static = [bucket.clone() for bucket in buckets]
             replay = self.capture(lambda: self.run(static))
             self.captured[signature] = static, replay
-        else:  # the first time (or past MAX_GRAPHS): eager, which also warms up what a capture needs
+        else:  # the first time: eager, which also warms up what a capture needs
             self.seen.add(signature)
             return self.run(buckets)
         replay()
