@@ -134,6 +134,22 @@ def test_steps_replayed_from_static_inputs_are_the_eager_steps(client_data, algo
             assert a.train_loss == b.train_loss
 
 
+def test_clients_trained_one_at_a_time_replay_each_others_graphs(client_data):
+    """Groups of one (``--client-group 1``) share the kept tensors and graphs of their size: the next
+    client refills them and replays the steps the previous ones captured, bitwise the eager result."""
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm("fedbat", rho=6.0, warmup=0.5)
+    eager = [trainer.train([task])[0] for task in _tasks(model, layout, client_data)]
+    replayed = [trainer.train([task])[0] for task in _tasks(model, layout, client_data, graphs=True)]
+    [kept] = trainer.kept.values()
+    assert kept.step.captured  # steps of one client's batch size and phase came back
+    for a, b in zip(replayed, eager, strict=True):
+        assert torch.equal(a.body, b.body) and torch.equal(a.scales, b.scales) and torch.equal(a.dense, b.dense)
+        assert a.train_loss == b.train_loss
+
+
 def test_a_group_past_its_graph_budget_evicts_the_oldest_and_still_equals_eager(client_data, monkeypatch):
     torch.manual_seed(0)
     model = build_model("cnn4-mnist", 10).double().train()
