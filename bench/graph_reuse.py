@@ -1,9 +1,10 @@
-"""How many training steps of a round replay a CUDA graph under ``--cuda-graphs on``, measured on the CPU.
+"""How much of a round's training replays CUDA graphs under ``--cuda-graphs on``, measured on the CPU.
 
-A step replays a graph when its *signature* (its buckets' phases, members and shapes) was captured
-before, in this round or an earlier one (``group.GroupStep``); its first occurrence runs eagerly and
-its second is captured. Which steps those are depends only on the clients' sample counts, the batch
-size, the local epochs and FedBAT's warm-up, not on the model or the device. This script runs the real
+A step of a group runs one *bucket* per phase and batch size (``group.GroupStep``); a bucket replays a
+graph when its signature (phase, members, shapes) was captured before, in this round or an earlier
+one; its first occurrence runs eagerly and its second is captured. Which buckets those are depends
+only on the clients' sample counts, the batch size, the local epochs and FedBAT's warm-up, not on the
+model or the device. This script runs the real
 group training (``Algorithm.train`` with ``graphs``, on the CPU the same restructured steps without a
 GPU) of a preset's rounds on one rank, with the clients' real sample counts (the preset's partition of
 the real Fashion-MNIST labels) and a model too thin to compute (``host_time.thin_cnn4``, 16 x 16
@@ -28,24 +29,23 @@ from fedbat_mpi.rounds.schedule import sample_clients
 
 
 class Counting:
-    """Counts what ``GroupStep`` does with each step: eager, captured (then replayed once), replayed."""
+    """Counts what ``GroupStep`` does with each bucket: eager, captured (then replayed once), replayed."""
 
     def __init__(self):
         self.counts = {"eager": 0, "captured": 0, "replayed": 0}
-        call, capture = GroupStep.__call__, GroupStep.capture
+        replayed, capture = GroupStep.replayed, GroupStep.capture
         counting = self
 
-        def counted_call(step: GroupStep, buckets) -> None:
-            known = tuple(b.signature() for b in buckets) in step.captured
-            counting.counts["replayed" if known else "eager"] += 1
-            call(step, buckets)
+        def counted_replayed(step: GroupStep, bucket) -> None:
+            counting.counts["replayed" if bucket.signature() in step.captured else "eager"] += 1
+            replayed(step, bucket)
 
         def counted_capture(step: GroupStep, run):
-            counting.counts["eager"] -= 1  # that step is a capture, not an eager one
+            counting.counts["eager"] -= 1  # that bucket is a capture, not an eager one
             counting.counts["captured"] += 1
             return capture(step, run)
 
-        GroupStep.__call__, GroupStep.capture = counted_call, counted_capture
+        GroupStep.replayed, GroupStep.capture = counted_replayed, counted_capture
 
     def take(self) -> dict:
         counts, self.counts = self.counts, {key: 0 for key in self.counts}
@@ -84,13 +84,13 @@ def main() -> None:
                                    lambda stream, k=k: torch.Generator().manual_seed(k), graphs=True))  # fmt: skip
         trainer.train(tasks)
         counts = counting.take()
-        steps = sum(counts.values())
-        results.append({"round": round_index, "steps": steps, **counts, "replayed_share": counts["replayed"] / steps,
+        buckets = sum(counts.values())
+        results.append({"round": round_index, "buckets": buckets, **counts, "replayed_share": counts["replayed"] / buckets,
                         "largest_client_steps": max(t.num_steps for t in tasks)})  # fmt: skip
         print(f"  round {round_index}: {counts}", flush=True)
     print(f"{options.preset}, {options.algorithm}, {preset['clients_per_round']} clients a round in one group")
     benchlib.print_table(results, [
-        ("round", "round", "d"), ("steps", "steps", "d"), ("largest client's steps", "largest_client_steps", "d"),
+        ("round", "round", "d"), ("buckets run", "buckets", "d"), ("largest client's steps", "largest_client_steps", "d"),
         ("eager", "eager", "d"), ("captured", "captured", "d"), ("replayed", "replayed", "d"),
         ("replayed share", "replayed_share", ".2f"),
     ])  # fmt: skip

@@ -62,23 +62,26 @@ def dense_rows(layout: ModelLayout, tensors: Stacked, size: int) -> torch.Tensor
 @dataclass
 class Bucket:
     """Clients of a group that take the same kind of step together: their phase, their positions in the
-    group, their grouped inputs (``grouped_inputs``), ``G x N`` labels and stacked extras."""
+    group (also as an index tensor on the device), whether they are the whole group, their grouped
+    inputs (``grouped_inputs``), ``G x N`` labels and stacked extras."""
 
     phase: Hashable
     members: tuple[int, ...]
+    index: torch.Tensor
+    whole: bool
     x: torch.Tensor
     y: torch.Tensor
     extras: Stacked
 
     def signature(self) -> Hashable:
-        """What a captured step depends on besides its input values."""
-        return self.phase, self.members, tuple(self.x.shape), tuple(self.y.shape)
+        """What a captured bucket depends on besides its input values (its members are an input)."""
+        return self.phase, self.whole, tuple(self.x.shape), tuple(self.y.shape)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.x, self.y, *self.extras.values()]
+        return [self.index, self.x, self.y, *self.extras.values()]
 
     def clone(self) -> "Bucket":
-        return Bucket(self.phase, self.members, self.x.clone(), self.y.clone(),
+        return Bucket(self.phase, self.members, self.index.clone(), self.whole, self.x.clone(), self.y.clone(),
                       {n: t.clone() for n, t in self.extras.items()})  # fmt: skip
 
 
@@ -86,46 +89,57 @@ MAX_GRAPHS = 64  # graphs a group keeps; a new one replaces the one unused longe
 
 
 class GroupStep:
-    """One SGD step (FEDBAT.md §1.6) of a group's buckets: the buckets' losses, one backward pass of
-    their sum, the step, the BatchNorm statistics written back, each client's loss added to ``totals``.
+    """One SGD step (FEDBAT.md §1.6) of a group's buckets: each bucket's losses and their gradient,
+    added into the group's gradient tensors, its BatchNorm statistics written back and each client's
+    loss added to ``totals``; then every parameter steps by its gradient. Clients share no parameter,
+    so each client's gradient comes from its own bucket alone: the same step as one backward pass of
+    the buckets' summed losses.
 
-    With ``graphs`` on a GPU, a step whose signature (its buckets' phases, members and shapes) comes
-    back is captured as a CUDA graph the second time it is seen, and replayed from then on with its
-    inputs copied into the graph's own: a replay runs the same kernels on the same values, so results
-    are bitwise those of eager steps, without the host's cost of issuing each operation. The group's
-    graphs share one memory pool (nothing a graph computes is read after the step: parameters,
-    statistics and totals live outside it). On the CPU, ``graphs`` runs the same restructured steps
-    from static inputs eagerly (what the tests check).
+    With ``graphs`` on a GPU, a bucket whose signature (phase, shapes, whether it is the whole group)
+    comes back is captured as a CUDA graph the second time it is seen and replayed from then on, its
+    inputs (its members' positions among them) copied into the graph's own: a replay runs the same kernels on the same values, so results are bitwise those of
+    eager steps, without the host's cost of issuing each operation. Buckets, not whole steps, are
+    captured: with unequal clients, a client's ragged last batch makes a step unlike its neighbours, but
+    its bucket comes back every epoch. The graphs share one memory pool: nothing a graph computes is
+    read after it (parameters, gradients, statistics and totals live outside it). On the CPU,
+    ``graphs`` runs the same restructured buckets from static inputs eagerly (what the tests check).
     """
 
     def __init__(self, params: Stacked, buffers: Stacked, totals: torch.Tensor, lr: float,
                  loss_of: Callable[[Hashable], GroupLoss], graphs: bool):  # fmt: skip
         self.params, self.buffers, self.totals, self.loss_of = params, buffers, totals, loss_of
-        self.optimizer = torch.optim.SGD(list(params.values()), lr=lr)
-        self.graphs = graphs
+        self.grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.lr, self.graphs = lr, graphs
         self.seen: set[Hashable] = set()
-        self.captured: OrderedDict[Hashable, tuple[list[Bucket], Callable[[], None]]] = OrderedDict()
+        self.captured: OrderedDict[Hashable, tuple[Bucket, Callable[[], None]]] = OrderedDict()
         self.pool = None
 
     def __call__(self, buckets: list[Bucket]) -> None:
-        if not self.graphs:
-            return self.run(buckets)
-        signature = tuple(bucket.signature() for bucket in buckets)
+        with torch.no_grad():
+            torch._foreach_zero_(list(self.grads.values()))
+        for bucket in buckets:
+            self.bucket(bucket) if not self.graphs else self.replayed(bucket)
+        with torch.no_grad():  # plain SGD, as torch.optim.SGD without momentum computes it
+            torch._foreach_add_(list(self.params.values()), list(self.grads.values()), alpha=-self.lr)
+
+    def replayed(self, bucket: Bucket) -> None:
+        """The bucket's step: eager the first time (which also warms up what a capture needs), captured
+        the second, replayed after that."""
+        signature = bucket.signature()
         if signature in self.captured:
             static, replay = self.captured[signature]
             self.captured.move_to_end(signature)
-            for mine, bucket in zip(static, buckets):
-                for target, value in zip(mine.tensors(), bucket.tensors()):
-                    target.copy_(value, non_blocking=True)
+            for target, value in zip(static.tensors(), bucket.tensors()):
+                target.copy_(value, non_blocking=True)
         elif signature in self.seen:
             if len(self.captured) == MAX_GRAPHS:
                 self.captured.popitem(last=False)
-            static = [bucket.clone() for bucket in buckets]
-            replay = self.capture(lambda: self.run(static))
+            static = bucket.clone()
+            replay = self.capture(lambda: self.bucket(static))
             self.captured[signature] = static, replay
-        else:  # the first time: eager, which also warms up what a capture needs
+        else:
             self.seen.add(signature)
-            return self.run(buckets)
+            return self.bucket(bucket)
         replay()
 
     def capture(self, step: Callable[[], None]) -> Callable[[], None]:
@@ -144,23 +158,18 @@ class GroupStep:
         self.pool = self.pool or graph.pool()
         return graph.replay
 
-    def run(self, buckets: list[Bucket]) -> None:
-        """The step, operation by operation."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, written = None, []
-        for bucket in buckets:
-            losses, bucket_buffers = _bucket_losses(self.loss_of(bucket.phase), self.params, self.buffers, bucket)
-            index = member_index(bucket.members, self.totals.device)
-            self.totals.index_add_(0, index, losses.detach())
-            loss = losses.sum() if loss is None else loss + losses.sum()
-            written.append((index, bucket_buffers))
-        loss.backward()
-        self.optimizer.step()
+    def bucket(self, bucket: Bucket) -> None:
+        """One bucket's part of the step, operation by operation."""
+        losses, bucket_buffers = _bucket_losses(self.loss_of(bucket.phase), self.params, self.buffers, bucket)
+        grads = torch.autograd.grad(losses.sum(), list(self.params.values()), allow_unused=True)
         with torch.no_grad():  # after the backward pass, which may need the buffers as they were
-            for index, bucket_buffers in written:
-                for n, b in self.buffers.items():
-                    if bucket_buffers[n] is not b:
-                        b.index_copy_(0, index, bucket_buffers[n])
+            for total, grad in zip(self.grads.values(), grads):
+                if grad is not None:
+                    total.add_(grad)
+            self.totals.index_add_(0, bucket.index, losses)
+            for n, b in self.buffers.items():
+                if bucket_buffers[n] is not b:
+                    b.index_copy_(0, bucket.index, bucket_buffers[n])
 
 
 @dataclass
@@ -229,7 +238,7 @@ def train_group(
                 if step <= task.num_steps:
                     x, y = next(batches[k])
                     entries.setdefault((phase_of(k, step), y.shape[0]), []).append((k, x, y))
-            step_of([_bucket(phase, bucket, extras_of(phase, step, [k for k, _, _ in bucket]))
+            step_of([_bucket(phase, bucket, extras_of(phase, step, [k for k, _, _ in bucket]), len(tasks))
                      for (phase, _), bucket in entries.items()])  # fmt: skip
     steps = torch.tensor([task.num_steps for task in tasks], device=device, dtype=totals.dtype)
     return (totals / steps).tolist()
@@ -254,24 +263,20 @@ def _side_stream(device: torch.device) -> Iterator[None]:
     outer.wait_stream(side)
 
 
-def _bucket(phase: Hashable, entries: list[tuple[int, torch.Tensor, torch.Tensor]], extras: Stacked) -> Bucket:
+def _bucket(phase: Hashable, entries: list[tuple[int, torch.Tensor, torch.Tensor]], extras: Stacked, size: int) -> Bucket:
+    members = tuple(k for k, _, _ in entries)
     y = torch.stack([y for _, _, y in entries]) if len(entries) > 1 else entries[0][2].unsqueeze(0)
-    return Bucket(phase, tuple(k for k, _, _ in entries), grouped_inputs([x for _, x, _ in entries]), y, extras)
+    x = grouped_inputs([x for _, x, _ in entries])
+    return Bucket(phase, members, member_index(members, x.device), len(members) == size, x, y, extras)
 
 
 def _bucket_losses(loss: GroupLoss, params: Stacked, buffers: Stacked, bucket: Bucket) -> tuple[torch.Tensor, Stacked]:
     """The losses of one bucket's clients, and their BatchNorm buffers after the step: ``buffers``
     itself when the bucket is the whole group (updated in place), else copies to write back."""
-    members, x, y, extras = bucket.members, bucket.x, bucket.y, bucket.extras
-    if members == tuple(range(len(next(iter(params.values()))))):  # the whole group: no copies
-        return loss(params, buffers, x, y, extras), buffers
-    if len(members) == 1:  # slices, views of the group's tensors
-        k = members[0]
-        mine = {n: b[k : k + 1].clone() for n, b in buffers.items()}
-        return loss({n: p[k : k + 1] for n, p in params.items()}, mine, x, y, extras), mine
-    index = member_index(members, x.device)
-    mine = {n: b[index] for n, b in buffers.items()}
-    return loss({n: p[index] for n, p in params.items()}, mine, x, y, extras), mine
+    if bucket.whole:  # no copies
+        return loss(params, buffers, bucket.x, bucket.y, bucket.extras), buffers
+    mine = {n: b[bucket.index] for n, b in buffers.items()}
+    return loss({n: p[bucket.index] for n, p in params.items()}, mine, bucket.x, bucket.y, bucket.extras), mine
 
 
 def _no_extras(phase: Hashable, step: int, members: list[int]) -> Stacked:
