@@ -26,6 +26,7 @@ SMOKE = [
     ("agreement", ["--presets", "fmnist-iid"], "difference_points"),  # issue 8's GPU accuracy check, tiny
     ("host_time", [], "host_ms_per_step"),  # the host's cost of a grouped step, in a subprocess
     ("cpu_step", ["--algorithms", "fedavg"], "roof_share"),  # a CPU step's operators against sgemm
+    ("graph_reuse", [], "replayed_share"),  # the CUDA-graph path's reuse, on the CPU
 ]
 
 
