@@ -97,10 +97,10 @@ class GroupStep:
 
     With ``graphs`` on a GPU, a bucket whose signature (phase, shapes, whether it is the whole group)
     comes back is captured as a CUDA graph the second time it is seen and replayed from then on, its
-    inputs (its members' positions among them) copied into the graph's own: a replay runs the same kernels on the same values, so results are bitwise those of
-    eager steps, without the host's cost of issuing each operation. Buckets, not whole steps, are
-    captured: with unequal clients, a client's ragged last batch makes a step unlike its neighbours, but
-    its bucket comes back every epoch. The graphs share one memory pool: nothing a graph computes is
+    inputs (its members' positions among them) copied into the graph's own: a replay runs the same
+    kernels on the same values, so results are bitwise those of eager steps, without the host's cost
+    of issuing each operation. Buckets, not whole steps, are captured: with unequal clients, a
+    client's ragged last batch makes a step unlike its neighbours, but its bucket comes back. The graphs share one memory pool: nothing a graph computes is
     read after it (parameters, gradients, statistics and totals live outside it). On the CPU,
     ``graphs`` runs the same restructured buckets from static inputs eagerly (what the tests check).
     """
@@ -118,7 +118,10 @@ class GroupStep:
         with torch.no_grad():
             torch._foreach_zero_(list(self.grads.values()))
         for bucket in buckets:
-            self.bucket(bucket) if not self.graphs else self.replayed(bucket)
+            if self.graphs:
+                self.replayed(bucket)
+            else:
+                self.bucket(bucket)
         with torch.no_grad():  # plain SGD, as torch.optim.SGD without momentum computes it
             torch._foreach_add_(list(self.params.values()), list(self.grads.values()), alpha=-self.lr)
 
