@@ -227,6 +227,7 @@ class Engine:
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise
+        self.algorithm.kept.clear()  # the larger group's kept tensors and CUDA graphs
         torch.cuda.empty_cache()
         half = (len(group) + 1) // 2
         self.memory_limit = min(self.memory_limit, half)
