@@ -5,9 +5,9 @@ Each client of a group has its own copy of the trained tensors and of the BatchN
 random streams. At step ``t`` the clients that still have steps are put in buckets of equal batch size
 and equal *phase* (e.g. FedBAT's warm-up or binarized steps); a bucket runs as one forward pass of the
 grouped model (``grouped_layers``: one convolution, BatchNorm, product per layer for all its
-clients). One backward pass of the summed losses follows: clients share no trained tensor, so each
-gets its own gradient, and plain SGD leaves the clients that did not train at ``t`` untouched (their
-gradient is zero). So every client sees exactly its own samples (ragged last batches and BatchNorm
+clients) and one backward pass of its summed losses into the group's gradients: clients share no
+trained tensor, so each gets its own gradient, and plain SGD leaves the clients that did not train at
+``t`` untouched (their gradient is zero). So every client sees exactly its own samples (ragged last batches and BatchNorm
 statistics included) and takes exactly its own ``K_k`` steps: a group's updates equal training its
 clients one after another up to float rounding, and a group of one *is* one-by-one training.
 """
@@ -100,14 +100,17 @@ class GroupStep:
     inputs (its members' positions among them) copied into the graph's own: a replay runs the same
     kernels on the same values, so results are bitwise those of eager steps, without the host's cost
     of issuing each operation. Buckets, not whole steps, are captured: with unequal clients, a
-    client's ragged last batch makes a step unlike its neighbours, but its bucket comes back. The graphs share one memory pool: nothing a graph computes is
-    read after it (parameters, gradients, statistics and totals live outside it). On the CPU,
-    ``graphs`` runs the same restructured buckets from static inputs eagerly (what the tests check).
+    client's ragged last batch makes a step unlike its neighbours, but its bucket comes back. The
+    graphs share one memory pool: nothing a graph computes is read after it (parameters, gradients,
+    statistics and totals live outside it). On the CPU, ``graphs`` runs the same restructured buckets
+    from static inputs eagerly (what the tests check).
     """
 
-    def __init__(self, params: Stacked, buffers: Stacked, totals: torch.Tensor, lr: float,
-                 loss_of: Callable[[Hashable], GroupLoss], graphs: bool):  # fmt: skip
-        self.params, self.buffers, self.totals, self.loss_of = params, buffers, totals, loss_of
+    def __init__(self, params: Stacked, buffers: Stacked, lr: float, loss_of: Callable[[Hashable], GroupLoss],
+                 graphs: bool):  # fmt: skip
+        self.params, self.buffers, self.loss_of = params, buffers, loss_of
+        first = next(iter(params.values()))
+        self.totals = first.new_zeros(len(first))  # each client's summed loss
         self.grads = {n: torch.zeros_like(p) for n, p in params.items()}
         self.lr, self.graphs = lr, graphs
         self.seen: set[Hashable] = set()
@@ -228,8 +231,7 @@ def train_group(
         step_of.loss_of = loss_of
         step_of.totals.zero_()
     else:
-        totals = torch.zeros(len(tasks), device=device, dtype=next(iter(params.values())).dtype)
-        step_of = GroupStep(params, buffers, totals, tasks[0].lr, loss_of, graphs)
+        step_of = GroupStep(params, buffers, tasks[0].lr, loss_of, graphs)
         if kept is not None:
             kept.step = step_of
     totals = step_of.totals
