@@ -6,7 +6,8 @@ call of the grouped model (FedBAT's binarized phase with its real loss and binar
 loss), one backward pass of their sum, one SGD step. Variants, each from the same starting tensors on
 the same inputs (images, labels, the binarizer's noise):
 
-- ``eager``: what a run does today;
+- ``eager``: the step operation by operation (a run's ``GroupStep`` takes the same gradient bucket by
+  bucket, with ``autograd.grad`` and a ``_foreach_add_`` step; with one bucket, the same arithmetic);
 - ``graph`` (CUDA only): the same step captured once as a CUDA graph after warm-up steps on a side
   stream, then replayed, each step's inputs copied into the graph's static tensors first;
 - ``compiled`` (``--compile``): the summed loss under ``torch.compile`` (``mode="reduce-overhead"`` on
