@@ -1,21 +1,22 @@
 """A grouped training step, eager against a CUDA graph and ``torch.compile``: what removes the launch overhead?
 
-One step of a group of clients as ``train_group`` runs a bucket that holds the whole group (the paper's
-Fashion-MNIST setting by default: CNN4-MNIST, 10 clients, batch 64 each): the clients' losses from one
-call of the grouped model (FedBAT's binarized phase with its real loss and binarizer, or FedAvg's plain
-loss), one backward pass of their sum, one SGD step. Variants, each from the same starting tensors on
-the same inputs (images, labels, the binarizer's noise):
+One step of a group of clients as a run takes it (``group.GroupStep`` on one bucket holding the whole
+group; the paper's Fashion-MNIST setting by default: CNN4-MNIST, 10 clients, batch 64 each): the
+clients' losses from one call of the grouped model (FedBAT's binarized phase with its real loss and
+binarizer, or FedAvg's plain loss), their gradient, one SGD step. Variants, each from the same starting
+tensors on the same inputs (images, labels, the binarizer's noise), all on ``train_group``'s side stream:
 
-- ``eager``: the step operation by operation (a run's ``GroupStep`` takes the same gradient bucket by
-  bucket, with ``autograd.grad`` and a ``_foreach_add_`` step; with one bucket, the same arithmetic);
-- ``graph`` (CUDA only): the same step captured once as a CUDA graph after warm-up steps on a side
-  stream, then replayed, each step's inputs copied into the graph's static tensors first;
-- ``compiled`` (``--compile``): the summed loss under ``torch.compile`` (``mode="reduce-overhead"`` on
-  CUDA, Inductor's kernels replayed as CUDA graphs), backward pass and SGD step eager;
+- ``eager``: ``GroupStep`` operation by operation (``--cuda-graphs off``);
+- ``graph`` (CUDA only): ``GroupStep`` with graphs (``--cuda-graphs on``): eager on the first step,
+  captured as a CUDA graph on the second, replayed from then on, each step's inputs copied into the
+  graph's own tensors first;
+- ``compiled`` (``--compile``): ``GroupStep`` eager with the bucket's loss under ``torch.compile``
+  (``mode="reduce-overhead"`` on CUDA, Inductor's kernels replayed as CUDA graphs);
 - ``train_group`` (and on CUDA ``train_group_graphs``, the same with ``--cuda-graphs on``): the
   algorithm's own training of the group (``Algorithm.train``: buckets, extras,
   the binarizer's noise from each client's generator, loss totals, the upload) over the same batches,
-  with FedBAT's warm-up set to 0 so that every step is binarized. On CUDA it also counts the steps'
+  with FedBAT's warm-up set to 0 so that every step is binarized: the step variants' cost plus the
+  host's work around the step. On CUDA it also counts the steps'
   host-device synchronisations (``torch.cuda.set_sync_debug_mode``): each one stalls the host until the
   GPU's queue drains. Its noise differs from the other variants', so its difference is not reported.
 
@@ -42,12 +43,21 @@ from work import multiply_adds_per_image
 
 from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
 from fedbat_mpi.client.algorithms.fedbat import BINARIZED, client_loss, trained_tensors
-from fedbat_mpi.client.algorithms.group import Stacked, plain_loss, stacked_state
+from fedbat_mpi.client.algorithms.group import (
+    Bucket,
+    GroupStep,
+    Stacked,
+    member_index,
+    plain_loss,
+    side_stream,
+    stacked_state,
+)
 from fedbat_mpi.client.grouped_layers import grouped_inputs
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.layout import ModelLayout
 
 Step = Callable[[dict[str, torch.Tensor]], None]  # one training step on one step's inputs
+LR = 0.01
 
 
 class Problem:
@@ -55,7 +65,7 @@ class Problem:
 
     def __init__(self, algorithm: str, clients: int, batch: int, steps: int, device: torch.device):
         torch.manual_seed(0)
-        self.algorithm = algorithm
+        self.algorithm, self.clients = algorithm, clients
         self.model = model = build_model("cnn4-mnist", 10).to(device).train()
         if algorithm == "fedbat":
             layout = ModelLayout(model, binarized_names(model))
@@ -80,56 +90,24 @@ class Problem:
             for n, t in {**self.params, **self.buffers}.items():
                 t.copy_(self.start[n])
 
-    def summed_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+
+def group_step(problem: Problem, graphs: bool = False, compiled: bool = False) -> Step:
+    """A run's step of the problem's whole group as one bucket: ``GroupStep`` with or without CUDA graphs,
+    its loss optionally under ``torch.compile``."""
+    device = problem.inputs[0]["x"].device
+    loss = problem.loss
+    if compiled:
+        loss = torch.compile(loss, mode="reduce-overhead" if device.type == "cuda" else None)
+    step = GroupStep(problem.params, problem.buffers, LR, lambda phase: loss, graphs)
+    members = tuple(range(problem.clients))
+    index = member_index(members, device)
+
+    def run(inputs: dict[str, torch.Tensor]) -> None:
         extras = {n: t for n, t in inputs.items() if n not in ("x", "y")}
         x = grouped_inputs(list(inputs["x"].unbind(0)))
-        return self.loss(self.params, self.buffers, x, inputs["y"], extras).sum()
+        step([Bucket(None, members, index, True, x, inputs["y"], extras)])
 
-
-def eager_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
-    def step(inputs: dict[str, torch.Tensor]) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        problem.summed_loss(inputs).backward()
-        optimizer.step()
-
-    return step
-
-
-def graph_step(problem: Problem, optimizer: torch.optim.Optimizer, warmup: int = 3) -> Step:
-    """The eager step captured as a CUDA graph (the recipe of PyTorch's CUDA graph notes)."""
-    static = {n: t.clone() for n, t in problem.inputs[0].items()}
-    step = eager_step(problem, optimizer)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            step(static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        problem.summed_loss(static).backward()
-        optimizer.step()
-    problem.reset()  # the warm-up steps trained: start again from the same tensors as eager
-
-    def replay(inputs: dict[str, torch.Tensor]) -> None:
-        for n, t in inputs.items():
-            static[n].copy_(t, non_blocking=True)
-        graph.replay()
-
-    return replay
-
-
-def compiled_step(problem: Problem, optimizer: torch.optim.Optimizer) -> Step:
-    cuda = next(iter(problem.params.values())).is_cuda
-    loss = torch.compile(problem.summed_loss, mode="reduce-overhead" if cuda else None)
-
-    def step(inputs: dict[str, torch.Tensor]) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss(inputs).backward()
-        optimizer.step()
-
-    return step
+    return run
 
 
 def operations(work: Callable[[], None], device: torch.device) -> int:
@@ -164,7 +142,7 @@ def measure_train_group(problem: Problem, graphs: bool = False) -> dict:
     def train() -> None:
         trainer.train([
             LocalTask(k, model, layout, lambda k=k: ((i["x"][k], i["y"][k]) for i in problem.inputs), steps,
-                      0.01, lambda stream, k=k: torch.Generator(device).manual_seed(k), graphs=graphs)
+                      LR, lambda stream, k=k: torch.Generator(device).manual_seed(k), graphs=graphs)
             for k in range(clients)
         ])  # fmt: skip
 
@@ -200,20 +178,19 @@ def measure(problem: Problem, variant: str, warm: int, reference: Stacked | None
     compared with ``reference`` (eager's)."""
     device = problem.inputs[0]["x"].device
     problem.reset()
-    optimizer = torch.optim.SGD(list(problem.params.values()), lr=0.01)
-    build = {"eager": eager_step, "graph": graph_step, "compiled": compiled_step}[variant]
-    start = time.perf_counter()
-    step = build(problem, optimizer)
-    for inputs in problem.inputs[:warm]:
-        step(inputs)
-    _sync(device)
-    build_s = time.perf_counter() - start
-    problem.reset()
-    start = time.perf_counter()
-    for inputs in problem.inputs:
-        step(inputs)
-    _sync(device)
-    seconds = (time.perf_counter() - start) / len(problem.inputs)
+    with side_stream(device):
+        start = time.perf_counter()
+        step = group_step(problem, graphs=variant == "graph", compiled=variant == "compiled")
+        for inputs in problem.inputs[:warm]:
+            step(inputs)
+        _sync(device)
+        build_s = time.perf_counter() - start
+        problem.reset()
+        start = time.perf_counter()
+        for inputs in problem.inputs:
+            step(inputs)
+        _sync(device)
+        seconds = (time.perf_counter() - start) / len(problem.inputs)
     final = {n: t.detach().clone() for n, t in problem.params.items()}
     difference = None if reference is None else max((final[n] - reference[n]).abs().max().item() for n in final)
     ops = operations(lambda: step(problem.inputs[0]), device) if variant == "eager" else None

@@ -26,6 +26,7 @@ from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm,
 from fedbat_mpi.client.batches import ClientData
 from fedbat_mpi.client.device import in_memory_format, memory_format, select_device
 from fedbat_mpi.client.evaluate import evaluate
+from fedbat_mpi.client.folding import FoldedModel
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import Dataset, partition
@@ -76,6 +77,7 @@ class Engine:
         self.layout = ModelLayout(model, binarized_names(model))
         self.global_vector = self.layout.global_vector(model)
         self.model = model.to(self.device, memory_format=memory_format(self.device))
+        self.folded = FoldedModel(self.model)  # what evaluation runs
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
         self.payload_shape = codec.PayloadShape.of(self.layout, self.algorithm.kind)
@@ -293,8 +295,8 @@ class Engine:
             self.global_vector = new_global
         with timer("eval"):
             self.layout.load(self.model, torch.from_numpy(new_global).to(self.device))
-            ds = self.dataset
-            scores = evaluate(self.model, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
+            ds, folded = self.dataset, self.folded.of(self.model)
+            scores = evaluate(folded, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
                               config.eval_batch_size, comm)  # fmt: skip
         peak_rss, _ = comm.gather_bytes(np.array([peak_rss_mib()]).view(np.uint8), [8] * comm.size)
         if not comm.is_root:

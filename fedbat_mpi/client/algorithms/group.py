@@ -235,7 +235,7 @@ def train_group(
         if kept is not None:
             kept.step = step_of
     totals = step_of.totals
-    with _side_stream(device) if graphs else contextlib.nullcontext():
+    with side_stream(device) if graphs else contextlib.nullcontext():
         batches = [task.batches() for task in tasks]
         for step in range(1, max(task.num_steps for task in tasks) + 1):
             entries: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
@@ -255,7 +255,7 @@ def _stream(device: torch.device) -> torch.cuda.Stream:
 
 
 @contextlib.contextmanager
-def _side_stream(device: torch.device) -> Iterator[None]:
+def side_stream(device: torch.device) -> Iterator[None]:
     """A non-default stream (CUDA graphs are captured on one; the same one every round) for the block,
     ordered after the work already queued and before the work that follows; nothing on the CPU."""
     if device.type != "cuda":
