@@ -3,8 +3,9 @@
 A small model's grouped step on a GPU takes as long as the host needs to issue its operations (Python,
 the dispatcher, launches), not as long as the GPU computes them (BENCHMARKS.md §6). This script
 measures that host time where there is no GPU: the algorithm's own training (``Algorithm.train``, the
-code a run executes) of a group of clients on a *thin* CNN4 (the CNN4-MNIST layers with 2 channels a
-convolution, 16 x 16 images, 2 images a client), whose arithmetic is negligible, so that the time per
+code a run executes, its batches drawn and read as a run's are) of a group of clients on a *thin* CNN4
+(the CNN4-MNIST layers with 2 channels a convolution, 16 x 16 images, 2 images a client), whose
+arithmetic is negligible, so that the time per
 step is the cost of issuing the step's operations. On a GPU the same operations are issued, each one
 also a kernel launch.
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 STEPS = 40
+BATCH = 2  # images a client and step
 
 
 def thin_cnn4() -> nn.Sequential:
@@ -43,6 +45,21 @@ def thin_cnn4() -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
+def client_data(k: int, clients: int, steps: int):
+    """Client ``k``'s data as a run holds it (``client/batches.py``): ``steps`` batches of ``BATCH`` rows of
+    a training set of random images, drawn and read by the run's code."""
+    from fedbat_mpi.client import batches  # noqa: PLC0415
+
+    generator = torch.Generator().manual_seed(0)
+    size = clients * steps * BATCH
+    images = torch.randint(0, 256, (size, 1, 16, 16), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (size,), generator=generator)
+    rows = torch.arange(k * steps * BATCH, (k + 1) * steps * BATCH)
+    if not hasattr(batches, "TrainingSet"):  # a checkout before 2026-11-28: each client held a copy of its samples
+        return batches.ClientData(images[rows], labels[rows], (0.5,), (0.25,), False)
+    return batches.ClientData(batches.TrainingSet(images, labels, (0.5,), (0.25,), False), rows)
+
+
 def measure(algorithm: str, clients: int, steps: int, repeats: int) -> float:
     """Seconds per step of ``algorithm`` training ``clients`` clients at once (best of ``repeats``)."""
     from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
@@ -52,11 +69,14 @@ def measure(algorithm: str, clients: int, steps: int, repeats: int) -> float:
     torch.manual_seed(0)
     model = thin_cnn4().train()
     layout = ModelLayout(model, binarized_names(model))
-    data = [[(torch.randn(2, 1, 16, 16), torch.randint(0, 10, (2,))) for _ in range(steps)] for _ in range(clients)]
+    data = [client_data(k, clients, steps) for k in range(clients)]
     trainer = make_algorithm(algorithm, rho=6.0, warmup=0.0)
 
+    def batches(k: int):
+        return data[k].batches(1, BATCH, torch.Generator().manual_seed(k), torch.Generator().manual_seed(k))
+
     def train() -> None:
-        trainer.train([LocalTask(k, model, layout, lambda k=k: iter(data[k]), steps, 0.01,
+        trainer.train([LocalTask(k, model, layout, lambda k=k: batches(k), steps, 0.01,
                                  lambda stream, k=k: torch.Generator().manual_seed(k)) for k in range(clients)])  # fmt: skip
 
     train()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi.data import augment_batch, load_dataset, normalize
+from fedbat_mpi.data import crop, draw_crops, load_dataset, normalize
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.testing.formats import (
     MI_DOUBLE,
@@ -281,12 +281,13 @@ def reference_augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip:
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_augment_batch(dtype: torch.dtype) -> None:
+def test_augmentation(dtype: torch.dtype) -> None:
     x = torch.randint(1, 256, (64, 3, 32, 32)).to(dtype)
-    out = augment_batch(x, torch.Generator().manual_seed(5))
+    cpu = torch.device("cpu")
+    out = crop(x, *draw_crops(64, torch.Generator().manual_seed(5), cpu))
     assert out.shape == x.shape and out.dtype == dtype
-    torch.testing.assert_close(out, augment_batch(x, torch.Generator().manual_seed(5)))
-    assert not torch.equal(out, augment_batch(x, torch.Generator().manual_seed(6)))
+    torch.testing.assert_close(out, crop(x, *draw_crops(64, torch.Generator().manual_seed(5), cpu)))
+    assert not torch.equal(out, crop(x, *draw_crops(64, torch.Generator().manual_seed(6), cpu)))
     draws = torch.Generator().manual_seed(5)
     dy, dx = torch.randint(0, 9, (64,), generator=draws), torch.randint(0, 9, (64,), generator=draws)
     flip = torch.rand(64, generator=draws) < 0.5

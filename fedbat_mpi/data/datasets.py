@@ -70,18 +70,25 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torc
     return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (mean, std))
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per image: random H×W crop of the zero-padded (by 4) image, then a horizontal flip with prob. 0.5.
+Crops = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per image: row offset, column offset, flip
 
-    Offsets and flips are drawn from `generator` (on its own device, so results do not depend on x's
-    device); the crop itself runs on x's device. Apply before `normalize` to pad with black pixels.
-    """
-    n, c, h, w = x.shape
+
+def draw_crops(n: int, generator: torch.Generator, device: torch.device) -> Crops:
+    """The augmentation of ``n`` images (FEDBAT.md §2.1): a random H×W crop of the zero-padded (by 4)
+    image, then a horizontal flip with probability 0.5. Drawn from ``generator`` on its own device (so
+    results do not depend on the images' device), in the order row offsets, column offsets, flips, and
+    sent to ``device`` without waiting for a GPU's queue."""
     dev = generator.device
-    # non_blocking: a copy from the host's memory to a GPU need not wait for the GPU's queue to drain
-    dy = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device, non_blocking=True)
-    dx = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(x.device, non_blocking=True)
-    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device, non_blocking=True)
+    dy = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(device, non_blocking=True)
+    dx = torch.randint(0, 2 * _CROP_PAD + 1, (n,), generator=generator, device=dev).to(device, non_blocking=True)
+    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(device, non_blocking=True)
+    return dy, dx, flip
+
+
+def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Images N×C×H×W cropped and flipped as ``draw_crops`` drew (one gather for the whole batch); apply
+    before ``normalize`` to pad with black pixels."""
+    n, c, h, w = x.shape
     padded = x.new_zeros((n, h + 2 * _CROP_PAD, w + 2 * _CROP_PAD, c))
     padded[:, _CROP_PAD : _CROP_PAD + h, _CROP_PAD : _CROP_PAD + w] = x.permute(0, 2, 3, 1)
     cols = torch.arange(w, device=x.device).expand(n, w)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm, on_host
-from fedbat_mpi.client.batches import ClientData
+from fedbat_mpi.client.batches import ClientData, TrainingSet
 from fedbat_mpi.client.device import in_memory_format, memory_format, select_device
 from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.client.folding import FoldedModel
@@ -92,8 +92,10 @@ class Engine:
         )  # fmt: skip
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
         self.dataset = dataset
-        self.train_images = in_memory_format(dataset.train_x.to(self.device), self.device)
-        self.train_labels = dataset.train_y.to(self.device)
+        self.training_set = TrainingSet(
+            in_memory_format(dataset.train_x.to(self.device), self.device), dataset.train_y.to(self.device),
+            tuple(dataset.train_mean), tuple(dataset.train_std), dataset.augment,
+        )  # fmt: skip
         self.test_images = in_memory_format(dataset.test_x.to(self.device), self.device)
         self.test_labels = dataset.test_y.to(self.device)
         self.client_indices = partition(
@@ -129,9 +131,7 @@ class Engine:
         return codec.payload_size(codec.BodyKind.FLOAT32, self.layout.update_size, 0, self.layout.dense_size)
 
     def client_data(self, client_id: int) -> ClientData:
-        index = torch.from_numpy(self.client_indices[client_id]).to(self.device)
-        ds = self.dataset
-        return ClientData(self.train_images[index], self.train_labels[index], ds.train_mean, ds.train_std, ds.augment)
+        return ClientData(self.training_set, torch.from_numpy(self.client_indices[client_id]).to(self.device))
 
     def waves(self, clients: np.ndarray) -> list[list[list[int]]]:
         """The round's clients in waves, each a list of every rank's clients (in rank order): one wave

@@ -9,12 +9,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from fedbat_mpi.client.batches import Batch
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 from fedbat_mpi.wire.rule import ServerRule
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -24,7 +23,7 @@ class LocalTask:
     client_id: int
     model: torch.nn.Module
     layout: ModelLayout
-    batches: Callable[[], Iterator[Batch]]  # every local step's (inputs, labels), in order
+    batches: Callable[[], Iterator[Batch]]  # every local step's batch, in order
     num_steps: int
     lr: float
     generator: Callable[[Stream], torch.Generator]  # the client's stream for (seed, round, id)

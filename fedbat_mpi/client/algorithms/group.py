@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
+from fedbat_mpi.client.batches import Batch, batch_size, read_batches
+from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_model
 from fedbat_mpi.layout import ModelLayout
 
 from .base import LocalTask
@@ -238,12 +239,12 @@ def train_group(
     with side_stream(device) if graphs else contextlib.nullcontext():
         batches = [task.batches() for task in tasks]
         for step in range(1, max(task.num_steps for task in tasks) + 1):
-            entries: dict[tuple[Hashable, int], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+            entries: dict[tuple[Hashable, int], list[tuple[int, Batch]]] = {}
             for k, task in enumerate(tasks):
                 if step <= task.num_steps:
-                    x, y = next(batches[k])
-                    entries.setdefault((phase_of(k, step), y.shape[0]), []).append((k, x, y))
-            step_of([_bucket(phase, bucket, extras_of(phase, step, [k for k, _, _ in bucket]), len(tasks))
+                    batch = next(batches[k])
+                    entries.setdefault((phase_of(k, step), batch_size(batch)), []).append((k, batch))
+            step_of([_bucket(phase, bucket, extras_of(phase, step, [k for k, _ in bucket]), len(tasks))
                      for (phase, _), bucket in entries.items()])  # fmt: skip
     steps = torch.tensor([task.num_steps for task in tasks], device=device, dtype=totals.dtype)
     return (totals / steps).tolist()
@@ -268,10 +269,9 @@ def side_stream(device: torch.device) -> Iterator[None]:
     outer.wait_stream(side)
 
 
-def _bucket(phase: Hashable, entries: list[tuple[int, torch.Tensor, torch.Tensor]], extras: Stacked, size: int) -> Bucket:
-    members = tuple(k for k, _, _ in entries)
-    y = torch.stack([y for _, _, y in entries]) if len(entries) > 1 else entries[0][2].unsqueeze(0)
-    x = grouped_inputs([x for _, x, _ in entries])
+def _bucket(phase: Hashable, entries: list[tuple[int, Batch]], extras: Stacked, size: int) -> Bucket:
+    members = tuple(k for k, _ in entries)
+    x, y = read_batches([batch for _, batch in entries])
     return Bucket(phase, members, member_index(members, x.device), len(members) == size, x, y, extras)
 
 
