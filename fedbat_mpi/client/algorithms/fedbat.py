@@ -94,8 +94,10 @@ class FedBAT(Algorithm):
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
         alpha0 = frozen.new_zeros(size, len(sizes))
 
-        def take_alpha0(k: int) -> None:
-            alpha0[k] = torch.stack([part.abs().mean() for part in params[UPDATE][k].detach().split(sizes)])
+        def take_alpha0(members: list[int]) -> None:  # the clients' mean |m| per tensor, all at once
+            index = member_index(tuple(members), frozen.device)
+            magnitudes = params[UPDATE].detach()[index].abs()
+            alpha0[index] = torch.stack([part.mean(1) for part in magnitudes.split(sizes, dim=1)], dim=1)
 
         def phase_of(k: int, step: int) -> str:
             return WARM_UP if step <= warm_steps[k] else BINARIZED
@@ -103,9 +105,9 @@ class FedBAT(Algorithm):
         def extras_of(phase: str, step: int, members: list[int]) -> Stacked:
             if phase == WARM_UP:
                 return {}
-            for k in members:
-                if step == warm_steps[k] + 1:
-                    take_alpha0(k)
+            switching = [k for k in members if step == warm_steps[k] + 1]
+            if switching:
+                take_alpha0(switching)
             draws = [uniform_noise(frozen, noise[k]) for k in members]  # the tensors' noise in layout order
             return {"alpha0": alpha0[member_index(tuple(members), frozen.device)], "noise": torch.stack(draws)}
 
@@ -113,9 +115,9 @@ class FedBAT(Algorithm):
             return client_loss(model, layout, frozen, self.rho, phase)
 
         losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of, kept)
-        for k, task in enumerate(tasks):
-            if warm_steps[k] >= task.num_steps:  # warm-up to the end: alpha0 from the final m
-                take_alpha0(k)
+        warm_to_the_end = [k for k, task in enumerate(tasks) if warm_steps[k] >= task.num_steps]
+        if warm_to_the_end:  # alpha0 from the final m
+            take_alpha0(warm_to_the_end)
         with torch.no_grad():  # the whole group's uploads at once, each from its client's own stream
             alphas = step_size(alpha0, params[LOG_SCALE], self.rho)
             noise = torch.stack([uniform_noise(frozen, task.generator(Stream.UPLOAD)) for task in tasks])
