@@ -7,7 +7,8 @@ code a run executes, its batches drawn and read as a run's are) of a group of cl
 (the CNN4-MNIST layers with 2 channels a convolution, 16 x 16 images, 2 images a client), whose
 arithmetic is negligible, so that the time per
 step is the cost of issuing the step's operations. On a GPU the same operations are issued, each one
-also a kernel launch.
+also a kernel launch. It also counts those operations (top-level ATen calls over one training, per
+step): a figure that, unlike the time, does not depend on the machine's load.
 
 ``--baseline DIR`` runs the same measurement with another checkout's ``fedbat_mpi`` (e.g. ``git
 worktree add /tmp/before COMMIT``) in turn with this one, so that the two share the machine's load;
@@ -29,6 +30,7 @@ from pathlib import Path
 import benchlib
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 STEPS = 40
 BATCH = 2  # images a client and step
@@ -60,8 +62,9 @@ def client_data(k: int, clients: int, steps: int):
     return batches.ClientData(batches.TrainingSet(images, labels, (0.5,), (0.25,), False), rows)
 
 
-def measure(algorithm: str, clients: int, steps: int, repeats: int) -> float:
-    """Seconds per step of ``algorithm`` training ``clients`` clients at once (best of ``repeats``)."""
+def measure(algorithm: str, clients: int, steps: int, repeats: int) -> tuple[float, float]:
+    """Seconds per step of ``algorithm`` training ``clients`` clients at once (best of ``repeats``), and
+    the operations it issues per step (top-level ATen calls: on a GPU, about one kernel launch each)."""
     from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
     from fedbat_mpi.client.models import binarized_names
     from fedbat_mpi.layout import ModelLayout
@@ -85,7 +88,10 @@ def measure(algorithm: str, clients: int, steps: int, repeats: int) -> float:
         start = time.perf_counter()
         train()
         best = min(best, time.perf_counter() - start)
-    return best / steps
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        train()
+    operations = sum(1 for e in trace.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+    return best / steps, operations / steps
 
 
 def _measure_in(checkout: Path | None, options) -> list[dict]:
@@ -110,8 +116,12 @@ def main() -> None:
         options.groups, options.steps = [2], 3
     torch.set_num_threads(1)
     if options.inner:
-        rows = [{"algorithm": a, "clients": g, "host_ms_per_step": 1e3 * measure(a, g, options.steps, 3)}
-                for a in options.algorithms for g in options.groups]  # fmt: skip
+        rows = []
+        for algorithm in options.algorithms:
+            for clients in options.groups:
+                seconds, operations = measure(algorithm, clients, options.steps, 3)
+                rows.append({"algorithm": algorithm, "clients": clients, "host_ms_per_step": 1e3 * seconds,
+                             "ops_per_step": operations})  # fmt: skip
         print(json.dumps(rows))
         return
     checkouts = {"this": None, **({"baseline": options.baseline.resolve()} if options.baseline else {})}
@@ -128,7 +138,8 @@ def main() -> None:
                 row["ratio"] = row["host_ms_per_step"] / mine[row["repeat"], row["algorithm"], row["clients"]]
     benchlib.print_table(results, [
         ("checkout", "checkout", ""), ("repeat", "repeat", "d"), ("algorithm", "algorithm", ""),
-        ("clients", "clients", "d"), ("host ms/step", "host_ms_per_step", ".2f"), ("baseline / this", "ratio", ".2f"),
+        ("clients", "clients", "d"), ("host ms/step", "host_ms_per_step", ".2f"), ("ops/step", "ops_per_step", ".1f"),
+        ("baseline / this", "ratio", ".2f"),
     ])  # fmt: skip
     settings = {**vars(options), "baseline": str(options.baseline) if options.baseline else None}
     benchlib.write_json(options.json, "host_time", settings, results)
