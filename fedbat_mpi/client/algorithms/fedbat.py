@@ -14,7 +14,7 @@ import math
 import torch
 from torch.func import functional_call
 
-from fedbat_mpi.client.binarize import binarize_segments, sample_signs, step_size, uniform_noise
+from fedbat_mpi.client.binarize import binarize_segments, sample_signs, step_size
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_model
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
@@ -92,6 +92,7 @@ class FedBAT(Algorithm):
             frozen, params, buffers = kept.tensors[0]["w"], kept.tensors[1], kept.tensors[2]
         warm_steps = [self.warmup_steps(task.num_steps) for task in tasks]
         noise = [task.generator(Stream.BINARIZER) for task in tasks]
+        noise_rows = frozen.new_empty(size, frozen.numel())  # each client's draw in its own row, refilled
         alpha0 = frozen.new_zeros(size, len(sizes))
 
         def take_alpha0(members: list[int]) -> None:  # the clients' mean |m| per tensor, all at once
@@ -108,8 +109,10 @@ class FedBAT(Algorithm):
             switching = [k for k in members if step == warm_steps[k] + 1]
             if switching:
                 take_alpha0(switching)
-            draws = [uniform_noise(frozen, noise[k]) for k in members]  # the tensors' noise in layout order
-            return {"alpha0": alpha0[member_index(tuple(members), frozen.device)], "noise": torch.stack(draws)}
+            index = member_index(tuple(members), frozen.device)
+            for k in members:  # the tensors' noise in layout order, as torch.rand draws it
+                noise_rows[k].uniform_(generator=noise[k])
+            return {"alpha0": alpha0[index], "noise": noise_rows if len(members) == size else noise_rows[index]}
 
         def loss_of(phase: str) -> GroupLoss:
             return client_loss(model, layout, frozen, self.rho, phase)
@@ -120,7 +123,8 @@ class FedBAT(Algorithm):
             take_alpha0(warm_to_the_end)
         with torch.no_grad():  # the whole group's uploads at once, each from its client's own stream
             alphas = step_size(alpha0, params[LOG_SCALE], self.rho)
-            noise = torch.stack([uniform_noise(frozen, task.generator(Stream.UPLOAD)) for task in tasks])
-            signs = sample_signs(params[UPDATE], alphas, noise, sizes)
+            for row, task in zip(noise_rows, tasks):
+                row.uniform_(generator=task.generator(Stream.UPLOAD))
+            signs = sample_signs(params[UPDATE], alphas, noise_rows, sizes)
         dense = dense_rows(layout, {**params, **buffers}, size)
         return [LocalUpdate(self.kind, alphas[k].float(), signs[k], dense[k], losses[k]) for k in range(size)]
