@@ -101,6 +101,7 @@ class Engine:
         self.client_indices = partition(
             dataset.train_y.numpy(), config.num_clients, config.partition, config.seed, config.min_samples
         )
+        self.client_rows = torch.from_numpy(self.client_indices.indices).to(self.device)  # one copy, not one a client
 
     def close(self) -> None:
         """The run's end: rank 0's aggregator lets go of its threads."""
@@ -131,7 +132,8 @@ class Engine:
         return codec.payload_size(codec.BodyKind.FLOAT32, self.layout.update_size, 0, self.layout.dense_size)
 
     def client_data(self, client_id: int) -> ClientData:
-        return ClientData(self.training_set, torch.from_numpy(self.client_indices[client_id]).to(self.device))
+        offsets = self.client_indices.offsets
+        return ClientData(self.training_set, self.client_rows[offsets[client_id] : offsets[client_id + 1]])
 
     def waves(self, clients: np.ndarray) -> list[list[list[int]]]:
         """The round's clients in waves, each a list of every rank's clients (in rank order): one wave
