@@ -48,7 +48,7 @@ class RunOptions:
     batch_size: int = 32
     lr: float = 0.1
     partition: str = "iid"
-    min_samples: int = DIRICHLET_MIN_SAMPLES  # dir:BETA: the fewest samples a client may hold
+    min_samples: int = DIRICHLET_MIN_SAMPLES
     weighting: str = "batches"
     seed: int = 0
     out: str | None = None
@@ -56,7 +56,7 @@ class RunOptions:
     device: str = "auto"
     threads: int = 1
     client_group: int | str = "auto"  # clients trained at once: "auto" (see Engine.group_size) or a number
-    cuda_graphs: str = "off"  # "on": replay repeated training steps as CUDA graphs (group.GroupStep)
+    cuda_graphs: str = "off"
     eval_batch_size: int = 500
 
     def validate(self) -> "Config":
