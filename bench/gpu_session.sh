@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues still need, on one GPU, in parts (each a few minutes on an H100):
 #   smoke      bench/grouping.py --quick --graphs: grouped (with and without CUDA graphs) and
-#              one-at-a-time FedBAT work on CUDA, 30 seconds;
+#              one-at-a-time FedBAT work on CUDA, CNN4 under dir:0.3 and ResNet-10 with augmented
+#              batches, under a minute;
 #   aggregate  bench/aggregate.py --device cuda: issue 9's server step on the GPU (1,000 CNN4-MNIST and
 #              1,000 ResNet-10 payloads), about 1 minute;
 #   grouping   bench/grouping.py --graphs: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped
