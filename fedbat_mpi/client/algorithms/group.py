@@ -172,9 +172,8 @@ class GroupStep:
         losses, bucket_buffers = _bucket_losses(self.loss_of(bucket.phase), self.params, self.buffers, bucket)
         grads = torch.autograd.grad(losses.sum(), list(self.params.values()), allow_unused=True)
         with torch.no_grad():  # after the backward pass, which may need the buffers as they were
-            for total, grad in zip(self.grads.values(), grads):
-                if grad is not None:
-                    total.add_(grad)
+            present = [(total, grad) for total, grad in zip(self.grads.values(), grads) if grad is not None]
+            torch._foreach_add_([total for total, _ in present], [grad for _, grad in present])
             self.totals.index_add_(0, bucket.index, losses)
             for n, b in self.buffers.items():
                 if bucket_buffers[n] is not b:
