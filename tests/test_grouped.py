@@ -10,6 +10,7 @@ only float64 tells a real difference (a client seeing another's samples or stati
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.func import functional_call
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm, on_host
 from fedbat_mpi.client.algorithms import group as group_module
+from fedbat_mpi.client.algorithms.base import pack_sign_rows
 from fedbat_mpi.client.algorithms.group import GroupStep
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_inputs, grouped_model
 from fedbat_mpi.client.models import binarized_names, build_model
@@ -209,3 +211,22 @@ def test_a_groups_updates_move_to_the_host_unchanged(client_data, algorithm):
         for name in ("scales", "body", "dense", "state"):
             x, y = getattr(a, name), getattr(b, name)
             assert (x is None and y is None) or (x.device.type == "cpu" and torch.equal(x, y)), name
+
+
+@pytest.mark.parametrize("entries", [1, 7, 8, 13, 4099])
+def test_signs_packed_by_torch_are_the_bytes_numpy_packs(entries):
+    """``pack_sign_rows`` (what ``on_host`` runs on a GPU's sign bodies) writes what the host's
+    ``np.packbits`` writes: the first entry in the high bit, the last byte padded with zeros."""
+    signs = torch.rand(3, entries, generator=torch.Generator().manual_seed(entries)) > 0.5
+    assert np.array_equal(pack_sign_rows(signs).numpy(), np.packbits(signs.numpy(), axis=1))
+
+
+def test_a_payload_is_the_same_whether_its_signs_were_packed_on_the_device_or_on_the_host(dataset):
+    config = Config(num_clients=40, clients_per_round=8, model="cnn4-mnist", device="cpu")
+    engine = Engine(config, Communicator(MPI.COMM_SELF), dataset)
+    layout = engine.layout
+    signs = torch.rand(2, layout.update_size, generator=torch.Generator().manual_seed(1)) > 0.5
+    scales, dense = torch.rand(2, len(layout.binarized)), torch.rand(2, layout.dense_size)
+    for k, packed in enumerate(pack_sign_rows(signs)):
+        updates = [LocalUpdate(engine.algorithm.kind, scales[k], body, dense[k], 0.5) for body in (signs[k], packed)]
+        assert engine.pack(7, updates[0], 3.0).tobytes() == engine.pack(7, updates[1], 3.0).tobytes()

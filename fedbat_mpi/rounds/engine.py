@@ -241,7 +241,7 @@ class Engine:
     def pack(self, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
         """The client's payload bytes (sign bits packed 8 per byte, or float32 values)."""
         body = update.body.detach().cpu().numpy()
-        if update.kind is codec.BodyKind.SIGNS:
+        if body.dtype == bool:  # signs not yet packed (``on_host`` packs a GPU's on the GPU)
             body = codec.pack_signs(body)
         payload = codec.Payload(
             client_id=client_id,
