@@ -68,7 +68,7 @@ def pack_sign_rows(signs: torch.Tensor) -> torch.Tensor:
     size, entries = signs.shape
     bits = torch.nn.functional.pad(signs.to(torch.uint8), (0, -entries % 8)).view(size, -1, 8)
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=signs.device)  # made there: no copy to wait for
-    return (bits << shifts).sum(-1, dtype=torch.uint8)  # distinct bits: the sum is their or
+    return bits.bitwise_left_shift_(shifts).sum(-1, dtype=torch.uint8)  # distinct bits: the sum is their or
 
 
 @dataclass(frozen=True)
