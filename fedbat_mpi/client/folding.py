@@ -44,14 +44,16 @@ class FoldedModel:
                 conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels), requires_grad=False)
             parent, _, child = norm_name.rpartition(".")
             setattr(self.model.get_submodule(parent), child, nn.Identity())
+        folded = {f"{conv_name}.{kind}" for conv_name, _ in self.pairs for kind in ("weight", "bias")}
+        self.copied = [(name, tensor) for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]
+                       if name not in folded]  # fmt: skip
 
     @torch.no_grad()
     def of(self, model: nn.Module) -> nn.Module:
         """The folded copy, in evaluation mode, computing what ``model.eval()`` computes with its tensors now."""
         source = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            if name in source:  # every tensor but the folded convolutions' and BatchNorms'
-                tensor.copy_(source[name])
+        for name, tensor in self.copied:  # every tensor but the folded convolutions' (computed below)
+            tensor.copy_(source[name])
         for conv_name, norm_name in self.pairs:
             conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
