@@ -93,7 +93,7 @@ class Aggregator:
         coefficients: Coefficients = weighted_mean,
         finish: Finish | None = None,
         engine: str | None = None,
-        clients_per_chunk: int = 128,
+        clients_per_chunk: int = 256,
     ):
         self.layout, self.shape, self.device = layout, shape, torch.device(device)
         self.coefficients, self.finish = coefficients, finish

@@ -4,7 +4,8 @@ For a chunk of clients (in client-id order) and one tensor, ``sum_k c_k (2 b_k -
 entry, with ``c_k`` the client's coefficient for that tensor. Sixteen clients' bits of one entry become
 one 16-bit number (a bit transpose with shift/mask/xor on uint64 words, four rounds), which indexes a
 table of ``sum_q c_q (2 bit_q - 1)`` over those sixteen clients: one gather-add per entry per sixteen
-clients. Small tensors use two 256-entry tables (one per byte) instead of one of 65,536 entries. Column
+clients. A block's words are held slot-major (client 16 g + m of the chunk in row ``m * groups + g``),
+so that each round of the transpose pairs contiguous runs of all groups at once. Small tensors use two 256-entry tables (one per byte) instead of one of 65,536 entries. Column
 blocks are spread over threads (numpy releases the GIL); each entry is summed by one thread, in group
 order, so the result does not depend on the number of threads.
 """
@@ -77,16 +78,18 @@ class SignTables:
         for bit in range(1, 8):
             sums8 += halves[..., bit, None] * _SIGNS8[bit]
         self.tables8[:, :groups] = sums8
-        for tensor in np.flatnonzero(self.big):
-            np.add(
-                self.tables8[tensor, :groups, 1, :, None],
-                self.tables8[tensor, :groups, 0, None, :],
-                out=self.tables16[self.slot[tensor], :groups].reshape(groups, 256, 256),
-            )
+        for tensor in np.flatnonzero(self.big):  # torch's broadcast add: 3x numpy's here
+            halves8 = torch.from_numpy(self.tables8[tensor, :groups])
+            table16 = torch.from_numpy(self.tables16[self.slot[tensor], :groups]).view(groups, 256, 256)
+            torch.add(halves8[:, 1, :, None], halves8[:, 0, None, :], out=table16)
+
+        slots = np.full(groups * GROUP, rows[0])  # padding repeats a row; its coefficient is zero
+        slots[: rows.size] = rows
+        slots = np.ascontiguousarray(slots.reshape(groups, GROUP).T).ravel()  # slot-major (module docstring)
 
         def run(worker: _Worker, blocks: list[_Block]) -> None:
             for block in blocks:
-                worker.block(self, body, rows, groups, block, update)
+                worker.block(self, body, slots, groups, block, update)
 
         parallel(self.pool, run, self.workers, self.parts)
 
@@ -105,21 +108,22 @@ class _Worker:
         self,
         tables: SignTables,
         body: np.ndarray,
-        rows: np.ndarray,
+        slots: np.ndarray,
         groups: int,
         block: _Block,
         update: np.ndarray,
     ) -> None:
-        """Add one block's weighted signs of the chunk's clients to ``update``."""
+        """Add one block's weighted signs of the chunk's clients (rows ``slots`` of ``body``, slot-major)
+        to ``update``."""
         width = block.stop - block.start
-        words = self.words[: groups * GROUP * width].reshape(groups, GROUP, width)
+        words = self.words[: GROUP * groups * width].reshape(GROUP, groups, width)
         columns = body[:, 8 * block.start : 8 * block.stop]
-        target = words.view(np.uint8).reshape(groups * GROUP, 8 * width)[: rows.size, : columns.shape[1]]
-        take_rows(columns, rows, target)
-        for bit in range(4):  # swap bit `bit` of the client index with bit `bit` of the position in a word
+        target = words.view(np.uint8).reshape(GROUP * groups, 8 * width)[:, : columns.shape[1]]
+        take_rows(columns, slots, target)
+        for bit in range(4):  # swap bit `bit` of the client slot with bit `bit` of the position in a word
             shift, mask = 1 << bit, _MASKS[bit]
-            pairs = words.reshape(groups, 2 ** (3 - bit), 2, 2**bit, width)
-            low, high = pairs[:, :, 0], pairs[:, :, 1]
+            pairs = words.reshape(2 ** (3 - bit), 2, 2**bit * groups * width)
+            low, high = pairs[:, 0], pairs[:, 1]
             t = self.scratch[: low.size].reshape(low.shape)
             np.right_shift(low, shift, out=t)
             np.bitwise_xor(t, high, out=t)
@@ -128,15 +132,16 @@ class _Worker:
             np.left_shift(t, shift, out=t)
             np.bitwise_xor(low, t, out=low)
         # Now word n of a group, 16-bit lane L, bit m: client m's sign of entry 16 L + 8 (n >> 3) + 7 - (n & 7).
-        lanes = words.view(np.uint16).reshape(groups, GROUP * width * 4)
-        size = lanes.shape[1]
-        gathered, total = self.gathered[:size], self.total[:size]
+        lanes = words.view(np.uint16).reshape(GROUP, groups, width * 4)
+        size = GROUP * width * 4
+        gathered = self.gathered[:size].reshape(GROUP, width * 4)
+        total = self.total[:size].reshape(GROUP, width * 4)
         tensor = block.tensor
         if tables.big[tensor]:
-            lookups = [(tables.tables16[tables.slot[tensor], g], lanes[g]) for g in range(groups)]
+            lookups = [(tables.tables16[tables.slot[tensor], g], lanes[:, g]) for g in range(groups)]
         else:  # one 256-entry table per byte of a lane: clients 0-7, then 8-15
-            halves = lanes.view(np.uint8).reshape(groups, size, 2)
-            lookups = [(tables.tables8[tensor, g, h], halves[g, :, h]) for g in range(groups) for h in (0, 1)]
+            halves = lanes.view(np.uint8).reshape(GROUP, groups, width * 4, 2)
+            lookups = [(tables.tables8[tensor, g, h], halves[:, g, :, h]) for g in range(groups) for h in (0, 1)]
         np.take(*lookups[0], out=total, mode="wrap")  # mode="wrap": no bounds check (all indices fit)
         for table, index in lookups[1:]:
             np.take(table, index, out=gathered, mode="wrap")
