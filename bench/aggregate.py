@@ -74,14 +74,14 @@ def measure(model: str, kind_name: str, clients: int, threads: int, engine: str 
     rss_start = max_rss_mb()
     shape = codec.PayloadShape.of(layout, kind)
     size = shape.size
-    buffer = np.empty(clients * size, dtype=np.uint8)  # what rank 0's gather delivers
-    for client in range(clients):
-        buffer[client * size : (client + 1) * size] = codec.encode(make_payload(layout, client, kind))
-    rss_payloads = max_rss_mb()
-
     start = time.perf_counter()
     aggregator = Aggregator(layout, shape, device, threads, engine=engine)
     setup_s = time.perf_counter() - start
+
+    buffer = aggregator.receive_buffer(clients * size)  # what rank 0's gather delivers, where it does
+    for client in range(clients):
+        buffer[client * size : (client + 1) * size] = codec.encode(make_payload(layout, client, kind))
+    rss_payloads = max_rss_mb()
 
     def timed() -> tuple[float, float, int, np.ndarray]:
         """Seconds of decode and of aggregate, the minor page faults of both, the new model."""

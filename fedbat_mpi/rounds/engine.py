@@ -281,7 +281,8 @@ class Engine:
                     self.collect_client_states(wave, new_states)
         with timer("gather"):
             counts = self.bytes_per_rank(clients, self.payload_shape.size)
-            received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads")
+            allocate = self.aggregator.receive_buffer if comm.is_root else None  # pinned for a GPU's engine
+            received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads", allocate=allocate)
         with timer("aggregate"):
             if comm.is_root:
                 payloads = read_round(received, self.payload_shape)

@@ -18,10 +18,14 @@ Clients are summed in client-id order, a chunk of clients at a time, into buffer
 which client, its working memory does not grow with the number of clients, and later rounds touch no
 fresh pages. Two engines: ``"table"`` (the CPU's: sign bodies by lookup tables, ``sign_tables.py``;
 float32 bodies by cache-sized column blocks; both on ``threads`` threads) and ``"torch"`` (any device:
-a column block of a chunk's bodies is gathered into a staging buffer and sent to the device, signs
-unpacked to ±1 by a 256 x 8 lookup table of bytes, and multiplied by the coefficients; on CUDA the
-staging buffers are pinned and alternate, so that a block's copy overlaps the gathering of the next,
-and the engine is warmed up when built, so that the first round costs what later ones do).
+a chunk's bodies reach the device a column block at a time, signs unpacked to ±1 by a 256 x 8 lookup
+table of bytes, and multiplied by the coefficients; the engine is warmed up when built, so that the
+first round costs what later ones do). How the torch engine's bodies reach the device: a chunk whose
+rows follow each other in the buffer (as the engine's gather delivers them: ranks hold contiguous
+blocks of client ids) is one copy of that span of the buffer, from memory pinned by
+:meth:`Aggregator.receive_buffer` on CUDA, with no pass over it on the host (on the CPU, the buffer is
+read in place); other chunks are gathered into staging buffers (pinned on CUDA and used in turn, so
+that a block's copy overlaps the gathering of the next).
 The new global vector is checked once for finite values; only if that fails are the payloads searched
 for the client responsible (:func:`payloads.non_finite_error`), so no NaN model goes out.
 """
@@ -137,6 +141,13 @@ class Aggregator:
             raise non_finite_error(payloads)
         return new
 
+    def receive_buffer(self, size: int) -> np.ndarray:
+        """Host memory for a round's received payloads (uint8[size]): pinned when the engine runs on
+        CUDA, so that a chunk's rows are copied from there to the device without staging."""
+        if self.device.type != "cuda":
+            return np.empty(size, dtype=np.uint8)
+        return torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
+
     def close(self) -> None:
         """End the threads."""
         if self.pool is not None:
@@ -198,6 +209,8 @@ class Aggregator:
         self.staging = [torch.zeros(block, dtype=dtype, pin_memory=cuda) for _ in range(_STAGES)]
         self.copied = [torch.cuda.Event() for _ in self.staging] if cuda else []
         self.turn = 0  # the staging buffer last filled
+        # A chunk's span of the received buffer, on CUDA (``_rows_on_device``).
+        self.span = torch.empty(self.chunk * self.shape.size, dtype=torch.uint8, device=self.device) if cuda else None
         if self.signs:
             self.table = torch.from_numpy(_UNPACKED).to(self.device)
             self.indices = torch.empty(block, dtype=torch.int32, device=self.device)
@@ -222,8 +235,12 @@ class Aggregator:
         the device, signs unpacked to ±1, and multiplied by each tensor's coefficients."""
         entries = 8 if self.signs else 1
         weights = self._tensor(coefficients.astype(np.float32))
+        whole = self._rows_on_device(body, rows)
         for start in range(0, body.shape[1], self.width):
-            values = self._stage(body[:, start : start + self.width], rows)
+            if whole is None:
+                values = self._stage(body[:, start : start + self.width], rows)
+            else:
+                values = whole[:, start : start + self.width]
             if self.signs:
                 values = self._unpack(values)
             first = start * entries
@@ -232,6 +249,22 @@ class Aggregator:
                 lo, hi = max(lo, first), min(hi, last)
                 if lo < hi:
                     self.update_t[lo:hi] += weights[:, tensor] @ values[:, lo - first : hi - first]
+
+    def _rows_on_device(self, body: np.ndarray, rows: np.ndarray) -> torch.Tensor | None:
+        """``body[rows]`` on the device without a gather on the host, if ``rows`` follow each other in the
+        buffer: on the CPU a view of the buffer; on CUDA one copy of the bytes from the first row's body
+        to the last row's end (the other fields of the payloads between come along), non-blocking from
+        pinned memory. ``None`` otherwise (``_stage`` then gathers the rows)."""
+        first = int(rows[0])
+        if not body.flags.writeable or not np.array_equal(rows, np.arange(first, first + rows.size)):
+            return None
+        host = torch.from_numpy(body[first : first + rows.size])  # a row is one payload after the last
+        if self.span is None:
+            return host
+        span = host.as_strided(((rows.size - 1) * host.stride(0) + host.shape[1],), (1,))
+        on_device = self.span[: span.numel() * span.element_size()].view(span.dtype)
+        on_device.copy_(span, non_blocking=True)
+        return on_device.as_strided(host.shape, host.stride())
 
     def _stage(self, columns: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """``columns[rows]`` on the device, by the next staging buffer. On CUDA the copy does not block:
@@ -253,7 +286,7 @@ class Aggregator:
         bits)."""
         size = packed.numel()
         indices = self.indices[:size]
-        indices.copy_(packed.view(-1))
+        indices.view(packed.shape).copy_(packed)  # ``packed`` may be a strided view of the rows
         signs = self.unpacked[: 8 * size].view(size, 8)
         torch.index_select(self.table, 0, indices, out=signs)
         return signs.view(packed.shape[0], -1)

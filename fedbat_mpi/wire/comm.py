@@ -5,7 +5,7 @@ would pass MPI's 2**31 - 1 element limit are split. Packed bits are never reduce
 Open MPI's AVX reduction saturates uint8 on some CPUs, so payloads are gathered and summed by rank 0.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -31,7 +31,11 @@ class Communicator:
         return self.rank == 0
 
     def gather_bytes(
-        self, data: np.ndarray, counts: Sequence[int] | None = None, reuse: str | None = None
+        self,
+        data: np.ndarray,
+        counts: Sequence[int] | None = None,
+        reuse: str | None = None,
+        allocate: Callable[[int], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """Gather every rank's uint8 buffer to rank 0 with ``Gatherv``.
 
@@ -40,7 +44,8 @@ class Communicator:
         first. Returns ``(buffer, counts)`` on rank 0, the buffers concatenated in rank order, and
         ``(None, None)`` elsewhere. Ranks may send zero bytes. With ``reuse``, rank 0 receives into the
         buffer kept under that name, so what the previous call with the same name returned is
-        overwritten; without, into a new one.
+        overwritten; without, into a new one. ``allocate(size)``: rank 0's receive memory (uint8[size]),
+        e.g. pinned for a GPU; ``np.empty`` without.
         """
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
         if counts is None:
@@ -50,7 +55,7 @@ class Communicator:
         if data.size != counts[self.rank]:
             raise ValueError(f"rank {self.rank} sends {data.size} bytes, the agreed count is {counts[self.rank]}")
         total = int(counts.sum())
-        recv = self._receive_buffer(reuse, total) if self.is_root else None
+        recv = self._receive_buffer(reuse, total, allocate or _host_bytes) if self.is_root else None
         if total <= self.max_message_bytes:
             displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
             spec = [recv, counts.tolist(), displs.tolist(), MPI.BYTE] if self.is_root else None
@@ -59,12 +64,13 @@ class Communicator:
             self._gather_in_pieces(data, counts, recv)
         return (recv, counts) if self.is_root else (None, None)
 
-    def _receive_buffer(self, name: str | None, size: int) -> np.ndarray:
+    def _receive_buffer(self, name: str | None, size: int, allocate: Callable[[int], np.ndarray]) -> np.ndarray:
         """``size`` bytes of rank 0's receive buffer ``name``, grown when too small, else reused."""
         if name is None:
-            return np.empty(size, dtype=np.uint8)
+            return allocate(size)
         if self._received.get(name, np.empty(0, np.uint8)).size < size:
-            self._received[name] = np.empty(size, dtype=np.uint8)
+            self._received.pop(name, None)  # let the old buffer go before the new one is allocated
+            self._received[name] = allocate(size)
         return self._received[name][:size]
 
     def _gather_in_pieces(self, data: np.ndarray, counts: np.ndarray, recv: np.ndarray | None) -> None:
@@ -132,3 +138,6 @@ class Communicator:
         """End every rank of the job now (used when one rank fails, so that none hangs)."""
         self._comm.Abort(status)
 
+
+def _host_bytes(size: int) -> np.ndarray:
+    return np.empty(size, dtype=np.uint8)
