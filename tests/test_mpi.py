@@ -42,19 +42,27 @@ def _all_equal_on_every_rank(comm: Communicator, data: bytes) -> bool:
 
 
 @pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 1000])
-def test_a_gather_with_agreed_counts_needs_no_count_exchange_and_reuses_its_buffer(max_message_bytes):
+def test_a_gather_with_agreed_counts_needs_no_count_exchange_and_reuses_the_buffer_it_allocated(max_message_bytes):
     comm = Communicator(max_message_bytes=max_message_bytes)
     counts = [300 * r + 7 for r in range(comm.size)]  # every rank knows them, as the schedule fixes them
+    allocated = []  # rank 0's receive memory, from the caller (pinned for a GPU's aggregator)
+
+    def allocate(size: int) -> np.ndarray:
+        allocated.append(np.empty(size, dtype=np.uint8))
+        return allocated[-1]
+
     buffers = []
     for call in range(2):
         mine = np.full(counts[comm.rank], (comm.rank + 10 * call) % 256, dtype=np.uint8)
-        buffer, got = comm.gather_bytes(mine, counts, reuse="test")
+        buffer, got = comm.gather_bytes(mine, counts, reuse="test", allocate=allocate)
         if comm.is_root:
             expected = np.concatenate([np.full(n, (r + 10 * call) % 256, np.uint8) for r, n in enumerate(counts)])
             assert got.tolist() == counts and np.array_equal(buffer, expected)
             buffers.append(buffer)
-    if comm.is_root:  # the second call received into the first one's memory
+    if comm.is_root:  # the second call received into the first one's memory, which `allocate` gave
         assert np.shares_memory(buffers[0], buffers[1])
+        assert [a.size for a in allocated] == [sum(counts)] and np.shares_memory(buffers[0], allocated[0])
+    assert comm.is_root or not allocated
 
 
 @pytest.mark.parametrize("max_message_bytes", [2**31 - 1, 50_000])
