@@ -28,10 +28,9 @@ def step_size(alpha0: torch.Tensor, s: torch.Tensor, rho: float) -> torch.Tensor
 
 
 def _signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, b)``: the scaled update ``m/alpha`` and its stochastic sign in {-1, +1}."""
+    """``(x, xi)``: the scaled update ``m/alpha`` and its stochastic sign, bool (True for +1)."""
     x = m / alpha
-    b = ((x + 1) / 2 + u >= 1).to(m.dtype) * 2 - 1  # floor(v) >= 1 exactly when v >= 1: no floor needed
-    return x, b
+    return x, (x + 1) / 2 + u >= 1  # floor(v) >= 1 exactly when v >= 1: no floor needed
 
 
 class _StochasticBinarize(torch.autograd.Function):
@@ -43,7 +42,8 @@ class _StochasticBinarize(torch.autograd.Function):
     @staticmethod
     def forward(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]):
         per_entry = _per_entry(alpha, sizes)
-        x, b = _signs(m, per_entry, u)
+        x, xi = _signs(m, per_entry, u)
+        b = torch.where(xi, 1.0, -1.0).to(m.dtype)
         return per_entry * b, x, b
 
     @staticmethod
@@ -100,4 +100,4 @@ def sample_signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: t
     """A sample of the signs of ``B(m; alpha)`` for a group's flat updates (``G x P``, segments and step
     sizes as in ``binarize_segments``) from uniform noise ``u``: bool, True for +alpha."""
     with torch.no_grad():
-        return _signs(m, _per_entry(alpha, sizes), u)[1] > 0
+        return _signs(m, _per_entry(alpha, sizes), u)[1]
