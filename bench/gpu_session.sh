@@ -4,7 +4,7 @@
 #              one-at-a-time FedBAT work on CUDA, CNN4 under dir:0.3 and ResNet-10 with augmented
 #              batches, under a minute;
 #   aggregate  bench/aggregate.py --device cuda: issue 9's server step on the GPU (1,000 CNN4-MNIST and
-#              1,000 ResNet-10 payloads; ResNet-10 again with 8 threads), about 1.5 minutes;
+#              1,000 ResNet-10 payloads), about a minute;
 #   grouping   bench/grouping.py --graphs: issue 8's targets (fmnist-iid / dir0.3 per algorithm grouped
 #              and one at a time, FedBAT and FedAvg grouped also with --cuda-graphs on, 1,000 clients a
 #              round, the ResNet-10 speed-up), about 8 minutes without the graph runs (measured
@@ -46,11 +46,9 @@ for part in "${parts[@]}"; do
     start=$SECONDS
     case $part in
     smoke) "$py" bench/grouping.py --quick --graphs --device cuda --json "$scratch/smoke.json" ;;
-    aggregate)  # rank 0's default of 2 threads, and 8 of the node's cores gathering rows into the staging buffers
+    aggregate)  # the payloads in pinned memory, as rank 0 receives them: one copy of each chunk's rows
         "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
-            --json "$out/aggregate.json" &&
-        "$py" bench/aggregate.py --device cuda --models resnet10 --clients 1000 --repeats 3 --threads 8 \
-            --json "$out/aggregate-8threads.json" ;;
+            --json "$out/aggregate.json" ;;
     graphs) "$py" bench/step_graphs.py --device cuda --compile --json "$out/graphs.json" ;;
     grouping) "$py" bench/grouping.py --graphs --device cuda "${real_fmnist[@]}" ${FEDBAT_GROUPING_CASES:+--cases $FEDBAT_GROUPING_CASES} \
         --json "$out/grouping.json" ;;
