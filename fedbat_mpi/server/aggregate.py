@@ -16,8 +16,8 @@ clients' weighted mean ``sum_k p_k dense_k``.
 Clients are summed in client-id order, a chunk of clients at a time, into buffers the
 :class:`Aggregator` keeps from round to round, so the result does not depend on which rank hosted
 which client, its working memory does not grow with the number of clients, and later rounds touch no
-fresh pages. Two engines: ``"table"`` (the CPU's: sign bodies by lookup tables, ``sign_tables.py``;
-float32 bodies by cache-sized column blocks; both on ``threads`` threads) and ``"torch"`` (any device:
+fresh pages. Two engines: ``"table"`` (the CPU's for sign bodies: lookup tables on ``threads`` threads,
+``sign_tables.py``) and ``"torch"`` (float32 bodies everywhere, and sign bodies on other devices:
 a chunk's bodies reach the device a column block at a time, signs unpacked to ±1 by a 256 x 8 lookup
 table of bytes, and multiplied by the coefficients; the engine is warmed up when built, so that the
 first round costs what later ones do). How the torch engine's bodies reach the device: a chunk whose
@@ -42,7 +42,7 @@ from fedbat_mpi.wire.codec import BodyKind, PayloadShape
 from fedbat_mpi.wire.rule import ServerRule
 
 from .payloads import RoundPayloads, non_finite_error
-from .sign_tables import GROUP, SignTables, parallel, take_rows, touched
+from .sign_tables import GROUP, SignTables, take_rows, touched
 
 Coefficients = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(weights float64[n], scales float32[n, S]) -> float64[n, tensors]`` (or ``[n, 1]``, the same for
@@ -51,7 +51,6 @@ Finish = Callable[[np.ndarray], np.ndarray]
 """The summed update (float32[d], the aggregator's buffer, which it may change in place) -> the step."""
 
 ENGINES = ("table", "torch")
-_FLOAT_BLOCK = 2**16  # float32 update entries per column block on the CPU (256 KiB)
 _TORCH_FLOATS = 2**23  # float32 entries of the torch engine's block on the CPU (32 MiB)
 _TORCH_FLOATS_CUDA = 2**26  # and on CUDA (256 MiB): fewer copies and kernel launches
 _STAGES = 2  # the torch engine's staging buffers, used in turn
@@ -83,8 +82,9 @@ def rule_of(rule: ServerRule, server_lr: float) -> tuple[Coefficients, Finish | 
 class Aggregator:
     """The server step of one run, built once (its buffers and threads are reused every round).
 
-    ``engine``: ``"table"`` (the default on the CPU) or ``"torch"`` (the default on other devices; it
-    runs on the CPU too). ``coefficients`` and ``finish``: the rule, as the module docstring says.
+    ``engine``: ``"table"`` (the default for sign bodies on the CPU; sign bodies only) or ``"torch"`` (the
+    default otherwise; it runs on the CPU too). ``coefficients`` and ``finish``: the rule, as the module
+    docstring says.
     """
 
     def __init__(
@@ -101,11 +101,13 @@ class Aggregator:
     ):
         self.layout, self.shape, self.device = layout, shape, torch.device(device)
         self.coefficients, self.finish = coefficients, finish
-        self.engine = engine or ("table" if self.device.type == "cpu" else "torch")
+        self.signs = shape.kind is BodyKind.SIGNS
+        self.engine = engine or ("table" if self.device.type == "cpu" and self.signs else "torch")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}, expected one of {ENGINES}")
+        if self.engine == "table" and not self.signs:
+            raise ValueError("the table engine sums sign bodies; float32 bodies take the torch engine")
         self.chunk = -(-clients_per_chunk // GROUP) * GROUP
-        self.signs = shape.kind is BodyKind.SIGNS
         self.segments = [(seg.offset, seg.offset + seg.size) for seg in layout.binarized]
         self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.engine == "table" else None
         # The table engine's threads are its own; torch's as well would oversubscribe the cores.
@@ -113,13 +115,8 @@ class Aggregator:
         self.update = touched(layout.update_size, np.float32)  # the summed update, on the host
         self.update_t = torch.from_numpy(self.update).to(self.device)  # the same memory on the CPU
         self.dense_rows = touched((self.chunk, layout.dense_size), np.float32)
-        if self.engine == "table" and self.signs:
+        if self.engine == "table":
             self.tables = SignTables(self.segments, self.chunk, self.pool, threads)
-        elif self.engine == "table":
-            blocks = [(tensor, start, min(start + _FLOAT_BLOCK, stop))
-                      for tensor, (first, stop) in enumerate(self.segments)
-                      for start in range(first, stop, _FLOAT_BLOCK)]  # fmt: skip
-            self.float_parts = [blocks[part::threads] for part in range(threads)]
         else:
             self._torch_buffers()
             self._warm_up()
@@ -172,29 +169,14 @@ class Aggregator:
                 dense += self._tensor(shares[part].astype(np.float32)) @ self._tensor(dense_rows)
                 if self.engine == "torch":
                     self._torch_chunk(payloads.body, rows, coefficients[part])
-                elif self.signs:
-                    self.tables.add(payloads.body, rows, coefficients[part], self.update)
                 else:
-                    self._float_chunk(payloads.body, rows, coefficients[part])
+                    self.tables.add(payloads.body, rows, coefficients[part], self.update)
             if self.device.type != "cpu":
                 torch.from_numpy(self.update).copy_(self.update_t)
             return dense.cpu().numpy()
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
-
-    def _float_chunk(self, body: np.ndarray, rows: np.ndarray, coefficients: np.ndarray) -> None:
-        """The table engine's float32 bodies: each row's weighted values added in order, a cache-sized
-        column block at a time."""
-        weights = coefficients.astype(np.float32).T.tolist()  # [tensor][row]
-
-        def run(blocks: list[tuple[int, int, int]]) -> None:
-            for tensor, start, stop in blocks:
-                total = self.update_t[start:stop]
-                for row, weight in zip(rows, weights[tensor], strict=True):
-                    total.add_(torch.from_numpy(body[row, start:stop]), alpha=weight)
-
-        parallel(self.pool, run, self.float_parts)
 
     def _torch_buffers(self) -> None:
         """The torch engine's buffers: ``_STAGES`` staging buffers of a block (pinned on CUDA, with an
