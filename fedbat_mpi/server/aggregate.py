@@ -54,6 +54,8 @@ ENGINES = ("table", "torch")
 _TORCH_FLOATS = 2**23  # float32 entries of the torch engine's block on the CPU (32 MiB)
 _TORCH_FLOATS_CUDA = 2**26  # and on CUDA (256 MiB): fewer copies and kernel launches
 _STAGES = 2  # the torch engine's staging buffers, used in turn
+_SPAN_BYTES = 2**29  # the most bytes of a chunk's rows on CUDA (512 MiB): large payloads get smaller chunks
+_PINNED_BYTES = 2**32  # the largest pinned receive buffer (torch pins a power of 2: up to 4 GiB)
 _UNPACKED = np.where((np.arange(256)[:, None] >> np.arange(7, -1, -1)) & 1, 1, -1).astype(np.float32)
 """``[byte, q]``: the ±1 of entry q of a packed byte (``np.packbits`` order, the high bit first)."""
 
@@ -108,6 +110,8 @@ class Aggregator:
         if self.engine == "table" and not self.signs:
             raise ValueError("the table engine sums sign bodies; float32 bodies take the torch engine")
         self.chunk = -(-clients_per_chunk // GROUP) * GROUP
+        if self.engine == "torch" and self.device.type == "cuda":  # a chunk's rows copied at once stay bounded
+            self.chunk = min(self.chunk, max(GROUP, _SPAN_BYTES // shape.size // GROUP * GROUP))
         self.segments = [(seg.offset, seg.offset + seg.size) for seg in layout.binarized]
         self.pool = ThreadPoolExecutor(threads) if threads > 1 and self.engine == "table" else None
         # The table engine's threads are its own; torch's as well would oversubscribe the cores.
@@ -140,8 +144,10 @@ class Aggregator:
 
     def receive_buffer(self, size: int) -> np.ndarray:
         """Host memory for a round's received payloads (uint8[size]): pinned when the engine runs on
-        CUDA, so that a chunk's rows are copied from there to the device without staging."""
-        if self.device.type != "cuda":
+        CUDA, so that a chunk's rows are copied from there to the device without staging (up to
+        ``_PINNED_BYTES``; a larger round is received into pageable memory, which CUDA copies from in
+        the same span copies, synchronously)."""
+        if self.device.type != "cuda" or size > _PINNED_BYTES:
             return np.empty(size, dtype=np.uint8)
         return torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
 
