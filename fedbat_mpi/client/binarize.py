@@ -64,14 +64,16 @@ class _StochasticBinarize(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=64)
-def _repeats(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``sizes`` on ``device``, made once (a copy from the host at every step would wait for a GPU)."""
-    return torch.tensor(sizes, device=device)
+def _segment_of_entry(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Each entry's segment, ``int32[sum(sizes)]`` on ``device``, made once (not an index, nor a copy
+    from the host that a GPU would wait for, at every step)."""
+    segments = torch.arange(len(sizes), dtype=torch.int32, device=device)
+    return segments.repeat_interleave(torch.tensor(sizes, device=device), output_size=sum(sizes))
 
 
 def _per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)``."""
-    return alpha.repeat_interleave(_repeats(sizes, alpha.device), dim=1, output_size=sum(sizes))
+    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)`` (one gather)."""
+    return alpha.index_select(1, _segment_of_entry(sizes, alpha.device))
 
 
 def binarize_segments(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
