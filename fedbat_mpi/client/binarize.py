@@ -65,8 +65,8 @@ class _StochasticBinarize(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=64)
 def _segment_of_entry(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Each entry's segment, ``int32[sum(sizes)]`` on ``device``, made once (not an index, nor a copy
-    from the host that a GPU would wait for, at every step)."""
+    """Each entry's segment, ``int32[sum(sizes)]`` on ``device``, made once per run rather than at every
+    step (where copying ``sizes`` from the host would also make a GPU's queue wait)."""
     segments = torch.arange(len(sizes), dtype=torch.int32, device=device)
     return segments.repeat_interleave(torch.tensor(sizes, device=device), output_size=sum(sizes))
 

@@ -5,9 +5,10 @@ entry, with ``c_k`` the client's coefficient for that tensor. Sixteen clients' b
 one 16-bit number (a bit transpose with shift/mask/xor on uint64 words, four rounds), which indexes a
 table of ``sum_q c_q (2 bit_q - 1)`` over those sixteen clients: one gather-add per entry per sixteen
 clients. A block's words are held slot-major (client 16 g + m of the chunk in row ``m * groups + g``),
-so that each round of the transpose pairs contiguous runs of all groups at once. Small tensors use two 256-entry tables (one per byte) instead of one of 65,536 entries. Column
-blocks are spread over threads (numpy releases the GIL); each entry is summed by one thread, in group
-order, so the result does not depend on the number of threads.
+so that each round of the transpose pairs long contiguous runs of all groups at once. Small tensors use
+two 256-entry tables (one per byte) instead of one of 65,536 entries. Column blocks are spread over
+threads (numpy releases the GIL); each entry is summed by one thread, in group order, so the result
+does not depend on the number of threads.
 """
 
 from collections.abc import Callable
