@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from fedbat_mpi.server.aggregate import Aggregator, rule_of
 from fedbat_mpi.server.payloads import read_round
@@ -61,6 +62,21 @@ def test_the_server_step_equals_the_float64_reference_in_any_buffer_order(cnn4, 
     assert np.abs(results[0] - expected).max() <= 1e-5 * step
     # The same bytes whatever the buffer order (rank 0 sums in client-id order) and the number of threads.
     assert all(r.tobytes() == results[0].tobytes() for r in results[1:])
+
+
+def test_the_torch_engine_takes_an_ordered_chunk_as_it_lies_in_the_buffer_and_gathers_a_shuffled_one(cnn4, rounds):
+    """A chunk whose rows follow each other (as the engine's gather delivers them) is read in place on the
+    CPU, and is one span copy from pinned memory on CUDA; other orders go through the staging buffers."""
+    layout, _ = cnn4
+    shape = codec.PayloadShape.of(layout, SIGNS)
+    aggregator = Aggregator(layout, shape, engine="torch", clients_per_chunk=32)
+    (ordered, shuffled), _ = rounds[SIGNS]
+    in_order, mixed = read_round(ordered, shape), read_round(shuffled, shape)
+    rows = aggregator._rows_on_device(in_order.body, in_order.order[:32])
+    assert rows is not None and np.shares_memory(rows.numpy(), ordered)
+    assert torch.equal(rows, torch.from_numpy(np.ascontiguousarray(in_order.body[:32])))
+    assert aggregator._rows_on_device(mixed.body, mixed.order[:32]) is None
+    assert aggregator.receive_buffer(100).dtype == np.uint8  # pageable on the CPU, pinned on CUDA
 
 
 def test_float32_bodies_take_the_torch_engine_on_the_cpu_and_the_table_engine_refuses_them(cnn4):
