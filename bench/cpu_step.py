@@ -23,6 +23,7 @@ from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
 from fedbat_mpi.client.device import in_memory_format
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.layout import ModelLayout
+from fedbat_mpi.rounds.heap import keep_freed_heap
 
 # Operators by what they are; anything else is "other".
 KINDS = {
@@ -47,6 +48,7 @@ def main() -> None:
     if options.quick:
         options.steps, options.batch = 2, 8
     torch.set_num_threads(1)
+    keep_freed_heap()  # as a run does (rounds/job.py)
     sgemm = _sgemm_rate(0.5 if options.quick else 3.0)
     device = torch.device("cpu")
     flops_per_step = 2 * 3 * multiply_adds_per_image("cnn4-mnist", (1, 28, 28), 10) * options.batch

@@ -24,6 +24,7 @@ from fedbat_mpi.server.report import Report
 from fedbat_mpi.wire.comm import Communicator
 
 from .engine import Engine
+from .heap import keep_freed_heap
 from .out_lock import hold_out_dir
 from .signals import PREEMPTED, StopRequest
 
@@ -192,6 +193,7 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
 
 def main(argv: list[str], stop: StopRequest) -> int:
     """Start MPI and run; any failure on this rank ends every rank (``MPI_Abort``)."""
+    keep_freed_heap()  # before the first training step: each step reuses the last one's memory
     comm = Communicator()
     stop.install()  # again: MPI's start-up may have put its own handlers in place
     if "-h" in argv or "--help" in argv:
