@@ -5,11 +5,14 @@ One client's local training (``Algorithm.train``, the code a run executes) of CN
 convolutions' and linear layer's arithmetic rate (their multiply-adds, counted from the model, over
 their time) against single-threaded ``sgemm`` (2048 x 2048) measured in the same run. It shows how
 far the step can get toward ``bench/cpu_roof.py``'s roof: the convolutions near the sgemm rate, and
-BatchNorm, pooling and fills (memory-bound, no arithmetic the roof counts) as the rest.
+BatchNorm, pooling and fills (memory-bound, no arithmetic the roof counts) as the rest. The minor page
+faults and system time of a step are reported beside it (with the heap thresholds a run sets,
+``rounds/heap.py``).
 
     python bench/cpu_step.py                       # FedBAT and FedAvg, 10 steps each
 """
 
+import resource
 import time
 from collections import defaultdict
 
@@ -66,9 +69,10 @@ def main() -> None:
                                      lambda stream: torch.Generator().manual_seed(int(stream)))])  # fmt: skip
 
         train()
-        start = time.perf_counter()
+        usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         train()
         step_s = (time.perf_counter() - start) / options.steps
+        after = resource.getrusage(resource.RUSAGE_SELF)
         with profile(activities=[ProfilerActivity.CPU]) as trace:
             train()
         seconds = defaultdict(float)
@@ -77,12 +81,15 @@ def main() -> None:
         profiled = sum(seconds.values())
         row = {"algorithm": algorithm, "step_ms": 1e3 * step_s, "sgemm_gflops": sgemm / 1e9,
                "roof_share": flops_per_step / sgemm / step_s,
-               "conv_rate_vs_sgemm": flops_per_step / seconds["convolution"] / sgemm}  # fmt: skip
+               "conv_rate_vs_sgemm": flops_per_step / seconds["convolution"] / sgemm,
+               "minor_faults_per_step": (after.ru_minflt - usage.ru_minflt) / options.steps,
+               "system_ms_per_step": 1e3 * (after.ru_stime - usage.ru_stime) / options.steps}  # fmt: skip
         row.update({f"share_{kind.replace(' / ', '_').replace(' ', '_')}": seconds[kind] / profiled
                     for kind in [*KINDS, "other"]})  # fmt: skip
         results.append(row)
     columns = [("algorithm", "algorithm", ""), ("ms/step", "step_ms", ".1f"), ("sgemm GFLOP/s", "sgemm_gflops", ".1f"),
-               ("roof share", "roof_share", ".2f"), ("conv rate / sgemm", "conv_rate_vs_sgemm", ".2f")]  # fmt: skip
+               ("roof share", "roof_share", ".2f"), ("conv rate / sgemm", "conv_rate_vs_sgemm", ".2f"),
+               ("faults/step", "minor_faults_per_step", ".0f"), ("system ms/step", "system_ms_per_step", ".1f")]  # fmt: skip
     columns += [(kind, f"share_{kind.replace(' / ', '_').replace(' ', '_')}", ".2f") for kind in [*KINDS, "other"]]
     print(f"CNN4-MNIST, batch {options.batch}, one thread; shares of the profiled operator time")
     benchlib.print_table(results, columns)
