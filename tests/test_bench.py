@@ -27,6 +27,7 @@ SMOKE = [
     ("host_time", [], "host_ms_per_step"),  # the host's cost of a grouped step, in a subprocess
     ("cpu_step", ["--algorithms", "fedavg"], "roof_share"),  # a CPU step's operators against sgemm
     ("graph_reuse", [], "replayed_share"),  # the CUDA-graph path's reuse, on the CPU
+    ("binarizer", ["--baseline", str(BENCH.parent)], "baseline_over_this"),  # against itself: the baseline path
 ]
 
 
