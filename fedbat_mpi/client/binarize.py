@@ -46,7 +46,7 @@ class _StochasticBinarize(torch.autograd.Function):
         x, v = _scaled(m, per_entry, u)
         # b = +1 where v >= 1, else -1: the sign of v - 1 (exact near 1, +0 at v = 1). On the CPU,
         # ``torch.where`` with a bool condition took 5x as long as this.
-        b = torch.copysign(torch.ones((), dtype=m.dtype, device=m.device), v.sub_(1))
+        b = torch.copysign(_one(m.dtype, m.device), v.sub_(1))
         return per_entry * b, x, b
 
     @staticmethod
@@ -74,6 +74,12 @@ def _segment_of_entry(sizes: tuple[int, ...], device: torch.device) -> torch.Ten
     step (where copying ``sizes`` from the host would also make a GPU's queue wait)."""
     segments = torch.arange(len(sizes), dtype=torch.int32, device=device)
     return segments.repeat_interleave(torch.tensor(sizes, device=device), output_size=sum(sizes))
+
+
+@functools.lru_cache(maxsize=8)
+def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-dimensional 1 on ``device``, made once (not a fill kernel at every step on a GPU)."""
+    return torch.ones((), dtype=dtype, device=device)
 
 
 def _per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
