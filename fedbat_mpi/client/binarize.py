@@ -68,14 +68,6 @@ class _StochasticBinarize(torch.autograd.Function):
         return grad_m, grad_alpha, None, None
 
 
-@functools.lru_cache(maxsize=64)
-def _segment_of_entry(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Each entry's segment, ``int32[sum(sizes)]`` on ``device``, made once per run rather than at every
-    step (where copying ``sizes`` from the host would also make a GPU's queue wait)."""
-    segments = torch.arange(len(sizes), dtype=torch.int32, device=device)
-    return segments.repeat_interleave(torch.tensor(sizes, device=device), output_size=sum(sizes))
-
-
 @functools.lru_cache(maxsize=8)
 def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A 0-dimensional 1 on ``device``, made once (not a fill kernel at every step on a GPU)."""
@@ -83,8 +75,9 @@ def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def _per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)`` (one gather)."""
-    return alpha.index_select(1, _segment_of_entry(sizes, alpha.device))
+    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)``, one concatenation of
+    broadcast views (on the CPU 2-8x faster than a gather by a segment index)."""
+    return torch.cat([alpha[:, t : t + 1].expand(-1, size) for t, size in enumerate(sizes)], dim=1)
 
 
 def binarize_segments(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
