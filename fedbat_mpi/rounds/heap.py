@@ -6,7 +6,7 @@ heap once more than its trim threshold is free there. Both adapt to the largest 
 threshold to twice that), but a CPU training step frees its whole working set at once (every
 activation and gradient, tens of MB for CNN4-MNIST at batch 64, hundreds for ResNet-10): the top is
 trimmed after every step and the next step faults all of it in again. On the 2-core development
-machine that was 3,000-5,500 minor faults and 5-11 ms of system time a CNN4-MNIST step of 64 images
+machine that was 2,900-5,600 minor faults and 5-11 ms of system time a CNN4-MNIST step of 64 images
 (BENCHMARKS.md §10). With a fixed mmap threshold of 32 MiB (the most glibc takes) and a trim threshold
 of 256 MiB, the heap keeps what a step frees and the next step reuses it: allocations change place,
 not value, so results are bit for bit the same. The process's peak memory is the same too (a step's
