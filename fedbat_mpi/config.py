@@ -179,14 +179,20 @@ def option_name(key: Any) -> str | None:
 
 
 def coerce(name: str, value: Any) -> Any:
-    """A value from a YAML file converted to the option's type."""
+    """A value from a YAML file converted to the option's type, as the command line would read it: a
+    number's option refuses ``true``/``false``, and a whole number's refuses fractions (``2.7``)."""
     convert = _option_type(name)
     if value is None or isinstance(convert, type) and isinstance(value, convert) and not isinstance(value, bool):
         return value
+    expected = "auto or a positive integer" if convert is client_group else convert.__name__
+    refused = UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value!r}")
+    whole = convert in (int, client_group)
+    if convert is not str and isinstance(value, bool) or whole and isinstance(value, float) and not value.is_integer():
+        raise refused
     try:
         return convert(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name.replace('_', '-')}: expected {convert.__name__}, got {value!r}") from None
+    except (TypeError, ValueError, UsageError):
+        raise refused from None
 
 
 def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
@@ -244,11 +250,6 @@ def parse_command_line(argv: list[str] | None = None) -> Invocation:
     resume = given.pop("resume", None)
     options.update(given)
     return Invocation(options, resume)
-
-
-def parse_config(argv: list[str] | None = None) -> Config:
-    """The validated configuration of a new run."""
-    return Config(**parse_command_line(argv).options).validate()
 
 
 def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_round: int) -> Config:

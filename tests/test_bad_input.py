@@ -55,6 +55,8 @@ OPTION_CASES = [
     ("data-dir-absent", ["--dataset", "fmnist", "--data-dir", "/nonexistent"], "--data-dir: expected a directory"),
     ("data-files-absent", ["--dataset", "fmnist", "--data-dir", "/"], "fashion-mnist: /fashion-mnist/"),
     ("model", ["--model", "vgg"], "--model: expected one of"),
+    ("model-for-other-images", ["--model", "resnet10"],
+     "--model: resnet10 takes 3x32x32 images, but --dataset embedded holds 1x28x28"),
     ("config-absent", ["--config", "/nonexistent.yaml"], "--config: cannot read /nonexistent.yaml"),
 ]
 if not torch.cuda.is_available():
@@ -65,6 +67,9 @@ YAML_CASES = [
     ("not-a-mapping", "- 1\n- 2\n", "must hold a mapping of option names to values"),
     ("unknown-key", "roundz: 3\n", "--config: unknown option 'roundz'"),
     ("wrong-type", "rounds: many\n", "--rounds: expected int, got 'many'"),
+    ("fraction", "rounds: 2.7\n", "--rounds: expected int, got 2.7"),
+    ("boolean", "lr: true\n", "--lr: expected float, got True"),
+    ("client-group-fraction", "client-group: 2.5\n", "--client-group: expected auto or a positive integer, got 2.5"),
 ]
 
 

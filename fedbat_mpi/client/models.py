@@ -80,6 +80,15 @@ class ResNet10(nn.Module):
         return self.fc(out)
 
 
+def check_model_fits(name: str, image_shape: tuple[int, ...], dataset: str) -> None:
+    """A UsageError when model ``name`` cannot take the images of ``dataset`` (C x H x W); an unknown
+    name is left to ``build_model``."""
+    expected = MODEL_INPUT_SHAPES.get(name)
+    if expected is not None and tuple(image_shape) != expected:
+        shown = "x".join(map(str, expected)), "x".join(map(str, image_shape))
+        raise UsageError(f"--model: {name} takes {shown[0]} images, but --dataset {dataset} holds {shown[1]}")
+
+
 def build_model(name: str, num_classes: int) -> nn.Module:
     """Build model `name` (a key of MODEL_INPUT_SHAPES) with freshly initialised weights."""
     if name == "cnn4-mnist":
