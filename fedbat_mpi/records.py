@@ -8,6 +8,9 @@ import yaml
 
 from fedbat_mpi.errors import UsageError
 
+CONFIG_KEYS = ("algorithm", "dataset", "partition")  # what the readers of a run's configuration use
+ROW_KEYS = ("round", "clients", "test_acc", "uplink_bytes")  # and of each metrics row
+
 
 @dataclass
 class RunRecord:
@@ -35,13 +38,19 @@ class RunRecord:
 
 
 def read_run(folder: str) -> RunRecord:
-    """The run in ``folder``; a UsageError if it has no configuration or no finished round."""
+    """The run in ``folder``; a UsageError if it has no configuration or no finished round, or either
+    lacks what a run writes."""
     path = Path(folder)
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
         rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise UsageError(f"{folder}: not a run folder with config.yaml and metrics.jsonl ({error})") from None
+    if not isinstance(config, dict) or not all(key in config for key in CONFIG_KEYS):
+        raise UsageError(f"{folder}: config.yaml is not a run's configuration (needs {', '.join(CONFIG_KEYS)})")
     if not rows:
         raise UsageError(f"{folder}: metrics.jsonl has no rounds yet")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not all(key in row for key in ROW_KEYS):
+            raise UsageError(f"{folder}: metrics.jsonl row {number} is not a round's metrics (needs {', '.join(ROW_KEYS)})")
     return RunRecord(path, config, rows)

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import re
 import subprocess
 import sys
 import tarfile
@@ -59,6 +60,14 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path):
     with pytest.raises(UsageError, match="cannot unpack"):
         download("cifar10", str(tmp_path / "data"), _sources(archive, md5_of(archive)))
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+    archive, blocker = _cifar10_archive(tmp_path), tmp_path / "file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(UsageError, match=f"--data-dir: cannot use {re.escape(str(blocker))}"):
+        download("cifar10", str(blocker), _sources(archive, md5_of(archive)))
+    assert blocker.read_text() == "not a folder\n"
 
 
 def test_md5_of_a_file_in_blocks(tmp_path):

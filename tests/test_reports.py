@@ -50,3 +50,17 @@ def test_plots_are_written_per_setting_and_are_png(tmp_path):
 def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fedbat_mpi.summary", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_with_foreign_files_is_one_line_and_exit_2(tmp_path):
+    not_a_config = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5], 500_000)
+    (not_a_config / "config.yaml").write_text("- 1\n")
+    short_rows = _fake_run(tmp_path / "b", "fedbat", "iid", [0.5], 500_000)
+    (short_rows / "metrics.jsonl").write_text('{"round": 1}\n')
+    for folder, expected in ((not_a_config, "config.yaml is not a run's configuration"),
+                             (short_rows, "metrics.jsonl row 1 is not a round's metrics")):  # fmt: skip
+        for command in ("summary", "plot"):
+            done = subprocess.run([sys.executable, "-m", f"fedbat_mpi.{command}", str(folder)], capture_output=True,
+                                  text=True)  # fmt: skip
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], done.stderr

@@ -60,9 +60,13 @@ def md5_of(path: Path) -> str:
 def fetch(source: Source, data_dir: Path) -> Path:
     """Download ``source`` (unless a verified copy is there), verify it, and unpack it if an archive."""
     folder = data_dir / source.folder
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.file_name
-    if not (target.exists() and md5_of(target) == source.md5):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        verified = target.exists() and md5_of(target) == source.md5
+    except OSError as error:
+        raise UsageError(f"--data-dir: cannot use {folder}: {error.strerror}") from None
+    if not verified:
         partial = target.with_name(target.name + ".part")
         try:
             urllib.request.urlretrieve(source.url, partial)
