@@ -21,7 +21,7 @@
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
 #              on 8 and 1 ranks and client updates/s with 1-8 ranks sharing the GPU, 2 minutes;
 #   determinism  the first of those alone, under a minute.
-# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: every part). Each part writes PART.txt (its
+# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: smoke aggregate graphs grouping cost check). Each part writes PART.txt (its
 # output) and, where it has one, PART.json straight into OUT_DIR as it goes, so that a lease cut short
 # still returns the parts done (the device returns 8 files: four parts a call). FEDBAT_FMNIST_DIR, when
 # set, is a --data-dir holding the real fashion-mnist/ files for grouping (accuracies then mean
@@ -39,7 +39,7 @@ done
 mkdir -p "$out"
 scratch=$(mktemp -d)
 source bench/gpu_env.sh
-"$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
+"$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__, 'cudnn tf32', torch.backends.cudnn.allow_tf32)"
 real_fmnist=(${FEDBAT_FMNIST_DIR:+--fmnist-dir "$FEDBAT_FMNIST_DIR"})
 status=0
 for part in "${parts[@]}"; do

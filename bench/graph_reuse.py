@@ -1,7 +1,7 @@
 """How much of a round's training replays CUDA graphs under ``--cuda-graphs on``, measured on the CPU.
 
 A step of a group runs one *bucket* per phase and batch size (``group.GroupStep``); a bucket replays a
-graph when its signature (phase, members, shapes) was captured before, in this round or an earlier
+graph when its signature (phase, whole group or not, shapes) was captured before, in this round or an earlier
 one; its first occurrence runs eagerly and its second is captured. Which buckets those are depends
 only on the clients' sample counts, the batch size, the local epochs and FedBAT's warm-up, not on the
 model or the device. This script runs the real

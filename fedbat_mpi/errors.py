@@ -3,6 +3,7 @@
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class UsageError(Exception):
@@ -18,7 +19,7 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are UsageErrors (one line) instead of a usage block."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from types import FrameType
+from typing import TextIO
 
 import yaml
 
@@ -157,7 +158,7 @@ class Driver:
                 self._say(f"{name}: failed with exit status {status}; {run.folder / 'run.log'}: {_last_line(run)}",
                           stream=sys.stderr)  # fmt: skip
 
-    def _say(self, event: str, stream=sys.stdout) -> None:
+    def _say(self, event: str, stream: TextIO = sys.stdout) -> None:
         elapsed = int(time.monotonic() - self.started)
         counts = f"{self.done} done, {len(self.running)} running, {len(self.pending)} left"
         counts += f", {len(self.failed)} failed" if self.failed else ""

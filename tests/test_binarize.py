@@ -9,17 +9,26 @@ from fedbat_mpi.client import binarize as binarize_module
 from fedbat_mpi.client.algorithms import LocalTask
 from fedbat_mpi.client.algorithms import fedbat as fedbat_module
 from fedbat_mpi.client.algorithms.fedbat import FedBAT
-from fedbat_mpi.client.binarize import (
-    ALPHA_MAX,
-    ALPHA_MIN,
-    binarize,
-    binarize_with_noise,
-    sample_signs,
-    step_size,
-    uniform_noise,
-)
+from fedbat_mpi.client.binarize import ALPHA_MAX, ALPHA_MIN, binarize_segments, sample_signs, step_size
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
+
+
+def binarize_with_noise(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``B(m; alpha)`` of one tensor with one step size, for given uniform noise ``u`` (shaped like ``m``):
+    the training code's operator on a group of one client with one segment."""
+    flat = binarize_segments(m.reshape(1, -1), alpha.reshape(1, 1), u.reshape(1, -1), (m.numel(),))
+    return flat.reshape(m.shape)
+
+
+def uniform_noise(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """U[0, 1) noise shaped like ``m``, drawn from ``generator``."""
+    return torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+
+
+def binarize(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``B(m; alpha)`` with fresh noise from ``generator``; differentiable in ``m`` and ``alpha``."""
+    return binarize_with_noise(m, alpha, uniform_noise(m, generator))
 
 
 def test_values_are_exactly_plus_or_minus_alpha():

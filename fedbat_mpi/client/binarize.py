@@ -86,22 +86,6 @@ def binarize_segments(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, siz
     return _StochasticBinarize.apply(m, alpha, u, sizes)[0]
 
 
-def binarize_with_noise(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``B(m; alpha)`` of one tensor with one step size, for given uniform noise ``u`` (shaped like ``m``)."""
-    flat = binarize_segments(m.reshape(1, -1), alpha.reshape(1, 1), u.reshape(1, -1), (m.numel(),))
-    return flat.reshape(m.shape)
-
-
-def binarize(m: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``B(m; alpha)`` with fresh noise from ``generator``; differentiable in ``m`` and ``alpha``."""
-    return binarize_with_noise(m, alpha, uniform_noise(m, generator))
-
-
-def uniform_noise(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """U[0, 1) noise shaped like ``m``, drawn from ``generator``."""
-    return torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-
-
 def sample_signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """A sample of the signs of ``B(m; alpha)`` for a group's flat updates (``G x P``, segments and step
     sizes as in ``binarize_segments``) from uniform noise ``u``: bool, True for +alpha."""

@@ -24,7 +24,8 @@ def choose_device(option: str, local_rank: int, cuda_available: bool, gpu_count:
 
 
 def select_device(option: str, local_rank: int) -> torch.device:
-    """This rank's device for ``--device option``; on a GPU, made current with deterministic cuDNN."""
+    """This rank's device for ``--device option``; on a GPU, made current with deterministic cuDNN.
+    cuDNN's convolutions keep PyTorch's default float32 precision, TF32 (README, "What is guaranteed")."""
     available = torch.cuda.is_available()
     device = choose_device(option, local_rank, available, torch.cuda.device_count() if available else 0)
     if device.type == "cuda":
@@ -36,7 +37,7 @@ def select_device(option: str, local_rank: int) -> torch.device:
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout of convolution tensors on ``device``: channels-last on the CPU, where oneDNN's
-    convolutions, pooling and their backward passes measured 1.4-1.7x faster with it (BENCHMARKS.md §9);
+    convolutions and pooling measured faster with it (BENCHMARKS.md §10);
     the default elsewhere. A layout changes float rounding, not what is computed."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 

@@ -5,6 +5,8 @@ sums are added on rank 0 in batch order. Each batch has exactly one contributing
 reduction is exact and the result is the same for every number of ranks.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,8 +19,8 @@ def evaluate(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    mean,
-    std,
+    mean: Sequence[float],
+    std: Sequence[float],
     batch_size: int,
     comm: Communicator,
 ) -> tuple[float, float] | None:

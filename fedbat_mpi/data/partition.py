@@ -6,6 +6,7 @@ clients) and stored flat (:class:`Partition`), so that 100,000+ clients take sec
 per sample, not a Python object per client.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ class Partition:
     def __getitem__(self, client: int) -> np.ndarray:
         return self.indices[self.offsets[client] : self.offsets[client + 1]]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return (self[client] for client in range(len(self)))
 
     def sizes(self) -> np.ndarray:

@@ -104,9 +104,11 @@ class Engine:
         self.client_rows = torch.from_numpy(self.client_indices.indices).to(self.device)  # one copy, not one a client
 
     def close(self) -> None:
-        """The run's end: rank 0's aggregator lets go of its threads."""
+        """The run's end: rank 0's aggregator lets go of its threads, its client-state store of its file."""
         if self.aggregator is not None:
             self.aggregator.close()
+        if self.states is not None:
+            self.states.close()
 
     def restore(self, state: RunState) -> None:
         """Continue from a checkpoint's global model."""

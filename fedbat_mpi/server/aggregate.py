@@ -45,8 +45,9 @@ from .payloads import RoundPayloads, non_finite_error
 from .sign_tables import GROUP, SignTables, take_rows, touched
 
 Coefficients = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``(weights float64[n], scales float32[n, S]) -> float64[n, tensors]`` (or ``[n, 1]``, the same for
-every tensor), clients in id order; S is 0 for float32 bodies."""
+"""``(weights float64[n], scales float32[n, S]) -> [n, tensors]`` (or ``[n, 1]``, the same for every
+tensor; float64, or float32 where a rule computes from the scales alone), clients in id order; S is 0
+for float32 bodies."""
 Finish = Callable[[np.ndarray], np.ndarray]
 """The summed update (float32[d], the aggregator's buffer, which it may change in place) -> the step."""
 

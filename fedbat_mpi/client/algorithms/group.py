@@ -265,9 +265,11 @@ def side_stream(device: torch.device) -> Iterator[None]:
         return
     outer, side = torch.cuda.current_stream(device), _stream(device)
     side.wait_stream(outer)
-    with torch.cuda.stream(side):
-        yield
-    outer.wait_stream(side)
+    try:
+        with torch.cuda.stream(side):
+            yield
+    finally:  # an out-of-memory error, retried with smaller groups, too
+        outer.wait_stream(side)
 
 
 def _bucket(phase: Hashable, entries: list[tuple[int, Batch]], extras: Stacked, size: int) -> Bucket:

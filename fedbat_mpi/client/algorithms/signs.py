@@ -61,7 +61,7 @@ class PostTrainingSign(Algorithm):
 class SignSGD(PostTrainingSign):
     name = "signsgd"
 
-    def compress(self, d, generator):
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return d.abs().mean(), d >= 0
 
 
@@ -94,7 +94,7 @@ class EFSignSGD(Algorithm):
 class StochasticSign(PostTrainingSign):
     name = "stosign"
 
-    def compress(self, d, generator):
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         bound = d.abs().max()
         u = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype)
         positive = u < (1 + d / bound) / 2 if bound > 0 else d >= 0
@@ -110,7 +110,7 @@ class ZSign(PostTrainingSign):
     )  # fmt: skip
     zsign_sigma: float
 
-    def compress(self, d, generator):
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = self.zsign_sigma * d.square().mean().sqrt()
         xi = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype) * 2 - 1
         return sigma, d + sigma * xi >= 0

@@ -63,7 +63,7 @@ class SignSGDMajorityVote(PostTrainingSign):
     def server_lr(self) -> float:
         return self.mv_server_lr
 
-    def compress(self, d, generator):
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ones((), dtype=d.dtype, device=d.device), d >= 0
 
 
@@ -87,7 +87,7 @@ class ZSignFedAvg(PostTrainingSign):
     def server_lr(self) -> float:
         return self.z_server_lr
 
-    def compress(self, d, generator):
+    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(self.z_sigma, dtype=d.dtype, device=d.device), d + self.z_sigma * self.noise(d, generator) >= 0
 
     def noise(self, d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
