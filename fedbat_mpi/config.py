@@ -106,11 +106,17 @@ Config = dataclasses.make_dataclass(
 )
 Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
 HELP = {
+    "data_dir": "the folder holding the data set's files (every --dataset but embedded)",
+    "model": "the network: cnn4-mnist, cnn4, resnet10",
+    "out": "the output folder",
     "min_samples": "with --partition dir:BETA: the fewest samples a client may hold",
     "cuda_graphs": "on: a GPU replays each repeated training step as a CUDA graph (same results, less host "
     "time; off until measured to pay)",
     **{option.name: option.help for option in hyperparameters()},
 }
+
+# How --help shows the defaults that are decided later (None in ``RunOptions``).
+SHOWN_DEFAULTS = {"data_dir": "none", "model": "the paper's model for the data set", "out": "runs/ALGORITHM-DATASET"}
 
 
 def _fail(option: str, expected: str, got: Any) -> None:
@@ -150,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         about = f"{HELP[field.name]} " if field.name in HELP else ""
         parser.add_argument(flag, type=_option_type(field.name), metavar=field.name.upper(),
-                            help=f"{about}(default: {getattr(defaults, field.name)})")  # fmt: skip
+                            help=f"{about}(default: {SHOWN_DEFAULTS.get(field.name, getattr(defaults, field.name))})")  # fmt: skip
     return parser
 
 

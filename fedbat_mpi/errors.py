@@ -1,6 +1,7 @@
 """The error type for mistakes a user can fix, and how every command reports them."""
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -25,10 +26,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
     """Run a command's body and return its exit status (None: 0); a UsageError becomes
-    ``prog: error: ...`` on stderr and exit status 2."""
+    ``prog: error: ...`` on stderr and exit status 2. A reader that stops early (``| head``) ends the
+    command quietly, as it ends ``cat``."""
     try:
         status = body()
+        sys.stdout.flush()
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     return status or 0

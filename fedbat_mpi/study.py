@@ -152,7 +152,7 @@ class Driver:
                 )
             elif status == PREEMPTED or (name in self.asked_to_stop and status != UsageError.exit_status):
                 self.stopped += 1
-                self._say(f"{name}: stopped, {run.standing()}")
+                self._say(f"{name}: {run.standing()}")
             else:
                 self.failed.append(status)
                 self._say(f"{name}: failed with exit status {status}; {run.folder / 'run.log'}: {_last_line(run)}",

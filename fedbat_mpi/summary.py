@@ -6,7 +6,7 @@ bytes sent until then, and the uplink per client per round.
 
 import sys
 
-from fedbat_mpi.errors import OneLineParser, run_command
+from fedbat_mpi.errors import OneLineParser, UsageError, run_command
 from fedbat_mpi.records import RunRecord, read_run
 
 
@@ -37,6 +37,8 @@ def _command(argv: list[str] | None) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--target", type=float, default=0.8, help="target test accuracy (default: 0.8)")
     args = parser.parse_args(argv)
+    if not 0 < args.target <= 1:
+        raise UsageError(f"--target: expected a test accuracy in (0, 1], got {args.target}")
     print(table([read_run(folder) for folder in args.runs], args.target))
 
 

@@ -64,3 +64,12 @@ def test_a_folder_with_foreign_files_is_one_line_and_exit_2(tmp_path):
                                   text=True)  # fmt: skip
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_a_target_that_is_no_accuracy_is_one_line_and_exit_2(tmp_path):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5], 500_000)
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.summary", str(run), "--target", "80"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "fedbat_mpi.summary: error: --target: expected a test accuracy in (0, 1], got 80.0"
+    )

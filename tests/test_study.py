@@ -134,3 +134,13 @@ def test_runs_at_once_are_spread_over_the_gpus_the_fewest_runs_use(monkeypatch):
     assert study.gpus_to_spread(None) == []
     with pytest.raises(study.UsageError, match="--gpus"):
         study.gpus_to_spread(",")
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly():
+    """``study --list | head``: the closed pipe ends the command with status 0 and nothing on stderr."""
+    grid = Path(__file__).resolve().parent.parent / "jobs" / "grids" / "fmnist-paper.yaml"
+    command = subprocess.Popen(driver(str(grid), "--list"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=environment())  # fmt: skip
+    command.stdout.close()  # before the command writes: its first write meets a closed pipe
+    stderr = command.stderr.read()
+    assert command.wait(timeout=60) == 0 and stderr == b"", stderr.decode()

@@ -64,7 +64,7 @@ class Report:
         float32_up = uploads * self.float32_payload_bytes
         best = max(rows, key=lambda row: row["test_acc"])
         return "\n".join([
-            f"{self.config.algorithm} on {self.config.dataset}: {len(rows)} rounds, this run {wall_s:.1f} s",
+            f"{self.config.algorithm} on {self.config.dataset}: {len(rows)} round{'s' if len(rows) != 1 else ''}, this run {wall_s:.1f} s",
             f"  final test accuracy {100 * rows[-1]['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% "
             f"(round {best['round']})",
             f"  uplink {_size(up)} ({_size(up / uploads)} per client per round), downlink {_size(down)}",
