@@ -124,7 +124,7 @@ def _fail(option: str, expected: str, got: Any) -> None:
 
 
 def _paper_presets() -> dict[str, dict[str, Any]]:
-    """The paper's settings (FEDBAT.md §2.1): 100 clients, 10 per round, E = 10, B = 64."""
+    """The paper's settings (docs/FEDBAT.md §2.1): 100 clients, 10 per round, E = 10, B = 64."""
     common = dict(num_clients=100, clients_per_round=10, local_epochs=10, batch_size=64, lr=0.1,
                   rho=6.0, warmup=0.5, weighting="batches")  # fmt: skip
     presets = {}

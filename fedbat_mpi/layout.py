@@ -95,5 +95,5 @@ class ModelLayout:
 
 
 def model_sha256(global_vector: np.ndarray) -> str:
-    """SHA-256 of a global vector as little-endian float32 (SPEC.md's ``model_sha256``)."""
+    """SHA-256 of a global vector as little-endian float32 (README's ``model_sha256``)."""
     return hashlib.sha256(np.ascontiguousarray(global_vector, dtype="<f4").tobytes()).hexdigest()

@@ -1,6 +1,6 @@
 """Plain float64 references for one client's local step of every algorithm.
 
-Written from /work/shared/FEDBAT.md (§1 FedBAT, §3 baselines) and the formulas that
+Written from docs/FEDBAT.md (§1 FedBAT, §3 baselines) and the formulas that
 ``fedbat_mpi/client/algorithms/signs.py`` documents, without the package's algorithm code: the network runs
 functionally (``F.conv2d``, a hand-written BatchNorm, ``F.linear``, ...) in float64, torch autograd
 gives only the gradient of the loss w.r.t. the effective weights and BatchNorm parameters, and
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ALPHA_MIN, ALPHA_MAX = 5e-4, 5e-2  # FEDBAT.md §1.2
+ALPHA_MIN, ALPHA_MAX = 5e-4, 5e-2  # docs/FEDBAT.md §1.2
 Batch = tuple[torch.Tensor, torch.Tensor]
 Tensors = dict[str, torch.Tensor]
 
@@ -101,7 +101,7 @@ def _dense(model: nn.Module, names: list[str], params: Tensors, buffers: Tensors
 def local_sgd(
     model: nn.Sequential, batches: list[Batch], lr: float
 ) -> tuple[Tensors, Tensors, Tensors, float]:
-    """Plain SGD on every parameter (FEDBAT.md §1.6): ``(start, end, buffers, mean loss)``."""
+    """Plain SGD on every parameter (docs/FEDBAT.md §1.6): ``(start, end, buffers, mean loss)``."""
     params, buffers = _float64_state(model)
     start = {n: p.clone() for n, p in params.items()}
     losses = []

@@ -29,7 +29,7 @@ RUN = ["--num-clients", "8", "--clients-per-round", "4", "--local-epochs", "1", 
 ROUNDS = {"signsgd-mv": ["--rounds", "6"], "z-signfedavg": ["--rounds", "5"]}
 MIN_ACCURACY = 0.45
 MAX_LOSS_RATIO = 0.8  # training loss of the last round over the first
-FMNIST_TEST_MEAN, FMNIST_TEST_STD = 0.2868, 0.3524  # FEDBAT.md §2.1
+FMNIST_TEST_MEAN, FMNIST_TEST_STD = 0.2868, 0.3524  # docs/FEDBAT.md §2.1
 
 
 @pytest.fixture(scope="module")

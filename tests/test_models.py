@@ -8,7 +8,7 @@ from torch.func import functional_call
 from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, binarized_names, build_model
 from fedbat_mpi.errors import UsageError
 
-# (model, classes, binarized weights, binarized tensors, BN channels) from FEDBAT.md §1.10
+# (model, classes, binarized weights, binarized tensors, BN channels) from docs/FEDBAT.md §1.10
 CASES = [
     ("cnn4-mnist", 10, 389_920, 5, 480),
     ("cnn4", 10, 398_176, 5, 480),

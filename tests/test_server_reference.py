@@ -2,7 +2,7 @@
 
 A one-round run through ``mpirun`` on unequal clients (``dir:0.3``) writes its new global model to the
 checkpoint. The test trains the same clients itself (the client step has its own references in
-test_reference_steps.py), weighs them as FEDBAT.md §1.8 says (batches ``ceil(n_k / B)`` or samples
+test_reference_steps.py), weighs them as docs/FEDBAT.md §1.8 says (batches ``ceil(n_k / B)`` or samples
 ``n_k``, computed here from the client sizes), and applies the server step per tensor in float64.
 """
 

@@ -1,6 +1,6 @@
 """FedBAT's stochastic binarizer with its designed derivatives, and the learnable step size.
 
-Forward (FEDBAT.md §1.3): with u ~ U[0, 1) drawn afresh on every call,
+Forward (docs/FEDBAT.md §1.3): with u ~ U[0, 1) drawn afresh on every call,
 ``xi = clip(floor((m/alpha + 1)/2 + u), 0, 1)`` and ``B(m; alpha) = alpha * (2 xi - 1)``,
 so that ``E[B] = clip(m, -alpha, alpha)``.
 

@@ -1,4 +1,4 @@
-"""The paper's networks (FEDBAT.md §2.1): CNN4 for FMNIST/SVHN and ResNet-10 for CIFAR.
+"""The paper's networks (docs/FEDBAT.md §2.1): CNN4 for FMNIST/SVHN and ResNet-10 for CIFAR.
 
 Every Conv2d/Linear is bias-free with N(0, 0.01) weights drawn from the global torch RNG (callers seed
 it); BatchNorm keeps its default initialisation.

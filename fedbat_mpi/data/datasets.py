@@ -1,4 +1,4 @@
-"""The data sets of FEDBAT.md §2.1 in memory, plus their normalisation and CIFAR augmentation."""
+"""The data sets of docs/FEDBAT.md §2.1 in memory, plus their normalisation and CIFAR augmentation."""
 
 import functools
 from collections.abc import Sequence
@@ -74,7 +74,7 @@ Crops = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per image: row offset
 
 
 def draw_crops(n: int, generator: torch.Generator, device: torch.device) -> Crops:
-    """The augmentation of ``n`` images (FEDBAT.md §2.1): a random H×W crop of the zero-padded (by 4)
+    """The augmentation of ``n`` images (docs/FEDBAT.md §2.1): a random H×W crop of the zero-padded (by 4)
     image, then a horizontal flip with probability 0.5. Drawn from ``generator`` on its own device (so
     results do not depend on the images' device), in the order row offsets, column offsets, flips, and
     sent to ``device`` without waiting for a GPU's queue."""

@@ -1,6 +1,6 @@
 """Split a data set's samples among clients: IID, Dirichlet label skew, or a fixed share of the labels.
 
-The schemes follow FEDBAT.md §2.1 and are deterministic functions of (labels, num_clients, scheme,
+The schemes follow docs/FEDBAT.md §2.1 and are deterministic functions of (labels, num_clients, scheme,
 seed, min_samples). Each is computed with whole-array numpy steps (a loop over classes, none over
 clients) and stored flat (:class:`Partition`), so that 100,000+ clients take seconds and a few bytes
 per sample, not a Python object per client.

@@ -6,7 +6,7 @@ The rule is a coefficient per (client, binarized tensor) and a finishing transfo
 
 with ``u_{k,l}`` client k's update of tensor l (sign bodies: ±1, bit 1 meaning +1; float32 bodies: the
 values). :func:`rule_of` maps an algorithm's ``ServerRule`` (``wire/rule.py``) to the pair:
-``WEIGHTED_SUM`` (FedBAT, FedAvg and the tuning-free sign baselines, FEDBAT.md §1.8) is
+``WEIGHTED_SUM`` (FedBAT, FedAvg and the tuning-free sign baselines, docs/FEDBAT.md §1.8) is
 :func:`weighted_mean`, ``c_{k,l} = p_k alpha_{k,l}`` (``p_k``, the clients' weights normalised to sum
 to 1; ``alpha`` = 1 for float32 bodies) and no finish; ``MEAN_OF_SIGNS`` (z-SignFedAvg) is
 ``c_{k,l} = server_lr alpha_{k,l} / n``; ``MAJORITY_VOTE`` (SignSGD) is ``c = 1`` and

@@ -1,5 +1,5 @@
 """Client payloads as the clients send them, a deterministic function of the client id, and the server
-step written out per tensor in float64 (FEDBAT.md §1.8), against which the aggregation is checked."""
+step written out per tensor in float64 (docs/FEDBAT.md §1.8), against which the aggregation is checked."""
 
 import numpy as np
 import torch

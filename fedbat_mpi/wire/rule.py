@@ -6,7 +6,7 @@ server step size (``Algorithm.server_lr``):
 
 =================  ===========================================================================
 ``WEIGHTED_SUM``   ``w_i += sum_k p_k alpha_{k,l} b_{k,i}`` (float32 bodies: ``sum_k p_k d_{k,i}``):
-                   FedBAT, FedAvg and the per-tensor scaled sign baselines (FEDBAT.md §1.8).
+                   FedBAT, FedAvg and the per-tensor scaled sign baselines (docs/FEDBAT.md §1.8).
 ``MAJORITY_VOTE``  ``w_i += eta * sign(sum_k b_{k,i})``, ``sign(0) = 0`` (a tie moves nothing):
                    every client has one vote, whatever its weight, and scales are not read.
 ``MEAN_OF_SIGNS``  ``w_i += eta * (1/n) sum_k alpha_{k,l} b_{k,i}``: the plain mean over the

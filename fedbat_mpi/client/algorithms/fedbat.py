@@ -1,4 +1,4 @@
-"""FedBAT (Li et al., ICML 2024): learn the binary update during local training (FEDBAT.md §1).
+"""FedBAT (Li et al., ICML 2024): learn the binary update during local training (docs/FEDBAT.md §1).
 
 Each binarized tensor ``w`` gets a latent update ``m`` and a step-size parameter ``s`` (both reset to
 zero every round). The first ``floor(warmup * K)`` of a client's K local steps train ``m`` in full

@@ -92,7 +92,7 @@ MAX_GRAPHS = 64  # graphs a group keeps; a new one replaces the one unused longe
 
 
 class GroupStep:
-    """One SGD step (FEDBAT.md §1.6) of a group's buckets: each bucket's losses and their gradient,
+    """One SGD step (docs/FEDBAT.md §1.6) of a group's buckets: each bucket's losses and their gradient,
     added into the group's gradient tensors, its BatchNorm statistics written back and each client's
     loss added to ``totals``; then every parameter steps by its gradient. Clients share no parameter,
     so each client's gradient comes from its own bucket alone: the same step as one backward pass of
@@ -216,7 +216,7 @@ def train_group(
     extras_of: Callable[[Hashable, int, list[int]], Stacked],
     kept: Kept | None = None,
 ) -> list[float]:
-    """Plain SGD (FEDBAT.md §1.6) on every client's ``params`` for its ``K_k`` steps; each client's
+    """Plain SGD (docs/FEDBAT.md §1.6) on every client's ``params`` for its ``K_k`` steps; each client's
     mean training loss.
 
     ``phase_of(k, step)`` names the phase of client ``k`` at ``step`` (counted from 1), ``loss_of(phase)``

@@ -7,7 +7,7 @@ adds ``sum_k p_k scale_k sign_k`` like FedBAT's ``alpha * b``.
 =============  ===============================================================================
 ``signsgd``    ``mean|d| * sign(d)``: SignSGD (Bernstein et al., ICML 2018) applied to the local
                update, scaled per tensor by the mean magnitude (the scale-aware form of
-               FEDBAT.md §3).
+               docs/FEDBAT.md §3).
 ``ef-signsgd`` ``p = d + e``, upload ``(||p||_1 / n) * sign(p)``, keep ``e <- p - upload``: EF-SignSGD
                (Karimireddy et al., ICML 2019). The error memory ``e`` is per client, kept by
                rank 0 between the client's rounds (stale while it is not sampled) and in checkpoints.
