@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
+from fedbat_mpi.client.models import check_model_fits
+from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
 from fedbat_mpi.errors import OneLineParser, UsageError
 from fedbat_mpi.server.checkpoint import FILE_NAME
@@ -88,6 +90,8 @@ class RunOptions:
         if self.weighting not in WEIGHTINGS:
             _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", self.weighting)
         parse_scheme(self.partition)
+        if self.model is not None and self.dataset in IMAGE_SHAPES:  # other names: load_dataset says
+            check_model_fits(self.model, IMAGE_SHAPES[self.dataset], self.dataset)
         return self
 
     @property

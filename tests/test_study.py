@@ -109,10 +109,12 @@ def test_a_failed_run_is_reported_on_one_line_and_the_others_finish(tmp_path, ca
     ({"grid": {"seed": ["zero"]}}, "grid: --seed: expected int, got 'zero'"),
     ({"grid": {"lr": [0.1, -1]}}, "run lr-1.0: --lr: expected a positive finite number, got -1.0"),
     ({"grid": {"preset": ["fmnist-iid", "fmnist-dirichlet"]}}, "preset: expected one of embedded, fmnist-iid"),
+    ({"grid": {"model": ["cnn4-mnist", "cnn4"]}},
+     "run cnn4: --model: cnn4 takes 3x32x32 images, but --dataset embedded holds 1x28x28"),
     ({"runs-at-onse": 2}, "unknown key 'runs-at-onse'"),
     ({"ranks_per_run": 0}, "ranks_per_run: expected a positive integer, got 0"),
-], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "unknown-key",
-        "ranks"])  # fmt: skip
+], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "model-for-other-images",
+        "unknown-key", "ranks"])  # fmt: skip
 def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_path, capsys, grid_file, expected):
     folder = tmp_path / "study"
     grid = write_grid(tmp_path / "grid.yaml", out=str(folder), **grid_file)

@@ -12,7 +12,15 @@ from fedbat_mpi.errors import UsageError
 
 from .formats import read_cifar_bin, read_cifar_pickle, read_idx, read_mat_v5
 
-DATASET_NAMES = ("embedded", "fmnist", "svhn", "cifar10", "cifar100")
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "embedded": (1, 28, 28),
+    "fmnist": (1, 28, 28),
+    "svhn": (3, 32, 32),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
+"""Each data set's images, C x H x W."""
+DATASET_NAMES = tuple(IMAGE_SHAPES)
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_TRAIN = 8000  # the first 8,000 of the shipped 10,000 Fashion-MNIST test images; the rest test
 _CROP_PAD = 4
@@ -101,7 +109,7 @@ def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
 def _embedded() -> Dataset:
     images = read_idx(EMBEDDED_DIR / "t10k-images-idx3-ubyte.gz", 3)[:, None]
     labels = read_idx(EMBEDDED_DIR / "t10k-labels-idx1-ubyte.gz", 1).astype(np.int64)
-    _check(images, labels, 10, (1, 28, 28), str(EMBEDDED_DIR))
+    _check(images, labels, 10, IMAGE_SHAPES["embedded"], str(EMBEDDED_DIR))
     train = images[:EMBEDDED_TRAIN], labels[:EMBEDDED_TRAIN]
     test = images[EMBEDDED_TRAIN:], labels[EMBEDDED_TRAIN:]
     return _dataset("embedded", train, test, 10, _FMNIST_STATS, False, "cnn4-mnist")
@@ -114,7 +122,7 @@ def _fmnist(root: Path) -> Dataset:
         image_path = _existing_idx(folder / f"{prefix}-images-idx3-ubyte", root)
         label_path = _existing_idx(folder / f"{prefix}-labels-idx1-ubyte", root)
         images, labels = read_idx(image_path, 3)[:, None], read_idx(label_path, 1).astype(np.int64)
-        _check(images, labels, 10, (1, 28, 28), f"{image_path} and {label_path}")
+        _check(images, labels, 10, IMAGE_SHAPES["fmnist"], f"{image_path} and {label_path}")
         return images, labels
 
     return _dataset("fmnist", split("train"), split("t10k"), 10, _FMNIST_STATS, False, "cnn4-mnist")
@@ -133,7 +141,7 @@ def _svhn(root: Path) -> Dataset:
             raise UsageError(f"{path}: expected labels y in 1..10 (10 meaning digit 0)")
         images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
         labels = y.astype(np.int64) % 10
-        _check(images, labels, 10, (3, 32, 32), str(path))
+        _check(images, labels, 10, IMAGE_SHAPES["svhn"], str(path))
         return images, labels
 
     return _dataset("svhn", split("train"), split("test"), 10, _SVHN_STATS, False, "cnn4")
@@ -174,7 +182,7 @@ def _cifar_split(
     else:
         raise UsageError(f"{name}: neither {bin_dir}/ nor {py_dir}/ found under --data-dir {root}")
     for path, (images, labels) in zip(paths, parts):
-        _check(images, labels, num_classes, (3, 32, 32), str(path))
+        _check(images, labels, num_classes, IMAGE_SHAPES[name], str(path))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

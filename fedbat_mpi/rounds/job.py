@@ -15,7 +15,6 @@ from typing import TextIO
 
 import torch
 
-from fedbat_mpi.client.models import check_model_fits
 from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.errors import UsageError
@@ -68,7 +67,6 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
     torch.set_num_threads(config.threads)
     dataset = load_dataset(config.dataset, config.data_dir)
     config = replace(config, model=config.model or dataset.default_model)
-    check_model_fits(config.model, dataset.train_x.shape[1:], config.dataset)
     engine = Engine(config, comm, dataset)
     if resumed is not None:
         engine.restore(resumed)
