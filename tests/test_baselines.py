@@ -61,15 +61,20 @@ def _corrected(update, layout) -> torch.Tensor:
 
 
 def test_ef_signsgd_memory_carries_the_compression_error():
-    task, _ = _tiny_task(num_steps=3)
+    """Without memory, p is the finished local update d, which FedAvg's upload of the same steps gives."""
+    task, model = _tiny_task(num_steps=3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    [plain] = make_algorithm("fedavg").train([task])
+    model.load_state_dict(start)
     [update] = EFSignSGD().train([task])
     assert update.state.shape == (task.layout.update_size,)
-    p = _corrected(update, task.layout)
     for index, seg in enumerate(task.layout.binarized):
-        window = slice(seg.offset, seg.offset + seg.size)
+        d = plain.body[seg.offset : seg.offset + seg.size]
         # upload = (||p||_1 / n) sign(p), memory = p - upload
-        assert update.scales[index].item() == pytest.approx(p[window].abs().mean().item(), rel=1e-5)
-        assert torch.equal(update.body[window], p[window] >= 0)
+        scale, positive = d.abs().mean(), d >= 0
+        assert update.scales[index].item() == pytest.approx(scale.item(), rel=1e-6)
+        assert torch.equal(update.body[seg.offset : seg.offset + seg.size], positive)
+        torch.testing.assert_close(update.state[seg.offset : seg.offset + seg.size], d - scale * (positive.float() * 2 - 1))
 
 
 def test_ef_signsgd_adds_the_memory_before_compressing():

@@ -1,8 +1,7 @@
-import os
-
 """HDF5 checkpoints: contents, atomic replacement, refusals, and the inspector."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path

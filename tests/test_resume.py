@@ -161,6 +161,16 @@ def test_a_damaged_or_foreign_checkpoint_exits_2_with_one_line_and_stays_untouch
     assert path.read_bytes() == before
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its ``SigCgt`` mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
 def _committed_rows(out: Path) -> dict[int, np.ndarray]:
     """The error memory rows the checkpoint in ``out`` commits, read from its client_state.h5."""
     index = checkpoint.load(str(out / checkpoint.FILE_NAME)).client_state
@@ -196,10 +206,9 @@ def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
     process = subprocess.Popen(command(2, [*RUN, "--out", str(out)]), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
     deadline = time.monotonic() + 30
-    while len(pids := _rank_pids(out)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # the ranks are importing torch and starting MPI now
-    os.kill(pids[1], signal.SIGUSR1)
+    while not ((pids := _rank_pids(out)).get(1) and _catches(pids[1], signal.SIGUSR1)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pids[1], signal.SIGUSR1)  # its handler is in place; it is importing torch and starting MPI now
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr
     assert "stop signal received before the first round" in stdout

@@ -1,0 +1,103 @@
+"""What the round loop hands each client, against computations in this process: random streams keyed
+by (seed, round, client id), and EF-SignSGD's error memory carried from one round to the next through
+the ranks, the client-state store and the checkpoint.
+
+Every other multi-round test compares runs with runs (rank counts, resumes), which the same mistake
+on both sides passes; these compare with what a single client computes here.
+"""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from fedbat_mpi.config import Config
+from fedbat_mpi.data import load_dataset
+from fedbat_mpi.rounds.engine import Engine
+from fedbat_mpi.server import checkpoint, client_state
+from fedbat_mpi.testing.launch import launch
+from fedbat_mpi.wire.comm import Communicator
+
+CLIENT = 3
+TINY = dict(num_clients=4, clients_per_round=4, local_epochs=1, batch_size=64, model="cnn4-mnist", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset("embedded", None)
+
+
+@pytest.fixture
+def one_thread():
+    """A run's one thread a rank, which decides the CPU's order of float sums (channels-last convolutions)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _engine(dataset, **options) -> Engine:
+    return Engine(Config(**{**TINY, **options}).validate(), Communicator(MPI.COMM_SELF), dataset)
+
+
+def _sample_order(engine: Engine, round_index: int, client: int) -> list[int]:
+    """The positions in the client's own sample list of the samples its round's batches draw, in turn."""
+    task, _ = engine.local_task(round_index, client, None)
+    position = {row: k for k, row in enumerate(engine.client_indices[client].tolist())}
+    return [position[row] for drawn in task.batches() for row in drawn.rows.tolist()]
+
+
+def test_a_clients_data_order_is_its_own_and_new_each_round(dataset):
+    engine = _engine(dataset)
+    first, again, second = (_sample_order(engine, r, CLIENT) for r in (1, 1, 2))
+    assert first == again  # keyed, not drawn from a running generator
+    assert sorted(first) == sorted(second) == list(range(len(engine.client_indices[CLIENT])))
+    assert first != second  # each round reshuffles
+    other = _sample_order(engine, 1, CLIENT - 1)  # as many samples (iid): another permutation
+    assert len(other) == len(first) and other != first
+
+
+def test_fedbat_draws_new_noise_each_round(dataset):
+    """The same client from the same model in two rounds: other data order, binarizer noise and upload
+    sample, so other signs; in the same round, the same signs."""
+    engine = _engine(dataset)
+    start = torch.from_numpy(engine.global_vector.copy())
+    signs = [engine.train_clients(r, [CLIENT], start, {})[0][0].body for r in (1, 1, 2)]
+    assert torch.equal(signs[0], signs[1])
+    assert (signs[0] != signs[2]).float().mean() > 0.01
+
+
+def _error_memory(update: torch.Tensor, memory: torch.Tensor, engine: Engine) -> torch.Tensor:
+    """EF-SignSGD's new memory from the formula: p = d + e, then p - (||p||_1 / n) sign(p) per tensor
+    (sign(0) sent as +1)."""
+    p = update + memory
+    for seg in engine.layout.binarized:
+        part = p[seg.offset : seg.offset + seg.size]
+        part -= part.abs().mean() * torch.where(part >= 0, 1.0, -1.0)
+    return p
+
+
+def test_ef_signsgd_memory_returns_to_its_client_in_a_real_run(dataset, tmp_path, one_thread):
+    """A 2-rank run of two rounds in which every client trains twice: the rows its checkpoint commits
+    are the memory each client's formula gives after round 2, from round 1's memory and the local
+    updates of this process's FedAvg (the same local SGD on the same streams)."""
+    out = tmp_path / "run"
+    options = ["--algorithm", "ef-signsgd", "--num-clients", "4", "--clients-per-round", "4", "--local-epochs", "1",
+               "--batch-size", "64", "--rounds", "2", "--checkpoint-every", "1", "--eval-batch-size", "1000"]  # fmt: skip
+    done = launch(2, [*options, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    engine = _engine(dataset, algorithm="fedavg")
+    models = [torch.from_numpy(engine.global_vector.copy()),
+              torch.from_numpy(engine.layout.vector(checkpoint.load(str(out / checkpoint.PREVIOUS_FILE_NAME)).tensors))]  # fmt: skip
+    memory = {c: torch.zeros(engine.layout.update_size) for c in range(4)}
+    for round_index, model in enumerate(models, start=1):
+        for client in range(4):
+            [(update, _)] = engine.train_clients(round_index, [client], model, {})
+            memory[client] = _error_memory(update.body, memory[client], engine)
+    index = checkpoint.load(str(out / checkpoint.FILE_NAME)).client_state
+    assert index is not None and np.all(index.slots != client_state.NO_ROW)
+    with h5py.File(out / client_state.FILE_NAME, "r") as handle:
+        for client in range(4):
+            row = torch.from_numpy(handle["rows"][client, index.slots[client]])
+            torch.testing.assert_close(row, memory[client], rtol=1e-5, atol=1e-7)
