@@ -101,3 +101,12 @@ def test_every_baseline_uploads_one_bit_per_weight_and_one_scale_per_tensor(name
                             layout.update_size)  # fmt: skip
     raw = codec.encode(payload)
     assert raw.size == codec.payload_size(codec.BodyKind.SIGNS, layout.update_size, len(layout.binarized), layout.dense_size)
+
+
+@pytest.mark.parametrize("name", ["signsgd", "ef-signsgd", "stosign", "zsign", "signsgd-mv"])
+def test_a_zero_update_is_sent_as_plus_ones(name):
+    """sign(0) is +1 (the module docstring): with lr 0 every entry of the update is exactly 0, and
+    these compressors draw no noise there (z-SignFedAvg's fixed sigma still does)."""
+    task, _ = _tiny_task(num_steps=2)
+    [update] = make_algorithm(name).train([dataclasses.replace(task, lr=0.0)])
+    assert update.body.dtype == torch.bool and bool(update.body.all())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from fedbat_mpi.client.batches import read_batches
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.rounds.engine import Engine
@@ -56,6 +57,18 @@ def test_a_clients_data_order_is_its_own_and_new_each_round(dataset):
     assert first != second  # each round reshuffles
     other = _sample_order(engine, 1, CLIENT - 1)  # as many samples (iid): another permutation
     assert len(other) == len(first) and other != first
+
+
+def test_a_clients_batches_are_its_samples_normalised_with_the_training_statistics(dataset):
+    """docs/FEDBAT.md §2.1: Fashion-MNIST's training images (x / 255 - 0.2860) / 0.3530, its test images
+    with 0.2868 and 0.3524 (evaluation, test_learning.py)."""
+    engine = _engine(dataset)
+    task, _ = engine.local_task(1, CLIENT, None)
+    drawn = next(task.batches())
+    x, y = read_batches([drawn])
+    expected = (dataset.train_x[drawn.rows].float() / 255 - 0.2860) / 0.3530
+    torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(y[0], dataset.train_y[drawn.rows])
 
 
 def test_fedbat_draws_new_noise_each_round(dataset):

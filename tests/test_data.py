@@ -123,6 +123,25 @@ def test_fmnist_label_count_mismatch(tmp_path: Path) -> None:
         load_dataset("fmnist", str(tmp_path))
 
 
+# docs/FEDBAT.md §2.1, written out: (train mean, train std, test mean, test std), a value per channel.
+PAPER_STATISTICS = {
+    "embedded": ((0.2860,), (0.3530,), (0.2868,), (0.3524,)),  # Fashion-MNIST's
+    "fmnist": ((0.2860,), (0.3530,), (0.2868,), (0.3524,)),
+    "svhn": ((0.4496,) * 3, (0.1995,) * 3, (0.4560,) * 3, (0.2244,) * 3),
+    "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)) * 2,
+}
+WRITERS = {"fmnist": write_fmnist, "svhn": write_svhn, "cifar10": write_cifar10, "cifar100": write_cifar100}
+
+
+@pytest.mark.parametrize("name", list(PAPER_STATISTICS))
+def test_each_data_set_normalises_with_the_papers_statistics(tmp_path: Path, name: str) -> None:
+    if name in WRITERS:
+        WRITERS[name](tmp_path, 10, 2)
+    data = load_dataset(name, None if name == "embedded" else str(tmp_path))
+    assert (data.train_mean, data.train_std, data.test_mean, data.test_std) == PAPER_STATISTICS[name]
+
+
 # ---- SVHN (MATLAB v5) ----
 
 

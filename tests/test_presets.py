@@ -39,3 +39,22 @@ def test_every_paper_preset_runs(preset, data_dir, tmp_path):
     dataset, partition = preset.split("-", 1)
     assert f"dataset: {dataset}" in config and "num_clients: 100" in config and "batch_size: 64" in config
     assert "round    1/1" in done.stdout
+
+
+# docs/FEDBAT.md §2.1, written out: (data set, rounds, the partitions' suffixes and schemes).
+PAPER = [
+    ("fmnist", 100, {"iid": "iid", "dir0.3": "dir:0.3", "labels0.3": "labels:0.3"}),
+    ("svhn", 100, {"iid": "iid", "dir0.3": "dir:0.3", "labels0.3": "labels:0.3"}),
+    ("cifar10", 200, {"iid": "iid", "dir0.3": "dir:0.3", "labels0.3": "labels:0.3"}),
+    ("cifar100", 200, {"iid": "iid", "dir0.1": "dir:0.1", "labels0.1": "labels:0.1"}),
+]
+EVERY_SETTING = dict(num_clients=100, clients_per_round=10, local_epochs=10, batch_size=64, lr=0.1, rho=6.0,
+                     warmup=0.5, weighting="batches")  # fmt: skip
+
+
+def test_the_presets_are_the_papers_settings():
+    expected = {f"{dataset}-{suffix}": dict(EVERY_SETTING, dataset=dataset, rounds=rounds, partition=scheme)
+                for dataset, rounds, schemes in PAPER for suffix, scheme in schemes.items()}  # fmt: skip
+    assert set(PAPER_PRESETS) == set(expected)
+    for name, settings in expected.items():
+        assert PRESETS[name] == settings, name
