@@ -71,6 +71,21 @@ def test_dirichlet_min_samples_and_skew() -> None:
     assert np.mean(dominant) > 0.4  # label skew: iid would give about 0.1-0.2
 
 
+def test_dirichlet_gives_no_class_to_clients_that_hold_their_share() -> None:
+    """docs/FEDBAT.md §2.1: classes are dealt in turn, and a client already holding n/N samples gets no
+    share of the next; with the shares unmasked (the NIID-Bench cap dropped), clients would pass it."""
+    clients = 10
+    shards = partition(BALANCED, clients, "dir:0.1", seed=5, min_samples=1)  # no top-up: every client has one
+    counts = np.array([np.bincount(BALANCED[s], minlength=10) for s in shards])  # clients x classes
+    cap, held, capped = len(BALANCED) / clients, np.zeros(clients), 0
+    for cls in range(10):
+        full = held >= cap
+        assert np.all(counts[full, cls] == 0), (cls, counts[full, cls])
+        capped += np.count_nonzero(full)
+        held += counts[:, cls]
+    assert capped > 0  # the cap was reached before the last class, so the check above was not empty
+
+
 def test_dirichlet_small_clients_get_min_samples() -> None:
     """20,000 clients of 5 samples: most draws leave clients short, which are topped up from the others."""
     labels = np.random.default_rng(0).integers(0, 10, 100_000)
