@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from fedbat_mpi.checkpoint import describe
-from fedbat_mpi.config import Config, resumed_config
+from fedbat_mpi.config import RESUMABLE_CHANGES, Config, resumed_config
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.rounds.job import checkpoint_due
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import NO_ROW, ClientStateStore, StateIndex
 
@@ -143,6 +145,17 @@ def test_resuming_may_change_only_what_does_not_change_results():
         resumed_config({**saved, "momentum": 0.9}, {}, finished_round=3)
 
 
+def test_every_option_that_changes_results_is_refused_on_resume():
+    """The README's list of what a resumed run may change; every other option, the algorithms' too,
+    must equal the checkpoint's."""
+    assert RESUMABLE_CHANGES == {"rounds", "out", "checkpoint_every", "device", "threads", "data_dir", "cuda_graphs"}
+    saved = Config(rounds=10, model="cnn4-mnist").as_dict()
+    for field in fields(Config):
+        if field.name not in RESUMABLE_CHANGES:
+            with pytest.raises(UsageError, match=f"^--{field.name.replace('_', '-')}: the checkpoint was made with"):
+                resumed_config(saved, {field.name: "another value"}, finished_round=3)
+
+
 def test_inspector_prints_round_configuration_and_sizes_without_mpi(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
     checkpoint.save(str(path), _state())
@@ -175,3 +188,13 @@ def test_inspector_summarises_the_client_state_and_its_file(tmp_path):
     assert stat.st_size > 2 * 40 * 4_000  # every client's two slots
     (tmp_path / "client_state.h5").unlink()
     assert "in client_state.h5 (missing)" in describe(str(path))
+
+
+def test_the_checkpoint_policy_saves_every_k_rounds_the_last_and_on_a_stop():
+    def due(every: int, stopping: bool = False) -> list[int]:
+        config = Config(rounds=7, checkpoint_every=every)
+        return [r for r in range(1, 8) if checkpoint_due(config, r, stopping)]
+
+    assert due(3) == [3, 6, 7] and due(2) == [2, 4, 6, 7] and due(1) == list(range(1, 8))
+    assert due(0) == [7]  # 0: only at the end
+    assert due(10) == [7] and due(0, stopping=True) == list(range(1, 8))
