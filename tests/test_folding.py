@@ -77,3 +77,19 @@ def test_a_batchnorm_whose_convolution_output_is_also_read_elsewhere_is_not_fold
     x = torch.randn(2, 1, 5, 5)
     with torch.no_grad():
         assert torch.equal(FoldedModel(model).of(model)(x), model.eval()(x))
+
+
+def test_folding_keeps_a_convolutions_bias_and_batchnorms_eps():
+    """Not in the paper's models (bias-free, variances near 1), so written here: a biased convolution,
+    and channels whose running variance is 0 or far below eps, where eps decides the scale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU())
+    nn.init.uniform_(model[0].bias, -1.0, 1.0)
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.copy_(torch.tensor([0.0, 1e-7, 1e-5, 2.0]))
+    assert conv_bn_pairs(model) == [("0", "1")]
+    x = torch.randn(3, 2, 5, 5)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = FoldedModel(model).of(model)(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
