@@ -198,3 +198,27 @@ def test_the_checkpoint_policy_saves_every_k_rounds_the_last_and_on_a_stop():
     assert due(3) == [3, 6, 7] and due(2) == [2, 4, 6, 7] and due(1) == list(range(1, 8))
     assert due(0) == [7]  # 0: only at the end
     assert due(10) == [7] and due(0, stopping=True) == list(range(1, 8))
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """A kill cannot show it, a power cut could: the new file is fsynced before the rename that makes
+    it the checkpoint, and the folder after it (so the rename itself is durable)."""
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), _state())
+    calls: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(source: str, target: str) -> None:
+        calls.append(("replace", str(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    checkpoint.save(str(path), _state())
+    temporary = next(name for kind, name in calls if kind == "fsync" and ".tmp-" in name)
+    order = [(kind, "new" if name == temporary else name) for kind, name in calls]
+    assert order.index(("fsync", "new")) < order.index(("replace", str(path))) < order.index(("fsync", str(tmp_path)))
