@@ -133,17 +133,19 @@ def _store(engine: Engine, folder: Path) -> ClientStateStore | None:
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_two_rounds_on_all_ranks_equal_the_same_rounds_on_one(algorithm, tmp_path):
-    config = Config(algorithm=algorithm, num_clients=40, clients_per_round=4, local_epochs=1, batch_size=64,
+    config = Config(algorithm=algorithm, num_clients=40, clients_per_round=5, local_epochs=1, batch_size=64,
                     rounds=2, device="cpu", model="cnn4-mnist", eval_batch_size=1000)  # fmt: skip
     dataset = load_dataset("embedded", None)
     comm = Communicator()
     engine = Engine(config, comm, dataset)
     engine.states = _store(engine, tmp_path / "parallel")
+    # EF-SignSGD: two clients a rank a wave, so that 5 clients make waves that end part full (3 + 2 on 2 ranks)
+    engine.state_wave_bytes = 2 * comm.size * 4 * engine.state_size
     parallel = [engine.run_round(1), engine.run_round(2)][-1]
     if comm.is_root:
         serial_engine = Engine(config, Communicator(MPI.COMM_SELF), dataset)
         serial_engine.states = _store(serial_engine, tmp_path / "serial")
-        serial_engine.state_wave_bytes = 1  # EF-SignSGD: one client's state at a time (4 waves a round)
+        serial_engine.state_wave_bytes = 1  # EF-SignSGD: one client's state at a time (5 waves a round)
         serial = [serial_engine.run_round(1), serial_engine.run_round(2)][-1]
         assert parallel.model_sha256 == serial.model_sha256
         if algorithm == "ef-signsgd":  # the error memory of every client that trained is kept on rank 0
