@@ -218,6 +218,13 @@ def z_signfedavg(
 
     return _sign_upload(model, names, batches, lr, compress)
 
+def error_feedback(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EF-SignSGD's compression of one tensor's corrected update ``p = d + e``, in ``p``'s dtype:
+    ``(scale, positive, new memory)``, the upload ``(||p||_1 / n) sign(p)`` (sign(0) = +1)."""
+    scale, positive = p.abs().mean(), p >= 0
+    return scale, positive, p - scale * torch.where(positive, 1.0, -1.0).to(p.dtype)
+
+
 def ef_signsgd(
     model: nn.Sequential, names: list[str], batches: list[Batch], lr: float, memory: torch.Tensor
 ) -> Reference:
@@ -227,11 +234,11 @@ def ef_signsgd(
     sizes = [start[n].numel() for n in model.state_dict() if n in names]
     scales, signs, margins, new_memory = [], [], [], []
     for p in (d + memory.double()).split(sizes):
-        scale, positive = p.abs().mean(), p >= 0
+        scale, positive, rest = error_feedback(p)
         scales.append(scale)
         signs.append(positive)
         margins.append(p.abs() / p.abs().max())
-        new_memory.append(p - scale * torch.where(positive, 1.0, -1.0).double())
+        new_memory.append(rest)
     dense = _dense(model, names, end, buffers)
     return Reference(
         torch.stack(scales), torch.cat(signs), torch.cat(margins), dense, loss, torch.cat(new_memory)

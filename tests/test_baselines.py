@@ -10,6 +10,7 @@ from fedbat_mpi.client.algorithms import make_algorithm
 from fedbat_mpi.client.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
 from fedbat_mpi.wire import codec
 
+from .reference_steps import error_feedback
 from .test_binarize import _tiny_task
 
 
@@ -69,12 +70,11 @@ def test_ef_signsgd_memory_carries_the_compression_error():
     [update] = EFSignSGD().train([task])
     assert update.state.shape == (task.layout.update_size,)
     for index, seg in enumerate(task.layout.binarized):
-        d = plain.body[seg.offset : seg.offset + seg.size]
-        # upload = (||p||_1 / n) sign(p), memory = p - upload
-        scale, positive = d.abs().mean(), d >= 0
+        window = slice(seg.offset, seg.offset + seg.size)
+        scale, positive, memory = error_feedback(plain.body[window])  # p = d: no memory yet
         assert update.scales[index].item() == pytest.approx(scale.item(), rel=1e-6)
-        assert torch.equal(update.body[seg.offset : seg.offset + seg.size], positive)
-        torch.testing.assert_close(update.state[seg.offset : seg.offset + seg.size], d - scale * (positive.float() * 2 - 1))
+        assert torch.equal(update.body[window], positive)
+        torch.testing.assert_close(update.state[window], memory)
 
 
 def test_ef_signsgd_adds_the_memory_before_compressing():

@@ -20,6 +20,8 @@ from fedbat_mpi.server import checkpoint, client_state
 from fedbat_mpi.testing.launch import launch
 from fedbat_mpi.wire.comm import Communicator
 
+from .reference_steps import error_feedback
+
 CLIENT = 3
 TINY = dict(num_clients=4, clients_per_round=4, local_epochs=1, batch_size=64, model="cnn4-mnist", device="cpu")
 
@@ -82,13 +84,9 @@ def test_fedbat_draws_new_noise_each_round(dataset):
 
 
 def _error_memory(update: torch.Tensor, memory: torch.Tensor, engine: Engine) -> torch.Tensor:
-    """EF-SignSGD's new memory from the formula: p = d + e, then p - (||p||_1 / n) sign(p) per tensor
-    (sign(0) sent as +1)."""
-    p = update + memory
-    for seg in engine.layout.binarized:
-        part = p[seg.offset : seg.offset + seg.size]
-        part -= part.abs().mean() * torch.where(part >= 0, 1.0, -1.0)
-    return p
+    """EF-SignSGD's new memory from the formula (reference_steps.error_feedback), tensor by tensor."""
+    parts = (update + memory).split([seg.size for seg in engine.layout.binarized])
+    return torch.cat([error_feedback(p)[2] for p in parts])
 
 
 def test_ef_signsgd_memory_returns_to_its_client_in_a_real_run(dataset, tmp_path, one_thread):
