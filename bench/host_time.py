@@ -1,7 +1,7 @@
 """The host's time per training step of a group: what bounds a small model's step on a GPU, measured on a CPU.
 
 A small model's grouped step on a GPU takes as long as the host needs to issue its operations (Python,
-the dispatcher, launches), not as long as the GPU computes them (BENCHMARKS.md §6). This script
+the dispatcher, launches), not as long as the GPU computes them (BENCHMARKS.md §8). This script
 measures that host time where there is no GPU: the algorithm's own training (``Algorithm.train``, the
 code a run executes, its batches drawn and read as a run's are) of a group of clients on a *thin* CNN4
 (the CNN4-MNIST layers with 2 channels a convolution, 16 x 16 images, 2 images a client), whose

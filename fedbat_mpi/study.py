@@ -16,7 +16,8 @@ when it lists more than one) spreads the runs that run at once over them: each r
 (``CUDA_VISIBLE_DEVICES`` set to it), the one fewest running runs use.
 
 Exit status: 0 when every run has finished; 75 when a stop signal ended the study or a run early; else
-the status the failed runs share (2: a mistake in a run's input, e.g. a missing data set), or 1.
+2 when every failed run failed on a mistake in its input (e.g. a missing data set), or 1 (a run's
+traceback, a run killed by a signal).
 """
 
 import json
@@ -101,7 +102,7 @@ class Driver:
             return PREEMPTED
         self._say("all runs ended")
         if self.failed:
-            return self.failed[0] if len(set(self.failed)) == 1 else 1
+            return UsageError.exit_status if set(self.failed) == {UsageError.exit_status} else 1
         return 0
 
     def _on_signal(self, number: int, frame: FrameType | None) -> None:
@@ -155,8 +156,8 @@ class Driver:
                 self._say(f"{name}: {run.standing()}")
             else:
                 self.failed.append(status)
-                self._say(f"{name}: failed with exit status {status}; {run.folder / 'run.log'}: {_last_line(run)}",
-                          stream=sys.stderr)  # fmt: skip
+                how = f"killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
+                self._say(f"{name}: {how}; {run.folder / 'run.log'}: {_last_line(run)}", stream=sys.stderr)
 
     def _say(self, event: str, stream: TextIO = sys.stdout) -> None:
         elapsed = int(time.monotonic() - self.started)

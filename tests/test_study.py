@@ -102,6 +102,17 @@ def test_a_failed_run_is_reported_on_one_line_and_the_others_finish(tmp_path, ca
     assert standings(grid, capsys) == {"embedded": "done at round 1", "fmnist": "not started"}
 
 
+def test_a_run_killed_by_a_signal_ends_the_study_with_status_1(tmp_path):
+    killer = tmp_path / "killer.sh"  # the launcher: dies by SIGKILL instead of starting the run
+    killer.write_text("#!/bin/sh\nkill -KILL $$\n")
+    killer.chmod(0o755)
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), launcher=str(killer),
+                      base={**BASE, "rounds": 1}, grid={"seed": [0]})  # fmt: skip
+    done = run_study(str(grid))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "seed0: killed by signal 9;" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("grid_file,expected", [
     ({"base": {"roundz": 3}}, "base: unknown option 'roundz'"),
     ({"base": {"out": "x"}}, "base: out: each run's folder is set by the study"),
