@@ -40,6 +40,9 @@ def test_stochastic_sign_is_unbiased_with_the_max_as_bound():
     assert scale.item() == pytest.approx(d.abs().max().item())
     mean = _mean_of_draws(StochasticSign(), d)
     assert torch.all((mean - d).abs() <= 5 * scale / np.sqrt(4000))
+    # the bound is the largest magnitude, also when it belongs to a negative entry
+    scale, _ = StochasticSign().compress(torch.tensor([0.1, -0.3, 0.2]), torch.Generator().manual_seed(0))
+    assert scale.item() == pytest.approx(0.3)
 
 
 def test_zsign_uses_rms_scaled_noise_and_is_unbiased_inside_sigma():

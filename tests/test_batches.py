@@ -64,3 +64,15 @@ def test_each_epoch_visits_every_sample_once_in_a_new_order():
     assert all(sorted(e.tolist()) == client.rows.tolist() for e in epochs)
     assert not torch.equal(epochs[0], epochs[1])
     assert all(b.crops is None for b in batches)
+
+
+def test_a_short_last_batch_is_augmented_image_by_image_too():
+    samples = _samples(True)
+    client = ClientData(samples, torch.arange(5, 38, 3))  # 11 samples: batches of 4, 4, 3
+    batches = list(client.batches(1, 4, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)))
+    assert [len(b) for b in batches] == [4, 4, 3]
+    last = batches[-1]
+    assert all(len(part) == 3 for part in last.crops)
+    x, y = read_batches([last])
+    assert torch.equal(x, normalize(crop(samples.images[last.rows], *last.crops), MEAN, STD))
+    assert torch.equal(y, samples.labels[last.rows].unsqueeze(0))

@@ -69,6 +69,24 @@ def test_fedbat_payload_is_one_bit_per_weight_plus_scales_and_batchnorm(layouts)
     assert float_size >= 25 * size
 
 
+# docs/FEDBAT.md §1.10: binarized weights, binarized tensors, BatchNorm channels, FedBAT payload bytes
+DOCUMENTED_SIZES = {
+    ("cnn4-mnist", 10): (389_920, 5, 480, 56_488),
+    ("cnn4", 10): (398_176, 5, 480, 57_520),
+    ("resnet10", 10): (4_897_472, 13, 2_880, 658_368),
+    ("resnet10", 100): (4_943_552, 13, 2_880, 664_128),
+}
+
+
+@pytest.mark.parametrize("model_key", MODELS, ids=lambda m: f"{m[0]}-{m[1]}")
+def test_the_paper_models_payloads_are_the_documented_sizes(layouts, model_key):
+    """The dense part is BatchNorm's four float32 tensors a channel (not its integer batch counter)."""
+    layout, _ = layouts[model_key]
+    weights, tensors, channels, payload = DOCUMENTED_SIZES[model_key]
+    assert (layout.update_size, len(layout.binarized), layout.dense_size) == (weights, tensors, 4 * channels)
+    assert codec.PayloadShape.of(layout, codec.BodyKind.SIGNS).size == payload
+
+
 # ---- the wire format pinned: payloads written out byte by byte from the module docstring's table ----
 
 # A model with two binarized tensors (8 + 3 = 11 entries, so S = 2, d = 11) and one dense one (D = 3).
@@ -186,6 +204,7 @@ DEFECTS = {
     "inf-scale": (_patched(48, "<f", np.inf), "(client 3): scale 0 is inf, expected"),
     "negative-scale": (_patched(48, "<f", -0.25), "(client 3): scale 0 is -0.25, expected"),
     "truncated": (np.frombuffer(TINY_SIGN_BYTES[:64], np.uint8), "(client 3): truncated (64 of 72 bytes)"),
+    "one-byte-short": (np.frombuffer(TINY_SIGN_BYTES[:71], np.uint8), "(client 3): truncated (71 of 72 bytes)"),
     "truncated-header": (np.frombuffer(TINY_SIGN_BYTES[:40], np.uint8), "at byte 72: truncated header"),
     "duplicate": (_patched(8, "<I", 4), "at byte 72 (client 4): duplicate client id (first sent at byte 0)"),
 }
@@ -227,6 +246,18 @@ def test_a_non_finite_value_never_becomes_the_global_model(tiny_layouts, kind, f
     payloads = read_round(buffer, shape)
     with pytest.raises(codec.PayloadError, match=re.escape(message)):
         Aggregator(layout, shape)(np.zeros(layout.global_size, np.float32), payloads)
+
+
+def test_of_several_clients_with_non_finite_values_the_lowest_id_is_named(tiny_layouts):
+    """Buffer order is the order ranks sent in; the message names the same client for any rank count."""
+    bad = {}
+    for client_id in (5, 2):  # in the buffer in this order
+        bad[client_id] = _tiny_sign_payload(client_id=client_id)
+        bad[client_id].dense[0] = np.nan
+    layout = tiny_layouts[codec.BodyKind.SIGNS]
+    payloads = read_round(np.concatenate([codec.encode(p) for p in bad.values()]), _signs_shape())
+    with pytest.raises(codec.PayloadError, match="^client 2: dense value 0 is nan"):
+        Aggregator(layout, _signs_shape())(np.zeros(layout.global_size, np.float32), payloads)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")

@@ -102,6 +102,7 @@ def test_fmnist_missing_file(tmp_path: Path) -> None:
     ("damage", "message"),
     [
         (lambda b: b[:-5], "expected 4720 bytes"),  # 6 images, last 5 pixel bytes cut off
+        (lambda b: b + b"\0", "expected 4720 bytes"),  # a byte too many
         (lambda b: b"\0\0\x08\x01" + b[4:], "magic 00000803"),  # a label file's magic
         (lambda b: b"", "an empty file"),
         (lambda b: gzip.compress(b)[:-20], "complete gzip"),
@@ -180,9 +181,11 @@ def test_svhn_bad_variables(tmp_path: Path) -> None:
     write_mat(tmp_path / "svhn" / "train_32x32.mat", [x])
     with pytest.raises(UsageError, match="expected MATLAB variables X and y"):
         load_dataset("svhn", str(tmp_path))
-    write_mat(tmp_path / "svhn" / "train_32x32.mat", [x, mat_matrix("y", np.zeros((2, 1)), MX_DOUBLE, MI_DOUBLE)])
-    with pytest.raises(UsageError, match="labels y in 1..10"):
-        load_dataset("svhn", str(tmp_path))
+    for labels in ([0, 1], [10, 11], [1, 2.5]):  # below, above the range, not whole
+        y = mat_matrix("y", np.array(labels, np.float64).reshape(2, 1), MX_DOUBLE, MI_DOUBLE)
+        write_mat(tmp_path / "svhn" / "train_32x32.mat", [x, y])
+        with pytest.raises(UsageError, match="labels y in 1..10"):
+            load_dataset("svhn", str(tmp_path))
     (tmp_path / "svhn" / "train_32x32.mat").unlink()
     with pytest.raises(UsageError, match="svhn: .*train_32x32.mat not found under --data-dir"):
         load_dataset("svhn", str(tmp_path))

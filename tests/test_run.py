@@ -53,12 +53,23 @@ def test_uplink_is_one_bit_per_weight_and_fedavg_sends_25x_more(fedbat_runs, tmp
     assert fedavg_row["uplink_bytes"] >= 25 * fedbat_row["uplink_bytes"]
 
 
+FAIL_ON_RANK = [str(Path(__file__).with_name("fail_on_rank.py"))]
+
+
 def test_a_failure_on_one_rank_ends_every_rank(tmp_path):
     start = time.monotonic()
-    done = launch(3, [*TINY, "--out", str(tmp_path)], timeout=120,                   script=[str(Path(__file__).with_name("fail_on_rank.py"))], FAIL_RANK="2")
+    done = launch(3, [*TINY, "--out", str(tmp_path)], timeout=120, script=FAIL_ON_RANK, FAIL_RANK="2")
     assert done.returncode != 0
     assert "injected failure on rank 2" in done.stderr
     assert time.monotonic() - start < 60
+
+
+def test_bad_input_seen_by_one_rank_alone_is_one_line_from_that_rank_and_every_rank_exits_2(tmp_path):
+    done = launch(3, [*TINY, "--out", str(tmp_path / "run")], timeout=120, script=FAIL_ON_RANK, FAIL_RANK="1",
+                  FAIL_AT="setup")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "fedbat_mpi: error (on rank 1): --data-dir: injected: not found on rank 1's node\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_help_lists_every_option_with_its_default():
