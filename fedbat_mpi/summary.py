@@ -1,7 +1,8 @@
 """``python -m fedbat_mpi.summary RUN_DIR... [--target ACC]``: a Markdown table comparing runs.
 
 Per run: best and final test accuracy, the first round reaching the target accuracy and the uplink
-bytes sent until then, and the uplink per client per round.
+bytes sent until then, and the uplink per client per round. The best accuracy's round is the earliest
+round with that accuracy.
 """
 
 import sys

@@ -169,6 +169,15 @@ def test_inspector_prints_round_configuration_and_sizes_without_mpi(tmp_path):
     assert check.stdout.strip() == "False"
 
 
+def test_inspector_shows_the_last_and_the_best_test_accuracy(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    state = _state()
+    for row, accuracy in zip(state.metrics, [0.1, 0.3, 0.2]):  # not monotone: the best is not the last
+        row["test_acc"] = accuracy
+    checkpoint.save(str(path), state)
+    assert "metrics: 3 rounds, last test_acc 20.00%, best 30.00%" in describe(str(path))
+
+
 def test_inspector_refuses_a_bad_file_with_exit_2(tmp_path):
     bad = tmp_path / "x.h5"
     bad.write_text("nope")

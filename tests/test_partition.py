@@ -44,6 +44,20 @@ def test_iid_sizes_balanced() -> None:
     assert max(sizes) - min(sizes) <= 1
 
 
+def test_uneven_iid_split_gives_the_extra_samples_to_the_first_clients() -> None:
+    labels = np.repeat(np.arange(10), 601)  # 6,010 samples: 10 more than 100 clients x 60
+    assert partition(labels, 100, "iid", seed=0).sizes().tolist() == [61] * 10 + [60] * 90
+
+
+def test_uneven_labels_split_gives_the_extra_sample_of_a_class_to_its_first_holder() -> None:
+    labels = np.repeat(np.arange(10), 601)  # 601 samples per class, 30 holders: one holds 21, the others 20
+    shards = partition(labels, 100, "labels:0.3", seed=0)
+    counts = np.array([np.bincount(labels[s], minlength=10) for s in shards])  # clients x classes
+    for cls in range(10):
+        holders = np.flatnonzero(counts[:, cls])
+        assert counts[holders, cls].tolist() == [21] + [20] * 29, cls
+
+
 def test_labels_share_assignment() -> None:
     shards = partition(BALANCED, 100, "labels:0.3", seed=1234)
     held = [set(BALANCED[s].tolist()) for s in shards]
@@ -69,6 +83,15 @@ def test_dirichlet_min_samples_and_skew() -> None:
     assert min(len(s) for s in shards) >= 10
     dominant = [np.bincount(BALANCED[s], minlength=10).max() / len(s) for s in shards]
     assert np.mean(dominant) > 0.4  # label skew: iid would give about 0.1-0.2
+
+
+def test_dirichlet_client_holding_exactly_min_samples_is_not_topped_up() -> None:
+    """Setting --min-samples to what the smallest client already holds changes nothing."""
+    default = partition(BALANCED, 100, "dir:0.3", seed=1234)
+    smallest = int(default.sizes().min())
+    assert smallest >= 10  # the default --min-samples
+    exact = partition(BALANCED, 100, "dir:0.3", seed=1234, min_samples=smallest)
+    assert np.array_equal(exact.indices, default.indices) and np.array_equal(exact.offsets, default.offsets)
 
 
 def test_dirichlet_gives_no_class_to_clients_that_hold_their_share() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from fedbat_mpi import summary
 from fedbat_mpi.config import Config
 
 
@@ -30,6 +31,20 @@ def test_summary_reports_best_final_and_cost_to_target(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[2] == "| fmnist iid | fedavg | 3 | 79.00 % (3) | 79.00 % | — | — | 1,500.0 kB |"
     assert lines[3] == "| fmnist iid | fedbat | 3 | 82.00 % (2) | 81.00 % | 2 | 1.0 MB | 50.0 kB |"
+
+
+def test_a_round_at_exactly_the_target_reaches_it(tmp_path, capsys):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.8, 0.85], 500_000)
+    assert summary.main([str(run), "--target", "0.8"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "| fmnist iid | fedbat | 3 | 85.00 % (3) | 85.00 % | 2 | 1.0 MB | 50.0 kB |"
+    )
+
+
+def test_the_best_round_is_the_earliest_of_those_with_the_best_accuracy(tmp_path, capsys):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.82, 0.7, 0.82], 500_000)
+    assert summary.main([str(run), "--target", "0.9"]) == 0
+    assert "| 82.00 % (2) |" in capsys.readouterr().out
 
 
 def test_plots_are_written_per_setting_and_are_png(tmp_path):

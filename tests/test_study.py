@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from fedbat_mpi import study
+from fedbat_mpi.config import PRESETS
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
 ROUNDS = 3
@@ -134,6 +135,38 @@ def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_p
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     assert captured.err.startswith(f"fedbat_mpi.study: error: {grid}: ") and expected in captured.err, captured.err
     assert not folder.exists()
+
+
+def test_a_runs_options_are_its_presets_then_base_then_its_grid_values(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", base={"preset": "fmnist-iid", "rounds": 3, "dataset": "embedded"},
+                      grid={"partition": ["dir:0.3"]})  # fmt: skip
+    (run,) = study.load_study(str(grid)).runs
+    assert run.options == {**PRESETS["fmnist-iid"], "rounds": 3, "dataset": "embedded", "partition": "dir:0.3"}
+
+
+def test_ranks_per_run_may_equal_the_clients_per_round_but_not_exceed_them(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", ranks_per_run=2, base=BASE, grid={"seed": [0]})
+    assert study.load_study(str(grid)).ranks_per_run == 2
+    grid = write_grid(tmp_path / "grid.yaml", ranks_per_run=3, base=BASE, grid={"seed": [0]})
+    expected = r"ranks_per_run: expected at most the run's clients per round \(2\), got 3$"
+    with pytest.raises(study.UsageError, match=expected):
+        study.load_study(str(grid))
+
+
+def test_a_run_asked_to_stop_that_dies_by_a_signal_counts_as_stopped_not_failed(tmp_path):
+    class KilledByTheStopSignal:
+        def poll(self):
+            return -signal.SIGUSR1
+
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
+    plan = study.load_study(str(grid))
+    plan.runs[0].folder.mkdir(parents=True)
+    (plan.runs[0].folder / "run.log").write_text("stopped\n")  # what a failure's report would quote
+    driver = study.Driver(plan, plan.runs, 1, ["mpirun"], [])
+    driver.running = {"seed0": (plan.runs[0], KilledByTheStopSignal())}
+    driver.asked_to_stop = {"seed0": 1}
+    driver._reap()
+    assert (driver.stopped, driver.failed, driver.running) == (1, [], {})
 
 
 def test_runs_at_once_are_spread_over_the_gpus_the_fewest_runs_use(monkeypatch):
