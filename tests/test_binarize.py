@@ -121,7 +121,8 @@ def _tiny_task(num_steps: int) -> tuple[LocalTask, torch.nn.Module]:
     return task, model
 
 
-@pytest.mark.parametrize("num_steps,warmup,expected_warm", [(10, 0.5, 5), (10, 0.35, 3), (7, 0.5, 3), (4, 0.0, 0)])
+@pytest.mark.parametrize("num_steps,warmup,expected_warm",
+                         [(10, 0.5, 5), (10, 0.35, 3), (7, 0.5, 3), (4, 0.0, 0), (100, 0.57, 57), (90, 0.7, 63)])
 def test_warmup_switches_after_exactly_floor_phi_k_steps(monkeypatch, num_steps, warmup, expected_warm):
     task, _ = _tiny_task(num_steps)
     calls = []

@@ -141,6 +141,7 @@ def test_resuming_may_change_only_what_does_not_change_results():
         resumed_config(saved, {"lr": 0.5}, finished_round=3)
     with pytest.raises(UsageError, match="--rounds: the checkpoint has already finished round 10"):
         resumed_config(saved, {"rounds": 5}, finished_round=10)
+    assert resumed_config(saved, {}, finished_round=10).rounds == 10  # a finished run may be resumed (a no-op)
     with pytest.raises(UsageError, match="unknown options"):
         resumed_config({**saved, "momentum": 0.9}, {}, finished_round=3)
 

@@ -61,6 +61,18 @@ def test_a_clients_data_order_is_its_own_and_new_each_round(dataset):
     assert len(other) == len(first) and other != first
 
 
+@pytest.mark.parametrize("weighting", ["batches", "samples"])
+def test_a_client_trains_e_epochs_of_its_batches_and_weighs_by_its_batches_or_samples(dataset, weighting):
+    engine = _engine(dataset, local_epochs=3, batch_size=64, weighting=weighting)
+    task, weight = engine.local_task(1, CLIENT, None)
+    samples = len(engine.client_indices[CLIENT])
+    batches = -(-samples // 64)
+    drawn = list(task.batches())
+    assert task.num_steps == len(drawn) == 3 * batches
+    assert sorted(row for d in drawn for row in d.rows.tolist()) == sorted(engine.client_indices[CLIENT].tolist() * 3)
+    assert weight == (batches if weighting == "batches" else samples)
+
+
 def test_a_clients_batches_are_its_samples_normalised_with_the_training_statistics(dataset):
     """docs/FEDBAT.md §2.1: Fashion-MNIST's training images (x / 255 - 0.2860) / 0.3530, its test images
     with 0.2868 and 0.3524 (evaluation, test_learning.py)."""

@@ -132,3 +132,18 @@ def test_a_damaged_foreign_or_missing_store_is_refused_with_one_line_and_left_un
         ClientStateStore.open(str(tmp_path), index, 1)
     assert "\n" not in str(error.value) and str(error.value).startswith("--resume: ")
     assert (_fingerprint(path) if path.exists() else None) == before
+
+
+def test_resuming_a_checkpoint_commits_it_so_that_an_older_one_is_refused_afterwards(tmp_path):
+    """Killed after the checkpoint of round 2 was renamed into place, before the store's commit: the
+    resume of round 2 commits it, so a later resume of round 1 (checkpoint.prev.h5) is refused."""
+    store, first = _committed(tmp_path, {5: _rows(1)[0]}, round_index=1)
+    store.write([5], _rows(2))
+    second = store.prepare()
+    store.close()  # killed before commit(2)
+    resumed = ClientStateStore.open(str(tmp_path), second, 2)
+    assert np.array_equal(resumed.read([5]), _rows(2))
+    resumed.write([5], _rows(3))  # into slot 0: the row the checkpoint of round 1 committed
+    resumed.close()
+    with pytest.raises(UsageError, match="the checkpoint is of round 1, but .* a checkpoint of round 2"):
+        ClientStateStore.open(str(tmp_path), first, 1)

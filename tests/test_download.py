@@ -43,6 +43,16 @@ def test_a_verified_archive_is_unpacked_where_the_loader_reads_it(tmp_path):
     assert download("cifar10", str(data_dir), _sources(archive, md5_of(saved))) == [saved]
 
 
+def test_a_damaged_copy_already_there_is_fetched_again(tmp_path):
+    archive = _cifar10_archive(tmp_path)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "cifar-10-binary.tar.gz").write_bytes(b"damaged")  # an earlier download cut short
+    [saved] = download("cifar10", str(data_dir), _sources(archive, md5_of(archive)))
+    assert md5_of(saved) == md5_of(archive)
+    assert load_dataset("cifar10", str(data_dir)).train_x.shape == (15, 3, 32, 32)
+
+
 def test_a_wrong_checksum_keeps_nothing(tmp_path):
     archive = _cifar10_archive(tmp_path)
     data_dir = tmp_path / "data"

@@ -6,13 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_mpi.config import PRESETS
+from fedbat_mpi.config import PRESETS, Config, parse_command_line
 from fedbat_mpi.testing.formats import write_cifar10, write_cifar100, write_fmnist, write_svhn
 from fedbat_mpi.testing.launch import launch
 
 from .test_data import DEBIAN_DATASETS
 
 PAPER_PRESETS = [name for name in PRESETS if name != "embedded"]
+
+
+def test_options_come_from_the_defaults_then_the_preset_then_the_config_file_then_the_command_line(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("rounds: 3\nlocal-epochs: 2\n")
+    invocation = parse_command_line(["--preset", "fmnist-iid", "--config", str(config_file), "--rounds", "7"])
+    config = Config(**invocation.options)
+    assert (config.rounds, config.local_epochs, config.num_clients) == (7, 2, PRESETS["fmnist-iid"]["num_clients"])
+    assert config.eval_batch_size == Config().eval_batch_size  # set by none of them
 
 
 @pytest.fixture(scope="module")

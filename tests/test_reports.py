@@ -1,5 +1,6 @@
 """Comparing finished runs: the Markdown summary table and the PNG accuracy curves."""
 
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import yaml
 
 from fedbat_mpi import summary
 from fedbat_mpi.config import Config
+from fedbat_mpi.server.report import Report
 
 
 def _fake_run(folder: Path, algorithm: str, partition: str, accuracies: list[float], uplink: int) -> Path:
@@ -45,6 +47,17 @@ def test_the_best_round_is_the_earliest_of_those_with_the_best_accuracy(tmp_path
     run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.82, 0.7, 0.82], 500_000)
     assert summary.main([str(run), "--target", "0.9"]) == 0
     assert "| 82.00 % (2) |" in capsys.readouterr().out
+
+
+def test_a_runs_summary_sums_the_bytes_and_names_the_earliest_best_round(tmp_path):
+    rows = [{"round": r, "clients": [0, 1], "test_acc": acc, "uplink_bytes": 100, "downlink_bytes": 200,
+             "model_sha256": "ab" * 32} for r, acc in enumerate([0.5, 0.7, 0.7], start=1)]  # fmt: skip
+    report = Report(Config(out=str(tmp_path)), 1000, rows, stream=io.StringIO())
+    text = report.summary(wall_s=1.0)
+    report.close()
+    assert "final test accuracy 70.00%, best 70.00% (round 2)" in text
+    assert "uplink 300 B (50 B per client per round), downlink 600 B" in text
+    assert "float32 FedAvg would have sent 6.0 kB up: 20.0x more" in text
 
 
 def test_plots_are_written_per_setting_and_are_png(tmp_path):

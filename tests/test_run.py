@@ -33,8 +33,10 @@ def test_metrics_rows_have_every_field_and_plausible_values(fedbat_runs):
     out, done = fedbat_runs[2]
     rows = metrics(out)
     fields = {"round", "test_acc", "test_loss", "train_loss", "uplink_bytes", "downlink_bytes", "time_s", "phase_s", "model_sha256"}
+    global_model_bytes = 4 * (389_920 + 4 * (32 + 64 + 128 + 256) + 4)  # CNN4-MNIST, its 4 batch counters too
     for row in rows:
         assert fields <= row.keys()
+        assert row["downlink_bytes"] == len(row["clients"]) * global_model_bytes
         assert set(row["phase_s"]) == {"train", "pack", "gather", "aggregate", "broadcast", "eval"}
         assert 0 <= row["test_acc"] <= 1 and len(row["model_sha256"]) == 64
     assert (out / "config.yaml").exists()
