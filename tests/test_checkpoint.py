@@ -66,6 +66,8 @@ def test_a_new_checkpoint_keeps_the_previous_one(tmp_path):
     assert checkpoint.load(str(path)).round == 3
     assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME]
+    checkpoint.save(str(path), _state(4))  # the previous one moves on too
+    assert checkpoint.load(str(tmp_path / checkpoint.PREVIOUS_FILE_NAME)).round == 3
 
 
 def test_a_writer_killed_after_keeping_the_previous_one_leaves_nothing_behind(tmp_path):

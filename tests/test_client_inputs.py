@@ -15,6 +15,7 @@ from mpi4py import MPI
 from fedbat_mpi.client.batches import read_batches
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
+from fedbat_mpi.rng import Stream, derive_seed
 from fedbat_mpi.rounds.engine import Engine
 from fedbat_mpi.server import checkpoint, client_state
 from fedbat_mpi.testing.launch import launch
@@ -49,6 +50,13 @@ def _sample_order(engine: Engine, round_index: int, client: int) -> list[int]:
     task, _ = engine.local_task(round_index, client, None)
     position = {row: k for k, row in enumerate(engine.client_indices[client].tolist())}
     return [position[row] for drawn in task.batches() for row in drawn.rows.tolist()]
+
+
+def test_each_use_of_randomness_has_its_own_stream_for_the_same_round_and_client():
+    seeds = {stream: derive_seed(0, stream, 3, CLIENT) for stream in Stream}
+    assert len(set(seeds.values())) == len(Stream)
+    assert derive_seed(0, Stream.DATA_ORDER, 3, CLIENT) == seeds[Stream.DATA_ORDER]  # a pure function
+    assert derive_seed(1, Stream.DATA_ORDER, 3, CLIENT) != seeds[Stream.DATA_ORDER]  # and of the seed
 
 
 def test_a_clients_data_order_is_its_own_and_new_each_round(dataset):

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from fedbat_mpi import summary
+from fedbat_mpi import plot, summary
 from fedbat_mpi.config import Config
+from fedbat_mpi.records import read_run
 from fedbat_mpi.server.report import Report
 
 
@@ -47,6 +49,21 @@ def test_the_best_round_is_the_earliest_of_those_with_the_best_accuracy(tmp_path
     run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.82, 0.7, 0.82], 500_000)
     assert summary.main([str(run), "--target", "0.9"]) == 0
     assert "| 82.00 % (2) |" in capsys.readouterr().out
+
+
+def test_a_plot_shows_accuracy_in_percent_by_round_and_by_cumulative_uplink(tmp_path, monkeypatch):
+    runs = [read_run(str(_fake_run(tmp_path / name, name, "iid", accuracies, uplink)))
+            for name, accuracies, uplink in [("fedbat", [0.5, 0.8], 500_000), ("fedavg", [0.6, 0.7], 15_000_000)]]  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plot.plt, "close", figures.append)
+    plot.plot_setting("fmnist-iid", runs, tmp_path / "plot.png")
+    by_round, by_bytes = figures[0].axes
+    lines = {line.get_label(): line for line in by_round.lines}
+    assert list(lines["fedbat"].get_xdata()) == [1, 2]
+    assert list(lines["fedbat"].get_ydata()) == pytest.approx([50, 80])
+    lines = {line.get_label(): line for line in by_bytes.lines}
+    assert list(lines["fedavg"].get_xdata()) == [15_000_000, 30_000_000]  # a round's uplink, summed
+    assert list(lines["fedavg"].get_ydata()) == pytest.approx([60, 70]) and by_bytes.get_xscale() == "log"
 
 
 def test_a_runs_summary_sums_the_bytes_and_names_the_earliest_best_round(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 SCRIPT = """
 import os, signal, sys, time
 from fedbat_mpi.rounds import signals
+assert signals.SAME_REQUEST_S == 5.0  # README, "Stop signals"
 signals.SAME_REQUEST_S = 0.5  # a short window, so that the test need not wait 5 s
 stop = signals.StopRequest()
 os.kill(os.getpid(), signal.{first})
