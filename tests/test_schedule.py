@@ -33,6 +33,14 @@ def test_the_sample_depends_on_the_seed_and_round_only():
     assert not np.array_equal(sample_clients(3, 7, 1000, 10), sample_clients(4, 7, 1000, 10))
 
 
+def test_the_samples_are_pinned_across_versions():
+    """A run resumed by a newer version must train the clients the older one would have (as
+    test_partition.py pins the partitions): a change here breaks every resume of an older checkpoint."""
+    assert sample_clients(0, 1, 40, 8).tolist() == [9, 13, 14, 17, 20, 21, 29, 34]
+    assert sample_clients(0, 2, 40, 8).tolist() == [1, 5, 7, 14, 21, 25, 32, 39]
+    assert sample_clients(7, 100, 100_000, 5).tolist() == [13048, 19751, 36652, 38733, 81305]
+
+
 def test_every_rank_count_splits_the_round_into_its_blocks():
     clients = sample_clients(0, 1, NUM_CLIENTS, 7)
     for ranks in (1, 2, 3, 7):
