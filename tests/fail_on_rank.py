@@ -17,16 +17,15 @@ from fedbat_mpi.wire.comm import Communicator
 failing_rank = int(os.environ["FAIL_RANK"])
 if Communicator().rank == failing_rank:
     if os.environ.get("FAIL_AT") == "setup":
-
-        def fail(*args, **kwargs):
-            raise UsageError(f"--data-dir: injected: not found on rank {failing_rank}'s node")
-
-        job.load_dataset = fail
+        owner, name = job, "load_dataset"
+        error: Exception = UsageError(f"--data-dir: injected: not found on rank {failing_rank}'s node")
     else:
+        owner, name = engine.Engine, "train_clients"
+        error = RuntimeError(f"injected failure on rank {failing_rank}")
 
-        def fail(*args, **kwargs):
-            raise RuntimeError(f"injected failure on rank {failing_rank}")
+    def fail(*args, **kwargs):
+        raise error
 
-        engine.Engine.train_clients = fail
+    setattr(owner, name, fail)
 
 sys.exit(run.main())

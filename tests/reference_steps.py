@@ -218,6 +218,7 @@ def z_signfedavg(
 
     return _sign_upload(model, names, batches, lr, compress)
 
+
 def error_feedback(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EF-SignSGD's compression of one tensor's corrected update ``p = d + e``, in ``p``'s dtype:
     ``(scale, positive, new memory)``, the upload ``(||p||_1 / n) sign(p)`` (sign(0) = +1)."""

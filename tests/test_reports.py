@@ -55,9 +55,11 @@ def test_a_plot_shows_accuracy_in_percent_by_round_and_by_cumulative_uplink(tmp_
     runs = [read_run(str(_fake_run(tmp_path / name, name, "iid", accuracies, uplink)))
             for name, accuracies, uplink in [("fedbat", [0.5, 0.8], 500_000), ("fedavg", [0.6, 0.7], 15_000_000)]]  # fmt: skip
     figures = []
-    monkeypatch.setattr(plot.plt, "close", figures.append)
+    monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure to read its lines
     plot.plot_setting("fmnist-iid", runs, tmp_path / "plot.png")
+    monkeypatch.undo()
     by_round, by_bytes = figures[0].axes
+    plot.plt.close(figures[0])
     lines = {line.get_label(): line for line in by_round.lines}
     assert list(lines["fedbat"].get_xdata()) == [1, 2]
     assert list(lines["fedbat"].get_ydata()) == pytest.approx([50, 80])

@@ -14,6 +14,7 @@ import yaml
 
 from fedbat_mpi import study
 from fedbat_mpi.config import PRESETS
+from fedbat_mpi.errors import UsageError
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
 ROUNDS = 3
@@ -149,7 +150,7 @@ def test_ranks_per_run_may_equal_the_clients_per_round_but_not_exceed_them(tmp_p
     assert study.load_study(str(grid)).ranks_per_run == 2
     grid = write_grid(tmp_path / "grid.yaml", ranks_per_run=3, base=BASE, grid={"seed": [0]})
     expected = r"ranks_per_run: expected at most the run's clients per round \(2\), got 3$"
-    with pytest.raises(study.UsageError, match=expected):
+    with pytest.raises(UsageError, match=expected):
         study.load_study(str(grid))
 
 
