@@ -3,7 +3,8 @@
 One client's local training (``Algorithm.train``, the code a run executes) of CNN4-MNIST on batches of
 64 images, one thread, profiled with ``torch.profiler``: each operator's share of the step, and the
 convolutions' and linear layer's arithmetic rate (their multiply-adds, counted from the model, over
-their time) against single-threaded ``sgemm`` (2048 x 2048) measured in the same run. It shows how
+their time) against single-threaded ``sgemm`` (2048 x 2048, the faster of MKL and OpenBLAS: ``cpu_roof.py``)
+measured in the same run. It shows how
 far the step can get toward ``bench/cpu_roof.py``'s roof: the convolutions near the sgemm rate, and
 BatchNorm, pooling and fills (memory-bound, no arithmetic the roof counts) as the rest. The minor page
 faults and system time of a step are reported beside it (with the heap thresholds a run sets,
@@ -18,7 +19,7 @@ from collections import defaultdict
 
 import benchlib
 import torch
-from cpu_roof import _sgemm_rate
+from cpu_roof import machine_rate
 from torch.profiler import ProfilerActivity, profile
 from work import multiply_adds_per_image
 
@@ -52,7 +53,7 @@ def main() -> None:
         options.steps, options.batch = 2, 8
     torch.set_num_threads(1)
     keep_freed_heap()  # as a run does (rounds/job.py)
-    sgemm = _sgemm_rate(0.5 if options.quick else 3.0)
+    sgemm = machine_rate(1, 0.5 if options.quick else 3.0)  # in its own process, one OpenBLAS thread
     device = torch.device("cpu")
     flops_per_step = 2 * 3 * multiply_adds_per_image("cnn4-mnist", (1, 28, 28), 10) * options.batch
     results = []
