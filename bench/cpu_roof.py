@@ -35,7 +35,7 @@ QUICK = "--num-clients 40 --clients-per-round 2 --local-epochs 1 --batch-size 64
 def _sgemm_rates(seconds: float) -> dict[str, float]:
     """FLOP/s of one thread multiplying 2048 x 2048 float32 matrices, for about ``seconds`` with each BLAS
     the wheels ship: torch's ``mm`` (MKL on x86) and numpy's ``matmul`` (OpenBLAS). Which is faster
-    depends on the CPU: MKL on Intel Xeon, OpenBLAS on AMD EPYC (Zen 4) by 10-20 %."""
+    depends on the CPU: on an AMD EPYC (Zen 4) core OpenBLAS, by 10-20 % (BENCHMARKS.md §10)."""
     torch.set_num_threads(1)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     products = {"torch_mm": lambda: a @ b, "numpy_matmul": lambda: a.numpy() @ b.numpy()}
