@@ -8,7 +8,10 @@ Cases, one rank each (issue 8's targets on one GPU):
 - ``cifar10-iid``: ResNet-10, ``--preset cifar10-iid --local-epochs 1``, FedBAT one at a time and grouped.
 
 With ``--graphs``, every grouped FedBAT and FedAvg run also runs with ``--cuda-graphs on`` (column
-``graphs``; its speed-up is over the same case's one-at-a-time run, like the others').
+``graphs``; its speed-up is over the same case's one-at-a-time run, like the others'). ``--groups``
+names the grouped settings (default ``auto``, a rank's whole share on a GPU; ``auto`` is 1 on the
+CPU, so there give sizes, e.g. ``--groups 5 10``), ``--run-args`` options added to every run (they
+override the case's, e.g. fewer local epochs on a CPU).
 
 Seconds per round are means over the rounds after the first (warm-up). The data are Fashion-MNIST
 from ``--fmnist-dir`` when given (the real files: accuracies then mean something) or files generated
@@ -19,6 +22,8 @@ training seconds.
 
     python bench/grouping.py --device cuda                   # on an H100: about 8 minutes (measured)
     python bench/grouping.py --quick                         # tiny FedBAT runs (CNN4, ResNet-10) on the CPU (tests)
+    python bench/grouping.py --device cpu --cases fmnist-iid --algorithms fedbat fedavg --groups 5 10 \
+        --run-args="--local-epochs 2"                        # the CPU: about 5 minutes
 """
 
 import sys
@@ -36,22 +41,28 @@ CASES = ["fmnist-iid", "fmnist-dir0.3", "fmnist-1000", "cifar10-iid"]
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
 
-def cases(quick: bool, graphs: bool = False) -> list[dict]:
-    """(case, algorithm, --client-group, --cuda-graphs, run options) of every run, in the order they run."""
+def cases(
+    quick: bool, graphs: bool = False, grouped: tuple[str, ...] = ("auto",), extra: tuple[str, ...] = ()
+) -> list[dict]:
+    """(case, algorithm, --client-group, --cuda-graphs, run options) of every run, in the order they run:
+    FedBAT and FedAvg one at a time and in each of the ``grouped`` settings, the others grouped only;
+    ``extra`` options end every run's options."""
     rounds = ["--rounds", "2" if quick else "3"]
     small = "--num-clients 4 --clients-per-round 2 --local-epochs 1 --batch-size 16".split() if quick else []
+    small = [*small, *extra]
     runs = []
     for preset in ("fmnist-dir0.3",) if quick else ("fmnist-iid", "fmnist-dir0.3"):
         for algorithm in ("fedbat",) if quick else ALGORITHMS:
-            groups = ("1", "auto") if algorithm in ("fedbat", "fedavg") else ("auto",)
+            groups = ("1", *grouped) if algorithm in ("fedbat", "fedavg") else grouped
             for group in groups:
                 args = ["--preset", preset, "--algorithm", algorithm, *rounds, *small]
                 runs.append(dict(case=preset, algorithm=algorithm, group=group, graphs="off", args=args))
     if not quick:
         many = "--num-clients 1000 --clients-per-round 1000".split()
-        runs.append(dict(case="fmnist-1000", algorithm="fedbat", group="auto", graphs="off",
-                         args=["--preset", "fmnist-iid", *many, "--local-epochs", "1", *rounds]))  # fmt: skip
-    for group in ("1", "auto"):  # quick too: ResNet-10 and augmented batches
+        runs += [dict(case="fmnist-1000", algorithm="fedbat", group=group, graphs="off",
+                      args=["--preset", "fmnist-iid", *many, "--local-epochs", "1", *rounds, *extra])
+                 for group in grouped]  # fmt: skip
+    for group in ("1", *grouped):  # quick too: ResNet-10 and augmented batches
         runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group, graphs="off",
                          args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds, *small]))  # fmt: skip
     if not graphs:
@@ -109,12 +120,18 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES,
                         help="the cases to run, in this order (e.g. the ones a lease cut short)")
     parser.add_argument("--graphs", action="store_true", help="grouped FedBAT and FedAvg also with --cuda-graphs on")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
+                        help="the algorithms to run (default: all; fmnist-1000 and cifar10-iid run FedBAT only)")
+    parser.add_argument("--groups", nargs="+", default=["auto"],
+                        help="the --client-group settings compared with one at a time (default: auto)")
+    parser.add_argument("--run-args", default="", help="options added to every run, e.g. \"--local-epochs 2\"")
     options = parser.parse_args()
     results, failed = [], []
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = write_data(Path(scratch) / "data", options.fmnist_dir, options.quick)
-        runs = cases(options.quick, options.graphs)
-        runs = [run for case in options.cases for run in runs if run["case"] == case]
+        runs = cases(options.quick, options.graphs, tuple(options.groups), tuple(options.run_args.split()))
+        runs = [run for case in options.cases for run in runs
+                if run["case"] == case and run["algorithm"] in options.algorithms]  # fmt: skip
         for index, run in enumerate(runs):
             label = f"{run['case']} {run['algorithm']} --client-group {run['group']} --cuda-graphs {run['graphs']}"
             try:
