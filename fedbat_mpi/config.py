@@ -14,7 +14,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = frozenset(
     | {option.name for option in hyperparameters() if option.resumable}
 )
 WEIGHTINGS = ("batches", "samples")
+_Options = TypeVar("_Options", bound="RunOptions")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RunOptions:
     cuda_graphs: str = "off"
     eval_batch_size: int = 500
 
-    def validate(self) -> "Config":
+    def validate(self: _Options) -> _Options:
         """Return self, or raise UsageError naming the first bad option."""
         positive = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
                     "threads", "eval_batch_size")  # fmt: skip
@@ -102,13 +103,19 @@ class RunOptions:
         return dataclasses.asdict(self)
 
 
-Config = dataclasses.make_dataclass(
-    "Config",
-    [(option.name, option.type, dataclasses.field(default=option.default)) for option in hyperparameters()],
-    bases=(RunOptions,),
-    frozen=True,
-)
-Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
+if TYPE_CHECKING:  # mypy cannot see the fields ``make_dataclass`` adds: they are read by name (``as_dict``)
+
+    class Config(RunOptions):
+        """Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."""
+
+else:
+    Config = dataclasses.make_dataclass(
+        "Config",
+        [(option.name, option.type, dataclasses.field(default=option.default)) for option in hyperparameters()],
+        bases=(RunOptions,),
+        frozen=True,
+    )
+    Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
 HELP = {
     "data_dir": "the folder holding the data set's files (every --dataset but embedded)",
     "model": "the network: cnn4-mnist, cnn4, resnet10",

@@ -10,6 +10,7 @@ a kernel launch on a GPU). The values are those of reading each client's batch b
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -81,13 +82,16 @@ def read_batches(batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
     """The grouped inputs (``grouped_inputs``) and ``G x N`` labels of ``G`` equal-sized batches. Drawn
     ones (of one training set) are read with one operation each for the whole group."""
     if not isinstance(batches[0], Drawn):
-        labels = torch.stack([y for _, y in batches]) if len(batches) > 1 else batches[0][1].unsqueeze(0)
-        return grouped_inputs([x for x, _ in batches]), labels
-    samples, size = batches[0].samples, len(batches)
-    rows = torch.cat([batch.rows for batch in batches]) if size > 1 else batches[0].rows
+        read = cast(list[tuple[torch.Tensor, torch.Tensor]], batches)  # all of one kind
+        labels = torch.stack([y for _, y in read]) if len(read) > 1 else read[0][1].unsqueeze(0)
+        return grouped_inputs([x for x, _ in read]), labels
+    drawn = cast(list[Drawn], batches)
+    samples, size = drawn[0].samples, len(drawn)
+    rows = torch.cat([batch.rows for batch in drawn]) if size > 1 else drawn[0].rows
     images = samples.images[rows]
-    if samples.augment:
-        crops = batches[0].crops if size == 1 else [torch.cat(part) for part in zip(*(b.crops for b in batches))]
+    if samples.augment:  # then every batch has its crops
+        every = cast(list[Crops], [b.crops for b in drawn])
+        crops = every[0] if size == 1 else [torch.cat(part) for part in zip(*every)]
         images = crop(images, *crops)
     x = normalize(images, samples.mean, samples.std)
     # chunks, not a view as G x N x ...: a view would give one-channel images NCHW strides (client/device.py)

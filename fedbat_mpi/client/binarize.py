@@ -57,7 +57,7 @@ class _StochasticBinarize(torch.autograd.Function):
         ctx.sizes = inputs[3]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
         x, b = ctx.saved_tensors
         inside = (x.abs() <= 1).to(grad.dtype)
         grad_m = grad * inside

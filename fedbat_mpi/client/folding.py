@@ -9,6 +9,7 @@ which convolution is read from the model's traced data flow (``torch.fx``), not 
 """
 
 import copy
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -19,7 +20,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     is the only reader of the convolution's output."""
     graph = fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
@@ -27,7 +28,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if (isinstance(source, fx.Node) and source.op == "call_module"
                 and isinstance(modules[source.target], nn.Conv2d) and len(source.users) == 1
                 and norm.affine and norm.track_running_stats):  # fmt: skip
-            pairs.append((source.target, node.target))
+            pairs.append((str(source.target), str(node.target)))  # call_module targets: module names
     return pairs
 
 
@@ -55,10 +56,12 @@ class FoldedModel:
         for name, tensor in self.copied:  # every tensor but the folded convolutions' (computed below)
             tensor.copy_(source[name])
         for conv_name, norm_name in self.pairs:
-            conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
+            conv = cast(nn.Conv2d, model.get_submodule(conv_name))
+            # A BatchNorm2d with running statistics, and a convolution given a bias by __init__ (stubs: Optional).
+            norm: Any = model.get_submodule(norm_name)
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             shift = -norm.running_mean if conv.bias is None else conv.bias - norm.running_mean
-            folded = self.model.get_submodule(conv_name)
+            folded: Any = self.model.get_submodule(conv_name)
             folded.weight.copy_(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
             folded.bias.copy_(norm.bias + shift * scale)
         return self.model

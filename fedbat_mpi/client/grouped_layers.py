@@ -35,8 +35,9 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
     are updated in place (they must be contiguous)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.reshape(-1),
-                            self.bias.reshape(-1), self.training, self.momentum, self.eps)  # fmt: skip
+        # Grouped layers always track running statistics and have a momentum (stubs: Optional).
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.reshape(-1),  # type: ignore[union-attr]
+                            self.bias.reshape(-1), self.training, self.momentum, self.eps)  # type: ignore[arg-type]  # fmt: skip
 
 
 class GroupedLinear(nn.Linear):

@@ -42,7 +42,7 @@ def partition_stats(labels: np.ndarray, shards: Partition, num_classes: int) -> 
     held = []
     for client, shard in enumerate(shards):
         histogram = np.bincount(labels[shard], minlength=num_classes)
-        held.append(np.count_nonzero(histogram))
+        held.append(int(np.count_nonzero(histogram)))
         lines.append(f"{client:6d} {len(shard):>{width}}  " + " ".join(f"{n:>{width}}" for n in histogram))
     lines.append(
         f"{len(shards)} clients, {sizes.sum()} samples: size min {sizes.min()}, median {int(np.median(sizes))}, "

@@ -19,7 +19,7 @@ from fedbat_mpi.errors import UsageError
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 CIFAR_PIXELS = 3 * 32 * 32
 

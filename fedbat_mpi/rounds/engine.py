@@ -73,10 +73,11 @@ class Engine:
         if config.cuda_graphs == "on" and self.device.type != "cuda":
             raise UsageError(f"--cuda-graphs: on needs a GPU, and this rank runs on the {self.device.type}")
         torch.manual_seed(derive_seed(config.seed, Stream.MODEL_INIT))
+        assert config.model is not None  # rounds/job.py sets the data set's default
         model = build_model(config.model, dataset.num_classes)
         self.layout = ModelLayout(model, binarized_names(model))
         self.global_vector = self.layout.global_vector(model)
-        self.model = model.to(self.device, memory_format=memory_format(self.device))
+        self.model = model.to(self.device, memory_format=memory_format(self.device))  # type: ignore[call-overload]
         self.folded = FoldedModel(self.model)  # what evaluation runs
         self.algorithm = make_algorithm(config.algorithm, **config.as_dict())
         self.state_size = self.algorithm.state_size(self.layout)
@@ -119,6 +120,7 @@ class Engine:
 
     def new_state_store(self, folder: str) -> ClientStateStore:
         """Rank 0 of a new run: an empty store for the algorithm's per-client rows, in ``folder``."""
+        assert self.algorithm.state_name is not None  # an algorithm with state names it
         return ClientStateStore.create(folder, self.algorithm.state_name, self.config.num_clients, self.state_size)
 
     def run_state(self, round_index: int, metrics: list[dict]) -> RunState:
@@ -153,7 +155,7 @@ class Engine:
     def send_client_states(self, wave: list[list[int]]) -> dict[int, torch.Tensor]:
         """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``)."""
         parts = None
-        if self.comm.is_root:
+        if self.states is not None:  # rank 0
             rows = self.states.read([c for block in wave for c in block])
             ends = np.cumsum([len(block) for block in wave])
             parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
@@ -165,7 +167,7 @@ class Engine:
         mine = np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8)
         counts = [4 * self.state_size * len(block) for block in wave]
         received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
-        if self.comm.is_root:
+        if self.states is not None and received is not None:  # rank 0
             clients = [c for block in wave for c in block]
             self.states.write(clients, received.view(np.float32).reshape(len(clients), self.state_size))
 
@@ -203,7 +205,7 @@ class Engine:
         """How many clients train at once: ``--client-group N``, or for ``auto`` all of the rank's
         clients of the round on a GPU (halved for the rest of the run if the GPU runs out of memory,
         see ``train_within_memory``) and one at a time on the CPU, where grouping measured no faster."""
-        if self.config.client_group != "auto":
+        if isinstance(self.config.client_group, int):  # else "auto"
             return self.config.client_group
         return max(1, min(hosted, self.memory_limit)) if self.device.type == "cuda" else 1
 
@@ -277,16 +279,17 @@ class Engine:
                     for client_id, (update, weight) in zip(group, trained):
                         parts.append(self.pack(client_id, update, weight))
                         if self.state_size:
+                            assert update.state is not None  # an algorithm with state returns it
                             new_states.append(update.state.detach().float().cpu().numpy())
             if self.state_size:
                 with timer("gather"):
                     self.collect_client_states(wave, new_states)
         with timer("gather"):
             counts = self.bytes_per_rank(clients, self.payload_shape.size)
-            allocate = self.aggregator.receive_buffer if comm.is_root else None  # pinned for a GPU's engine
+            allocate = self.aggregator.receive_buffer if self.aggregator is not None else None  # pinned for a GPU's engine
             received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads", allocate=allocate)
         with timer("aggregate"):
-            if comm.is_root:
+            if self.aggregator is not None and received is not None:  # rank 0
                 payloads = read_round(received, self.payload_shape)
                 sent = payloads.sorted_ids
                 if sent != clients.tolist():
@@ -304,7 +307,7 @@ class Engine:
             scores = evaluate(folded, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
                               config.eval_batch_size, comm)  # fmt: skip
         peak_rss, _ = comm.gather_bytes(np.array([peak_rss_mib()]).view(np.uint8), [8] * comm.size)
-        if not comm.is_root:
+        if scores is None or peak_rss is None:  # not rank 0
             return None
         return RoundResult(
             round=round_index,

@@ -44,7 +44,7 @@ class Run:
 
 def _set_up(argv: list[str], comm: Communicator) -> Run:
     invocation = parse_command_line(argv)
-    resumed, path = None, None
+    resumed, path = None, ""  # path: the checkpoint's, when resuming
     if invocation.resume is None:
         config = Config(**invocation.options).validate()
         if os.path.exists(os.path.join(config.out_dir, checkpoint.FILE_NAME)):
@@ -82,6 +82,7 @@ def _claim_out_dir(run: Run, comm: Communicator) -> Run:
         run.out_lock = hold_out_dir(run.config.out_dir)
         if run.resumed is not None and run.engine.state_size:
             folder, index = run.config.out_dir, run.resumed.client_state
+            assert index is not None  # _check_resumed_state made sure
             run.engine.states = ClientStateStore.open(folder, index, run.resumed.round)
     return run
 
@@ -173,7 +174,7 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         first = run.resumed.round + 1 if run.resumed else 1
         for round_index in range(first, run.config.rounds + 1):
             result = run.engine.run_round(round_index)
-            if report is not None:
+            if report is not None and result is not None:  # both on rank 0 only
                 report.add(result)
             stopping = comm.any(stop.requested)
             if checkpoint_due(run.config, round_index, stopping):

@@ -16,10 +16,11 @@ def _size(num_bytes: float) -> str:
     """Bytes in decimal units: ``512 B``, ``56.5 kB``, ``1.6 MB``, ``2.3 GB``."""
     if num_bytes < 1000:
         return f"{int(num_bytes)} B"
-    for unit in ("kB", "MB", "GB"):
+    for unit in ("kB", "MB"):
         num_bytes /= 1000
-        if num_bytes < 1000 or unit == "GB":
+        if num_bytes < 1000:
             return f"{num_bytes:.1f} {unit}"
+    return f"{num_bytes / 1000:.1f} GB"
 
 
 class Report:

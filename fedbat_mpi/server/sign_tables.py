@@ -138,6 +138,7 @@ class _Worker:
         gathered = self.gathered[:size].reshape(GROUP, width * 4)
         total = self.total[:size].reshape(GROUP, width * 4)
         tensor = block.tensor
+        lookups: list[tuple[np.ndarray, np.ndarray]]
         if tables.big[tensor]:
             lookups = [(tables.tables16[tables.slot[tensor], g], lanes[:, g]) for g in range(groups)]
         else:  # one 256-entry table per byte of a lane: clients 0-7, then 8-15
@@ -171,7 +172,7 @@ def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
 
 def touched(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
     """A zeroed array whose pages are already mapped, so that the first round does not fault them in."""
-    array = np.empty(shape, dtype=dtype)
+    array: np.ndarray = np.empty(shape, dtype=dtype)
     array.fill(0)
     return array
 

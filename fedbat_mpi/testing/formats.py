@@ -15,8 +15,9 @@ import gzip
 import pickle
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -137,7 +138,9 @@ def write_cifar_bin(path: Path, images: np.ndarray, labels: list[np.ndarray]) ->
 class _Py2Pickler(pickle._Pickler):
     """Writes str and bytes as Python 2 byte strings, as cPickle did for the official CIFAR batches."""
 
-    dispatch = pickle._Pickler.dispatch.copy()
+    dispatch: ClassVar[dict[type, Callable[..., None]]] = pickle._Pickler.dispatch.copy()
+    write: Callable[[bytes], None]  # pickle._Pickler's, missing from its stubs
+    memoize: Callable[[object], None]
 
     def save_bytes(self, obj: bytes) -> None:
         n = len(obj)

@@ -129,8 +129,8 @@ def encode(payload: Payload) -> np.ndarray:
     if body.size != expected_body:
         raise ValueError(f"body has {body.size} bytes, expected {expected_body}")
     out = np.zeros(payload_size(kind, payload.update_size, num_scales, dense_size), dtype=np.uint8)
-    _HEADER.pack_into(
-        out, 0, MAGIC, VERSION, kind, 0, payload.client_id, num_scales,
+    _HEADER.pack_into(  # numpy's stubs make an ndarray a Buffer only on Python >= 3.12
+        out, 0, MAGIC, VERSION, kind, 0, payload.client_id, num_scales,  # type: ignore[arg-type]
         payload.update_size, dense_size, payload.weight, payload.train_loss,
     )  # fmt: skip
     offset = HEADER_SIZE
@@ -149,7 +149,7 @@ def decode(buffer: np.ndarray, expected: PayloadShape, offset: int = 0) -> tuple
     if left < HEADER_SIZE:
         raise PayloadError(f"payload at byte {offset}: truncated header ({left} of {HEADER_SIZE} bytes)")
     magic, version, kind, _, client_id, num_scales, update_size, dense_size, weight, loss = (
-        _HEADER.unpack_from(buffer, offset)
+        _HEADER.unpack_from(buffer, offset)  # type: ignore[arg-type]  # ndarray: see encode
     )
     if magic != MAGIC:
         raise PayloadError(f"payload at byte {offset}: bad magic {magic!r}, expected {MAGIC!r}")

@@ -33,7 +33,7 @@ class Communicator:
     def gather_bytes(
         self,
         data: np.ndarray,
-        counts: Sequence[int] | None = None,
+        counts: Sequence[int] | np.ndarray | None = None,
         reuse: str | None = None,
         allocate: Callable[[int], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
@@ -62,7 +62,7 @@ class Communicator:
             self._comm.Gatherv([data, MPI.BYTE], spec, root=0)
         else:
             self._gather_in_pieces(data, counts, recv)
-        return (recv, counts) if self.is_root else (None, None)
+        return (recv, counts) if recv is not None else (None, None)  # recv: rank 0's
 
     def _receive_buffer(self, name: str | None, size: int, allocate: Callable[[int], np.ndarray]) -> np.ndarray:
         """``size`` bytes of rank 0's receive buffer ``name``, grown when too small, else reused."""
@@ -84,14 +84,14 @@ class Communicator:
             scratch = np.empty(int(sizes.sum()), dtype=np.uint8) if self.is_root else None
             spec = [scratch, sizes.tolist(), displs.tolist(), MPI.BYTE] if self.is_root else None
             self._comm.Gatherv([chunk, MPI.BYTE], spec, root=0)
-            if self.is_root:
+            if recv is not None and scratch is not None:  # rank 0
                 for rank in np.flatnonzero(sizes):
                     at = int(starts[rank]) + begin
                     recv[at : at + sizes[rank]] = scratch[displs[rank] : displs[rank] + sizes[rank]]
 
     def scatter_bytes(self, parts: list[np.ndarray] | None) -> np.ndarray:
         """Rank 0 sends ``parts[r]`` (uint8) to rank r with ``Scatterv``; every rank returns its part."""
-        counts = np.array([p.size for p in parts], dtype=np.int64) if self.is_root else np.empty(self.size, np.int64)
+        counts = np.array([p.size for p in parts], dtype=np.int64) if parts is not None else np.empty(self.size, np.int64)
         self._comm.Bcast(counts, root=0)
         mine = np.empty(int(counts[self.rank]), dtype=np.uint8)
         piece = max(1, self.max_message_bytes // self.size)
@@ -99,7 +99,7 @@ class Communicator:
             sizes = np.clip(counts - begin, 0, piece)
             displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
             spec = None
-            if self.is_root:
+            if parts is not None:  # rank 0
                 scratch = np.concatenate([np.zeros(0, np.uint8)] + [p[begin : begin + piece] for p in parts])
                 spec = [scratch, sizes.tolist(), displs.tolist(), MPI.BYTE]
             self._comm.Scatterv(spec, [mine[begin : begin + sizes[self.rank]], MPI.BYTE], root=0)

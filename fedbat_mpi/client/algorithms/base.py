@@ -48,7 +48,7 @@ def on_host(updates: list[LocalUpdate]) -> list[LocalUpdate]:
     GPU) per kind of tensor for the whole group, where moving each client's took three; a GPU's sign
     bodies packed there, so that an eighth of their bytes moves and the host has nothing to pack. The
     updates of a group have equal shapes."""
-    columns = {}
+    columns: dict[str, list[Any]] = {}
     for name in ("scales", "body", "dense", "state"):
         tensors = [getattr(update, name) for update in updates]
         if tensors[0] is None:

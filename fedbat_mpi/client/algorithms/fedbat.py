@@ -10,6 +10,7 @@ Clients of a group may have different K, so each switches phase at its own step.
 """
 
 import math
+from collections.abc import Hashable
 
 import torch
 from torch.func import functional_call
@@ -46,7 +47,7 @@ def _sizes(layout: ModelLayout) -> tuple[int, ...]:
     return tuple(seg.size for seg in layout.binarized)
 
 
-def client_loss(model: torch.nn.Module, layout: ModelLayout, frozen: torch.Tensor, rho: float, phase: str) -> GroupLoss:
+def client_loss(model: torch.nn.Module, layout: ModelLayout, frozen: torch.Tensor, rho: float, phase: Hashable) -> GroupLoss:
     """A bucket's losses in ``phase``: the model at ``w + m`` (warm-up) or ``w + B(m; alpha)`` for each
     client, with the step sizes' ``alpha0`` (``G x T``) and the binarizer's noise (``G x P``) as the
     extras ``alpha0`` and ``noise``."""
@@ -103,7 +104,7 @@ class FedBAT(Algorithm):
         def phase_of(k: int, step: int) -> str:
             return WARM_UP if step <= warm_steps[k] else BINARIZED
 
-        def extras_of(phase: str, step: int, members: list[int]) -> Stacked:
+        def extras_of(phase: Hashable, step: int, members: list[int]) -> Stacked:
             if phase == WARM_UP:
                 return {}
             switching = [k for k in members if step == warm_steps[k] + 1]
@@ -114,7 +115,7 @@ class FedBAT(Algorithm):
                 noise_rows[k].uniform_(generator=noise[k])
             return {"alpha0": alpha0[index], "noise": noise_rows if len(members) == size else noise_rows[index]}
 
-        def loss_of(phase: str) -> GroupLoss:
+        def loss_of(phase: Hashable) -> GroupLoss:
             return client_loss(model, layout, frozen, self.rho, phase)
 
         losses = train_group(tasks, params, buffers, phase_of, loss_of, extras_of, kept)

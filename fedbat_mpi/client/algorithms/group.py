@@ -118,7 +118,7 @@ class GroupStep:
         self.lr, self.graphs = lr, graphs
         self.seen: set[Hashable] = set()
         self.captured: OrderedDict[Hashable, tuple[Bucket, Callable[[], None]]] = OrderedDict()
-        self.pool = None
+        self.pool: torch.cuda._POOL_HANDLE | None = None
 
     def __call__(self, buckets: list[Bucket]) -> None:
         with torch.no_grad():

@@ -35,6 +35,8 @@ upload stream (seed, round, client id), in the update's dtype: z = inf ``2 * ran
 the other).
 """
 
+from typing import Any
+
 import torch
 
 from fedbat_mpi.wire.rule import ServerRule
@@ -92,7 +94,7 @@ class ZSignFedAvg(PostTrainingSign):
 
     def noise(self, d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``xi`` from the z-distribution, shaped like ``d``."""
-        like = dict(dtype=d.dtype, device=d.device)
+        like: dict[str, Any] = dict(dtype=d.dtype, device=d.device)
         if self.z_exponent == "inf":
             return torch.rand(d.shape, generator=generator, **like) * 2 - 1
         if self.z_exponent == "2":
