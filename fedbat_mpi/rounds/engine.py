@@ -155,7 +155,8 @@ class Engine:
     def send_client_states(self, wave: list[list[int]]) -> dict[int, torch.Tensor]:
         """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``)."""
         parts = None
-        if self.states is not None:  # rank 0
+        if self.comm.is_root:
+            assert self.states is not None, "rank 0 of a run with client state holds its store"
             rows = self.states.read([c for block in wave for c in block])
             ends = np.cumsum([len(block) for block in wave])
             parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
@@ -167,7 +168,8 @@ class Engine:
         mine = np.concatenate([np.zeros(0, np.float32), *states]).view(np.uint8)
         counts = [4 * self.state_size * len(block) for block in wave]
         received, _ = self.comm.gather_bytes(mine, counts, reuse="client states")
-        if self.states is not None and received is not None:  # rank 0
+        if self.comm.is_root:
+            assert self.states is not None and received is not None
             clients = [c for block in wave for c in block]
             self.states.write(clients, received.view(np.float32).reshape(len(clients), self.state_size))
 
@@ -286,10 +288,12 @@ class Engine:
                     self.collect_client_states(wave, new_states)
         with timer("gather"):
             counts = self.bytes_per_rank(clients, self.payload_shape.size)
-            allocate = self.aggregator.receive_buffer if self.aggregator is not None else None  # pinned for a GPU's engine
+            aggregator = self.aggregator  # rank 0's; its receive buffer is pinned for a GPU's engine
+            allocate = aggregator.receive_buffer if aggregator is not None else None
             received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads", allocate=allocate)
         with timer("aggregate"):
-            if self.aggregator is not None and received is not None:  # rank 0
+            if comm.is_root:
+                assert self.aggregator is not None and received is not None
                 payloads = read_round(received, self.payload_shape)
                 sent = payloads.sorted_ids
                 if sent != clients.tolist():
@@ -307,8 +311,9 @@ class Engine:
             scores = evaluate(folded, self.test_images, self.test_labels, ds.test_mean, ds.test_std,
                               config.eval_batch_size, comm)  # fmt: skip
         peak_rss, _ = comm.gather_bytes(np.array([peak_rss_mib()]).view(np.uint8), [8] * comm.size)
-        if scores is None or peak_rss is None:  # not rank 0
+        if not comm.is_root:
             return None
+        assert scores is not None and peak_rss is not None
         return RoundResult(
             round=round_index,
             clients=clients.tolist(),

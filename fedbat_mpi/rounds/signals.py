@@ -21,7 +21,7 @@ SAME_REQUEST_S = 5.0
 class StopRequest:
     """Whether this process received a stop signal; installs the handlers while it lives."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal_name: str | None = None
         self._received_at = 0.0
         self.install()
