@@ -5,9 +5,9 @@ real Fashion-MNIST files (``--data-dir``, default the Debian package ``dataset-f
 each round's wall time from ``metrics.jsonl``. The *roof* is the round's arithmetic at the machine's
 matrix-multiply rate measured in the same run: one single-threaded float32 2048 x 2048 product per rank,
 all ranks at once, summed, each rank's with the faster of torch's ``mm`` (MKL) and numpy's ``matmul``
-(OpenBLAS). The round's arithmetic is counted from the model (multiply-adds of every
-Conv2d and Linear for one image, from forward hooks): 3 forward passes' worth per trained image (forward,
-and the two products of the backward pass) and one per test image. ``roof share`` = roof time / round
+(OpenBLAS). The round's arithmetic is counted from the model (multiply-adds of every Conv2d and Linear
+for one image, from forward hooks): 3 forward passes' worth per trained image (forward, and the two
+products of the backward pass) and one per test image. ``roof share`` = roof time / round
 time: 1.0 would be every core multiplying matrices at full rate the whole round.
 
 ``--baseline DIR`` runs the same round from another checkout (e.g. ``git worktree add /tmp/before
@@ -129,8 +129,8 @@ def main(argv: list[str]) -> int:
         print(f"this / baseline round time: {1 / summary['speedup_over_baseline']:.3f}")
     settings = {"run_args": run_args, "ranks": args.ranks, "baseline": str(args.baseline) if args.baseline else None}
     if args.json:
-        benchlib.write_json(args.json, "cpu_roof", settings, results, machine_flops=rates, sgemm_rates=blas, summary=summary,
-                            multiply_adds_per_image=mac)  # fmt: skip
+        benchlib.write_json(args.json, "cpu_roof", settings, results, machine_flops=rates, sgemm_rates=blas,
+                            summary=summary, multiply_adds_per_image=mac)  # fmt: skip
     return 0
 
 

@@ -3,10 +3,10 @@
 One client's local training (``Algorithm.train``, the code a run executes) of CNN4-MNIST on batches of
 64 images, one thread, profiled with ``torch.profiler``: each operator's share of the step, and the
 convolutions' and linear layer's arithmetic rate (their multiply-adds, counted from the model, over
-their time) against single-threaded ``sgemm`` (2048 x 2048, the faster of MKL and OpenBLAS: ``cpu_roof.py``)
-measured in the same run. It shows how
-far the step can get toward ``bench/cpu_roof.py``'s roof: the convolutions near the sgemm rate, and
-BatchNorm, pooling and fills (memory-bound, no arithmetic the roof counts) as the rest. The minor page
+their time) against single-threaded ``sgemm`` (2048 x 2048, the faster of MKL and OpenBLAS, as in
+``cpu_roof.py``) measured in the same run. It shows how far the step can get toward ``cpu_roof.py``'s
+roof: the convolutions near the sgemm rate, and BatchNorm, pooling and fills (memory-bound, no
+arithmetic the roof counts) as the rest. The minor page
 faults and system time of a step are reported beside it (with the heap thresholds a run sets,
 ``rounds/heap.py``).
 
