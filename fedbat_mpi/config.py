@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -181,7 +182,7 @@ def client_group(value: str | int) -> str | int:
         raise UsageError(f"--client-group: expected auto or a positive integer, got {value!r}") from None
 
 
-def _option_type(name: str):
+def _option_type(name: str) -> Callable[[Any], Any]:
     if name == "client_group":
         return client_group
     kind = {f.name: f.type for f in fields(Config)}[name]

@@ -10,6 +10,7 @@ Backward (§1.4), with ``x = m/alpha``, ``b = 2 xi - 1`` the realised sign and `
 """
 
 import functools
+from typing import Any
 
 import torch
 
@@ -41,7 +42,9 @@ class _StochasticBinarize(torch.autograd.Function):
     group's binarizer is one handful of operations, whatever the number of tensors."""
 
     @staticmethod
-    def forward(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]):
+    def forward(
+        m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         per_entry = _per_entry(alpha, sizes)
         x, v = _scaled(m, per_entry, u)
         # b = +1 where v >= 1, else -1: the sign of v - 1 (exact near 1, +0 at v = 1). On the CPU,
@@ -50,14 +53,14 @@ class _StochasticBinarize(torch.autograd.Function):
         return per_entry * b, x, b
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         _, x, b = output
         ctx.save_for_backward(x, b)
         ctx.mark_non_differentiable(x, b)
         ctx.sizes = inputs[3]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
         x, b = ctx.saved_tensors
         inside = (x.abs() <= 1).to(grad.dtype)
         grad_m = grad * inside

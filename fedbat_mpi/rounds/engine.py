@@ -16,6 +16,7 @@ grows with the number of clients of a round.
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -338,12 +339,12 @@ def peak_rss_mib() -> float:
 class _PhaseTimer:
     """Wall seconds per phase, summed over a round."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.phases = {name: 0.0 for name in PHASES}
         self._start = time.perf_counter()
 
     @contextmanager
-    def __call__(self, phase: str):
+    def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield

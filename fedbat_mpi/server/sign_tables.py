@@ -11,7 +11,7 @@ threads (numpy releases the GIL); each entry is summed by one thread, in group o
 does not depend on the number of threads.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -155,7 +155,7 @@ class _Worker:
         update[block.first : block.last] += ordered[lo : lo + block.last - block.first]
 
 
-def parallel(pool: ThreadPoolExecutor | None, function: Callable, *iterables) -> None:
+def parallel(pool: ThreadPoolExecutor | None, function: Callable, *iterables: Iterable) -> None:
     """``function`` over ``iterables`` on the pool's threads (or here, without one); returns when done."""
     for _ in pool.map(function, *iterables) if pool is not None else map(function, *iterables):
         pass
