@@ -65,10 +65,14 @@ def sgemm_rates(processes: int, seconds: float = 3.0) -> list[dict[str, float]]:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
+def roof_rate(measured: list[dict[str, float]]) -> float:
+    """The machine's roof from one ``sgemm_rates`` measurement: each process's faster BLAS, summed."""
+    return sum(max(rates.values()) for rates in measured)
+
+
 def machine_rate(processes: int, seconds: float = 3.0) -> float:
-    """FLOP/s of ``processes`` single-threaded matrix multiplications running at once, summed, with the
-    faster BLAS of each process: the machine's roof."""
-    return sum(max(rates.values()) for rates in sgemm_rates(processes, seconds))
+    """FLOP/s of ``processes`` single-threaded matrix multiplications running at once: ``roof_rate``."""
+    return roof_rate(sgemm_rates(processes, seconds))
 
 
 def main(argv: list[str]) -> int:
@@ -102,7 +106,7 @@ def main(argv: list[str]) -> int:
                                     "phase_s": row["phase_s"], "flops": flops, "cores_used": usage["cores_used"],
                                     "other_cores_busy": usage["other_cores_busy"], **round_work_})  # fmt: skip
     blas.append(sgemm_rates(args.ranks, seconds))
-    rates = [sum(max(process.values()) for process in measured) for measured in blas]
+    rates = [roof_rate(measured) for measured in blas]
     rate = max(rates)
     for r in results:
         r["roof_s"] = r["flops"] / rate

@@ -6,9 +6,8 @@ convolutions' and linear layer's arithmetic rate (their multiply-adds, counted f
 their time) against single-threaded ``sgemm`` (2048 x 2048, the faster of MKL and OpenBLAS, as in
 ``cpu_roof.py``) measured in the same run. It shows how far the step can get toward ``cpu_roof.py``'s
 roof: the convolutions near the sgemm rate, and BatchNorm, pooling and fills (memory-bound, no
-arithmetic the roof counts) as the rest. The minor page
-faults and system time of a step are reported beside it (with the heap thresholds a run sets,
-``rounds/heap.py``).
+arithmetic the roof counts) as the rest. The minor page faults and system time of a step are reported
+beside it (with the heap thresholds a run sets, ``rounds/heap.py``).
 
     python bench/cpu_step.py                       # FedBAT and FedAvg, 10 steps each
 """

@@ -49,13 +49,13 @@ def cases(
     ``extra`` options end every run's options."""
     rounds = ["--rounds", "2" if quick else "3"]
     small = "--num-clients 4 --clients-per-round 2 --local-epochs 1 --batch-size 16".split() if quick else []
-    small = [*small, *extra]
+    options = [*small, *extra]  # the end of every run's options but fmnist-1000's (never quick)
     runs = []
     for preset in ("fmnist-dir0.3",) if quick else ("fmnist-iid", "fmnist-dir0.3"):
         for algorithm in ("fedbat",) if quick else ALGORITHMS:
             groups = ("1", *grouped) if algorithm in ("fedbat", "fedavg") else grouped
             for group in groups:
-                args = ["--preset", preset, "--algorithm", algorithm, *rounds, *small]
+                args = ["--preset", preset, "--algorithm", algorithm, *rounds, *options]
                 runs.append(dict(case=preset, algorithm=algorithm, group=group, graphs="off", args=args))
     if not quick:
         many = "--num-clients 1000 --clients-per-round 1000".split()
@@ -64,7 +64,7 @@ def cases(
                  for group in grouped]  # fmt: skip
     for group in ("1", *grouped):  # quick too: ResNet-10 and augmented batches
         runs.append(dict(case="cifar10-iid", algorithm="fedbat", group=group, graphs="off",
-                         args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds, *small]))  # fmt: skip
+                         args=["--preset", "cifar10-iid", "--local-epochs", "1", *rounds, *options]))  # fmt: skip
     if not graphs:
         return runs
     with_graphs = []
