@@ -14,17 +14,21 @@
 #              graph and torch.compile, and train_group with and without --cuda-graphs, not yet run on
 #              a GPU (estimated 1-3 minutes, compiling included);
 #   agreement  bench/agreement.py: issue 8's accuracy check, 20 rounds of fmnist-iid and fmnist-dir0.3
-#              grouped and one at a time (exit 1 beyond 0.5 points; needs FEDBAT_FMNIST_DIR), about 8
-#              minutes (estimated from the measured rounds);
+#              grouped and one at a time, the four runs at once (exit 1 beyond 0.5 points; needs
+#              FEDBAT_FMNIST_DIR), about 3 minutes (estimated: the slowest run, dir0.3 one at a time,
+#              is 20 rounds of about 8 s);
 #   cost       bench/study_cost.py: issue 10's steady rounds of the SVHN/CIFAR presets and the cost of
 #              the grid on a node of 8 GPUs, about 4 minutes;
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
 #              on 8 and 1 ranks and client updates/s with 1-8 ranks sharing the GPU, 2 minutes;
 #   determinism  the first of those alone, under a minute.
-# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: smoke aggregate graphs grouping cost check). Each part writes PART.txt (its
-# output) and, where it has one, PART.json straight into OUT_DIR as it goes, so that a lease cut short
-# still returns the parts done (the device returns 8 files: four parts a call). FEDBAT_FMNIST_DIR, when
-# set, is a --data-dir holding the real fashion-mnist/ files for grouping (accuracies then mean
+# Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: smoke aggregate graphs grouping cost check).
+# Parts joined by "+" run at the same time (e.g. smoke+determinism+agreement): only for parts whose
+# results are not timings (smoke, determinism, agreement), whose small-model runs leave the GPU mostly
+# idle; timed parts run alone, one after the other. Each part writes PART.txt (its output) and, where
+# it has one, PART.json straight into OUT_DIR as it goes, so that a lease cut short still returns the
+# parts done (the device returns 8 files: four parts a call). FEDBAT_FMNIST_DIR, when set, is a
+# --data-dir holding the real fashion-mnist/ files for grouping and agreement (accuracies then mean
 # something); FEDBAT_GROUPING_CASES (e.g. "fmnist-1000 cifar10-iid") runs only those cases of grouping.
 # Exits 1 when a part failed.
 set -uo pipefail
@@ -33,18 +37,19 @@ shift || true
 parts=("${@:-smoke aggregate graphs grouping cost check}")
 read -r -a parts <<<"${parts[*]}"
 parts_known=" smoke aggregate graphs grouping agreement cost check determinism "
-for part in "${parts[@]}"; do
-    [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
+for group in "${parts[@]}"; do
+    for part in ${group//+/ }; do
+        [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
+    done
 done
 mkdir -p "$out"
 scratch=$(mktemp -d)
 source bench/gpu_env.sh
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__, 'cudnn tf32', torch.backends.cudnn.allow_tf32)"
 real_fmnist=(${FEDBAT_FMNIST_DIR:+--fmnist-dir "$FEDBAT_FMNIST_DIR"})
-status=0
-for part in "${parts[@]}"; do
-    start=$SECONDS
-    case $part in
+
+run_part() {  # one part's command, its records into $out
+    case $1 in
     smoke) "$py" bench/grouping.py --quick --graphs --device cuda --json "$scratch/smoke.json" ;;
     aggregate)  # the payloads in pinned memory, as rank 0 receives them: one copy of each chunk's rows
         "$py" bench/aggregate.py --device cuda --models cnn4-mnist resnet10 --clients 1000 --repeats 3 \
@@ -57,12 +62,34 @@ for part in "${parts[@]}"; do
     cost) "$py" bench/study_cost.py --device cuda --json "$out/cost.json" ;;
     check)
         bash bench/gpu_check.sh "$scratch/check"
-        checked=$?
+        local checked=$?
         cp "$scratch/check/scaling-gpu.json" "$out/check.json"
-        exit "$checked" ;;
-    determinism) bash bench/gpu_check.sh "$scratch/check" determinism ;;
-    esac 2>&1 | tee "$out/$part.txt" | tail -n 40
-    [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "part $part failed" | tee -a "$out/$part.txt" >&2; }
-    echo "part $part: $((SECONDS - start)) s"
+        return "$checked" ;;
+    determinism) bash bench/gpu_check.sh "$scratch/determinism" determinism ;;
+    esac
+}
+
+logged_part() {  # a part with its output in $out/PART.txt, the last lines and its seconds on stdout
+    local start=$SECONDS
+    run_part "$1" 2>&1 | tee "$out/$1.txt" | tail -n 40
+    local failed=${PIPESTATUS[0]}
+    [ "$failed" = 0 ] || echo "part $1 failed" | tee -a "$out/$1.txt" >&2
+    echo "part $1: $((SECONDS - start)) s"
+    return "$failed"
+}
+
+status=0
+for group in "${parts[@]}"; do
+    if [[ $group != *+* ]]; then
+        logged_part "$group" || status=1
+        continue
+    fi
+    pids=()
+    for part in ${group//+/ }; do
+        logged_part "$part" >"$scratch/$part.tail" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    for part in ${group//+/ }; do cat "$scratch/$part.tail"; done
 done
 exit "$status"

@@ -23,7 +23,7 @@ SMOKE = [
     ("study_cost", [], "round_s"),  # the GPU script for issue 10's projection, on tiny sizes
     ("scale", [], "peak_rss_mib"),  # 5 real 2-rank runs of a few hundred clients, one resumed
     ("step_graphs", [], "ms_per_step"),  # the GPU script for issue 8's launch overhead, eager on the CPU
-    ("agreement", ["--presets", "fmnist-iid"], "difference_points"),  # issue 8's GPU accuracy check, tiny
+    ("agreement", ["--presets", "fmnist-iid", "--jobs", "2"], "difference_points"),  # issue 8's GPU check, tiny, runs at once
     ("host_time", [], "host_ms_per_step"),  # the host's cost of a grouped step, in a subprocess
     ("cpu_step", ["--algorithms", "fedavg"], "roof_share"),  # a CPU step's operators against sgemm
     ("graph_reuse", [], "replayed_share"),  # the CUDA-graph path's reuse, on the CPU
