@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, LocalTask, LocalUpdate, make_algorithm, on_host
 from fedbat_mpi.client.algorithms import group as group_module
@@ -167,6 +168,77 @@ def test_a_group_past_its_graph_budget_evicts_the_oldest_and_still_equals_eager(
     assert len(kept.step.captured) == 1 and len(captures) >= 2  # each capture after the first evicted one
     for a, b in zip(replayed, eager, strict=True):
         assert torch.equal(a.body, b.body) and torch.equal(a.dense, b.dense) and a.train_loss == b.train_loss
+
+
+# What a CUDA graph cannot hold, by PyTorch's own operator tags: a value or shape read back to the host
+# (``.item()``, ``bool(tensor)``, ``nonzero``, boolean masks: each waits for the GPU, which a capture
+# refuses) and random draws (a capture would freeze or need to register the generator's state); and
+# tensors made from Python data (``torch.tensor``: on a GPU, a copy from host memory while capturing).
+CAPTURE_UNSAFE = {torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape, torch.Tag.nondeterministic_seeded,
+                  torch.Tag.cudagraph_unsafe}  # fmt: skip
+FROM_PYTHON_DATA = torch.ops.aten.lift_fresh.default
+
+
+class CaptureUnsafeOperations(TorchDispatchMode):
+    """Records every operation run inside it that a CUDA graph cannot hold (``CAPTURE_UNSAFE``, and
+    ``FROM_PYTHON_DATA``); indexing by integer tensors, whose output shape is the index's, is safe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        integer_indexing = func is torch.ops.aten.index.Tensor and all(
+            i is None or i.dtype not in (torch.bool, torch.uint8) for i in args[1]
+        )
+        if (CAPTURE_UNSAFE & set(func.tags) and not integer_indexing) or func is FROM_PYTHON_DATA:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_capture_check_sees_host_reads_masks_and_random_draws():
+    with CaptureUnsafeOperations() as seen:
+        x = torch.randn(8)
+        rows = torch.arange(2)
+        x[rows].sum()  # safe: integer indices
+        x[x > 0].sum().item()
+        bool(x.max() > 0)
+        torch.tensor([1.0, 2.0])
+    assert seen.found == ["aten.randn.default", "aten.index.Tensor", "aten._local_scalar_dense.default",
+                          "aten._local_scalar_dense.default", "aten.lift_fresh.default"]  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_captured_step_holds_only_what_a_cuda_graph_can(client_data, algorithm, monkeypatch):
+    """``--cuda-graphs on`` captures a bucket's step (``GroupStep.capture``): run here as its replays run
+    (on the CPU, eagerly), no operation in it reads a value back to the host or draws random numbers,
+    for every algorithm, with unequal clients and both FedBAT phases. What a GPU lease would find at its
+    first capture, found on the CPU."""
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5, zsign_sigma=1.0)
+    states = [torch.full((layout.update_size,), 1e-3 * k, dtype=torch.float64) for k in range(CLIENTS)]
+    seen = CaptureUnsafeOperations()
+    replays = []
+    capture = GroupStep.capture
+
+    def recorded_capture(self: GroupStep, step):
+        replay = capture(self, step)
+
+        def recorded() -> None:
+            replays.append(1)
+            with seen:
+                replay()
+
+        return recorded
+
+    monkeypatch.setattr(GroupStep, "capture", recorded_capture)
+    trainer.train(_tasks(model, layout, client_data, states if trainer.state_size(layout) else None, graphs=True, epochs=4))
+    assert len(replays) >= 10 and seen.found == []
+    [kept] = trainer.kept.values()
+    phases = {signature[0] for signature in kept.step.captured}
+    assert phases == ({"warm-up", "binarized"} if algorithm == "fedbat" else {None})
 
 
 @pytest.mark.parametrize("name", ["cnn4", "resnet10"])
