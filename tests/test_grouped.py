@@ -177,6 +177,8 @@ def test_a_group_past_its_graph_budget_evicts_the_oldest_and_still_equals_eager(
 CAPTURE_UNSAFE = {torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape, torch.Tag.nondeterministic_seeded,
                   torch.Tag.cudagraph_unsafe}  # fmt: skip
 FROM_PYTHON_DATA = torch.ops.aten.lift_fresh.default
+RANDOM_DRAWS = {"aten.uniform_.default", "aten.randperm.default", "aten.randperm.generator", "aten.randint.low_generator",
+                "aten.random_.from", "aten.bernoulli_.float", "aten.normal_.default"}  # fmt: skip
 
 
 class CaptureUnsafeOperations(TorchDispatchMode):
@@ -239,6 +241,26 @@ def test_a_captured_step_holds_only_what_a_cuda_graph_can(client_data, algorithm
     [kept] = trainer.kept.values()
     phases = {signature[0] for signature in kept.step.captured}
     assert phases == ({"warm-up", "binarized"} if algorithm == "fedbat" else {None})
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_eager_group_training_reads_nothing_back_per_step(client_data, algorithm):
+    """Without graphs a GPU's step is as fast as its host issues it, so a step must not wait for the GPU:
+    a group's training reads values back to the host (or copies Python data over) the same number of
+    times for 1 epoch as for 2, i.e. never per step (random draws aside: they stay on the device)."""
+    torch.manual_seed(0)
+    model = build_model("cnn4-mnist", 10).double().train()
+    layout = ModelLayout(model, binarized_names(model))
+    trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5, zsign_sigma=1.0)
+    states = [torch.full((layout.update_size,), 1e-3 * k, dtype=torch.float64) for k in range(CLIENTS)]
+
+    def host_reads(epochs: int) -> list[str]:
+        with CaptureUnsafeOperations() as seen:
+            trainer.train(_tasks(model, layout, client_data, states if trainer.state_size(layout) else None, epochs=epochs))
+        return sorted(op for op in seen.found if op not in RANDOM_DRAWS)
+
+    host_reads(1), host_reads(2)  # caches filled: each set of bucket members' device index is made once
+    assert host_reads(1) == host_reads(2)
 
 
 @pytest.mark.parametrize("name", ["cnn4", "resnet10"])
