@@ -30,9 +30,11 @@ def step_size(alpha0: torch.Tensor, s: torch.Tensor, rho: float) -> torch.Tensor
 
 def _scaled(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, v)``: the scaled update ``x = m/alpha`` and ``v = (x + 1)/2 + u``, whose floor (clipped to
-    [0, 1]) is ``xi``: ``xi = 1`` exactly when ``v >= 1``."""
+    [0, 1]) is ``xi``: ``xi = 1`` exactly when ``v >= 1``. ``v`` is ``u + 0.5 * (x + 1)`` in one
+    operation: halving is exact (``x + 1`` is 0 or at least 2^-24 in size), so the one rounding is the
+    same as after a division by 2, fused multiply-add or not."""
     x = m / alpha
-    return x, torch.add(x, 1).div_(2).add_(u)
+    return x, torch.add(u, torch.add(x, 1), alpha=0.5)
 
 
 class _StochasticBinarize(torch.autograd.Function):
@@ -62,11 +64,12 @@ class _StochasticBinarize(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
         x, b = ctx.saved_tensors
-        inside = (x.abs() <= 1).to(grad.dtype)
+        inside = x.abs().le_(1)  # 1.0 inside [-1, 1], 0.0 outside, in x's float type
         grad_m = grad * inside
         # h = b - x inside [-1, 1] and sign(x) outside, where the sign is b (v >= 1 exactly when x > 1,
-        # v < 1 when x < -1, for u in [0, 1)): h = b - x * inside, with no select.
-        grad_h = (b - x * inside).mul_(grad)
+        # v < 1 when x < -1, for u in [0, 1)): h = b - x * inside, with no select (one addcmul: the
+        # product is exact, so it rounds as the subtraction does).
+        grad_h = torch.addcmul(b, x, inside, value=-1).mul_(grad)
         grad_alpha = torch.stack([part.sum(1) for part in grad_h.split(ctx.sizes, dim=1)], dim=1)
         return grad_m, grad_alpha, None, None
 
