@@ -16,8 +16,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def write_json(path: str | Path, benchmark: str, settings: dict, results: list[d
 Column = tuple[str, str | Callable[[dict], object], str]
 
 
-def print_table(rows: list[dict], columns: list[Column]) -> None:
+def print_table(rows: Sequence[dict], columns: Sequence[Column]) -> None:
     """A plain-text table, a line per row: ``columns`` are (header, value, format spec) triples, the
     value a key of the row or a function of it; a missing value (None) prints as "-"."""
     cells = [[header for header, _, _ in columns]]
@@ -155,9 +156,10 @@ def field(*keys: str, scale: float = 1.0) -> Callable[[dict], float | None]:
     as %), or None where the value is None."""
 
     def value(row: dict) -> float | None:
+        item: Any = row
         for key in keys:
-            row = row[key]
-        return None if row is None else scale * row
+            item = item[key]
+        return None if item is None else scale * item
 
     return value
 

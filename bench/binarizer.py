@@ -27,6 +27,7 @@ from fedbat_mpi.rounds.heap import keep_freed_heap
 def module_of(checkout: Path) -> ModuleType:
     """Another checkout's ``fedbat_mpi/client/binarize.py``, loaded on its own."""
     spec = importlib.util.spec_from_file_location("baseline_binarize", checkout / "fedbat_mpi/client/binarize.py")
+    assert spec is not None and spec.loader is not None, f"no fedbat_mpi/client/binarize.py in {checkout}"
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,6 +60,7 @@ def main() -> None:
             latent, scale = m.clone().requires_grad_(), alpha.clone().requires_grad_()
             out = module.binarize_segments(latent, scale, noise, sizes)
             out.backward(grad)
+            assert latent.grad is not None and scale.grad is not None
             return out.detach(), latent.grad, scale.grad
 
         outputs = {name: step(module) for name, module in modules.items()}

@@ -68,7 +68,7 @@ def measure(folder: str, clients: int, held: int, changed: list[int], row_size: 
         return written - start, time.perf_counter() - written
 
     write_and_checkpoint(1)  # the first checkpoint commits every held row
-    times = {k: [] for k in changed}
+    times: dict[int, list[tuple[float, float]]] = {k: [] for k in changed}
     for _ in range(repeats):
         for k in changed:
             times[k].append(write_and_checkpoint(k))

@@ -32,6 +32,7 @@ bytes is printed too; it would ask packing to outrun memory by 8x on its input.
 import functools
 import itertools
 import sys
+from typing import Any
 
 import benchlib
 import numpy as np
@@ -50,7 +51,7 @@ def measure(model: str, repeats: int, copies: int | None, memory_mb: int) -> dic
     encoded = codec.encode(payload)
     set_bytes = 2 * d + 2 * payload.body.size + 2 * encoded.size  # bools, packed, payload, and copies of each
     copies = copies or max(2, -(-memory_mb * 2**20 // set_bytes))
-    sets = []
+    sets: list[dict[str, Any]] = []
     for index in range(copies):
         p = make_payload(layout, index)
         positive = np.unpackbits(p.body, count=d).astype(bool)

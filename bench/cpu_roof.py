@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import benchlib
 import torch
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> int:
     for r in results:
         r["roof_s"] = r["flops"] / rate
         r["roof_share"] = r["roof_s"] / r["time_s"]
-    summary = {}
+    summary: dict[str, Any] = {}
     for name in checkouts:
         mine = [r for r in results if r["checkout"] == name]
         summary[name] = {key: benchlib.median([r[key] for r in mine]) for key in ("time_s", "roof_s", "roof_share")}

@@ -64,7 +64,7 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
         world.Gatherv([data, MPI.BYTE], raw_spec, root=0)
 
     def raw_fresh():  # as raw, into a new receive buffer each time (as gather_bytes allocates one)
-        fresh = np.empty(raw_recv.size, dtype=np.uint8) if comm.is_root else None
+        fresh = np.empty(int(counts.sum()), dtype=np.uint8) if comm.is_root else None
         spec = [fresh, counts.tolist(), displs.tolist(), MPI.BYTE] if comm.is_root else None
         world.Gatherv([data, MPI.BYTE], spec, root=0)
 
@@ -75,10 +75,11 @@ def measure(model: str, clients: int, repeats: int) -> dict | None:
 
     received, _ = comm.gather_bytes(data)  # check what arrives before timing it
     if comm.is_root:
+        assert received is not None
         shape = codec.PayloadShape.of(layout, codec.BodyKind.SIGNS)
         assert read_round(received, shape).client_ids.tolist() == list(range(clients))
     variants = {"fedbat": fedbat, "raw": raw, "raw_fresh": raw_fresh, "counts": counts_only}
-    times = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for turn in range(repeats + 1):  # turn 0 is untimed warm-up
         for name, function in variants.items():
             world.Barrier()
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> int:
     args.ranks = [MPI.COMM_WORLD.Get_size()]
     results = [measure(model, args.clients, args.repeats) for model in args.models]
     if MPI.COMM_WORLD.Get_rank() == 0:
-        report(args, results)
+        report(args, [r for r in results if r is not None])  # all of them on rank 0
     return 0
 
 

@@ -13,6 +13,8 @@ random images), and counts each round's eager steps, captures and replays.
     python bench/graph_reuse.py --preset fmnist-dir0.3 --rounds 5
 """
 
+import functools
+
 import benchlib
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ class Counting:
             counting.counts["captured"] += 1
             return capture(step, run)
 
-        GroupStep.replayed, GroupStep.capture = counted_replayed, counted_capture
+        GroupStep.replayed, GroupStep.capture = counted_replayed, counted_capture  # type: ignore[method-assign, assignment]
 
     def take(self) -> dict:
         counts, self.counts = self.counts, {key: 0 for key in self.counts}
@@ -73,6 +75,10 @@ def main() -> None:
     trainer = make_algorithm(options.algorithm, rho=6.0, warmup=preset["warmup"])
     counting = Counting()
     results = []
+
+    def seeded(k: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(k)
+
     for round_index in range(1, options.rounds + 1):
         chosen = sample_clients(0, round_index, clients, preset["clients_per_round"])
         tasks = []
@@ -80,8 +86,8 @@ def main() -> None:
             size = len(owners[client])
             data = [(torch.randn(n, 1, 16, 16), torch.randint(0, 10, (n,)))
                     for _ in range(epochs) for n in np.diff([*range(0, size, batch), size])]  # fmt: skip
-            tasks.append(LocalTask(int(client), model, layout, lambda data=data: iter(data), len(data), 0.01,
-                                   lambda stream, k=k: torch.Generator().manual_seed(k), graphs=True))  # fmt: skip
+            tasks.append(LocalTask(int(client), model, layout, functools.partial(iter, data), len(data), 0.01,
+                                   functools.partial(seeded, k), graphs=True))  # fmt: skip
         trainer.train(tasks)
         counts = counting.take()
         buckets = sum(counts.values())

@@ -19,12 +19,14 @@ worktree add /tmp/before COMMIT``) in turn with this one, so that the two share 
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import benchlib
@@ -58,7 +60,7 @@ def client_data(k: int, clients: int, steps: int):
     labels = torch.randint(0, 10, (size,), generator=generator)
     rows = torch.arange(k * steps * BATCH, (k + 1) * steps * BATCH)
     if not hasattr(batches, "TrainingSet"):  # a checkout before 2026-11-28: each client held a copy of its samples
-        return batches.ClientData(images[rows], labels[rows], (0.5,), (0.25,), False)
+        return batches.ClientData(images[rows], labels[rows], (0.5,), (0.25,), False)  # type: ignore[call-arg, arg-type]
     return batches.ClientData(batches.TrainingSet(images, labels, (0.5,), (0.25,), False), rows)
 
 
@@ -75,12 +77,15 @@ def measure(algorithm: str, clients: int, steps: int, repeats: int) -> tuple[flo
     data = [client_data(k, clients, steps) for k in range(clients)]
     trainer = make_algorithm(algorithm, rho=6.0, warmup=0.0)
 
-    def batches(k: int):
+    def batches(k: int) -> Iterator:
         return data[k].batches(1, BATCH, torch.Generator().manual_seed(k), torch.Generator().manual_seed(k))
 
+    def generator(k: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(k)
+
     def train() -> None:
-        trainer.train([LocalTask(k, model, layout, lambda k=k: batches(k), steps, 0.01,
-                                 lambda stream, k=k: torch.Generator().manual_seed(k)) for k in range(clients)])  # fmt: skip
+        trainer.train([LocalTask(k, model, layout, functools.partial(batches, k), steps, 0.01,
+                                 functools.partial(generator, k)) for k in range(clients)])  # fmt: skip
 
     train()
     best = float("inf")

@@ -101,8 +101,8 @@ def main(argv: list[str]) -> int:
     if args.rounds < 2:
         p.error("--rounds: at least 2 (round 1 is warm-up and not counted)")
     results = []
-    with tempfile.TemporaryDirectory(prefix="fedbat-bench-phases-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="fedbat-bench-phases-") as folder:
+        tmp = Path(folder)
         spec = cases(tmp / "data", args.rounds, args.quick)
         for name in args.cases:
             case = spec[name]

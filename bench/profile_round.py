@@ -17,7 +17,9 @@ extra, or ``pip install py-spy``; ptrace must be allowed, as it is for root in a
 import collections
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import benchlib
 
@@ -52,6 +54,11 @@ PHASE_OF_CALL = {
 }
 RUN_ROUND = Engine.run_round.__qualname__
 PHASES = ("train", "pack", "gather", "aggregate", "broadcast", "eval", "round, other", "outside rounds")
+
+
+def share_of(phase: str) -> Callable[[dict], float]:
+    """A table column: a process's share of its round samples in ``phase``, in % (0 for none)."""
+    return lambda row: 100 * row["share_of_round_samples"].get(phase, 0)
 
 
 def classify(frames: list[str]) -> str:
@@ -129,13 +136,12 @@ def main(argv: list[str]) -> int:
     processes = parse(raw_path)
     results = []
     for pid, stacks in sorted(processes.items(), key=lambda item: int(item[0])):
-        counts = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()
         for frames, n in stacks:
             counts[classify(frames)] += n
         rank0 = counts["aggregate"] > 0 or args.ranks == 1
         in_rounds = sum(counts[phase] for phase in PHASES[:-1])
-        results.append(
-            {
+        row: dict[str, Any] = {
                 "pid": int(pid),
                 "rank": "0" if rank0 else "other",
                 "samples": dict(counts),
@@ -144,8 +150,8 @@ def main(argv: list[str]) -> int:
                 else {},
                 "hot_train": hot_functions(stacks, "train", 8),
                 "hot_eval": hot_functions(stacks, "eval", 8),
-            }
-        )
+        }
+        results.append(row)
     print(
         f"each rank's py-spy samples inside run_round, % ({args.rate} Hz, idle included; all rounds); "
         f"run: {' '.join(run_args)}"
@@ -156,10 +162,7 @@ def main(argv: list[str]) -> int:
             ("process", lambda r: f"rank {r['rank']} (pid {r['pid']})", ""),
             ("samples (whole run)", lambda r: sum(r["samples"].values()), ","),
         ]
-        + [
-            (phase, lambda r, p=phase: 100 * r["share_of_round_samples"].get(p, 0), ".1f")
-            for phase in PHASES[:-1]
-        ],
+        + [(phase, share_of(phase), ".1f") for phase in PHASES[:-1]],
     )
     for r in results:
         for phase in ("train", "eval"):

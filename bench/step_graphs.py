@@ -32,9 +32,10 @@ fails prints its error and the others go on.
     python bench/step_graphs.py --quick                      # eager and train_group, tiny, on the CPU (tests)
 """
 
+import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import benchlib
 import torch
@@ -139,12 +140,15 @@ def measure_train_group(problem: Problem, graphs: bool = False) -> dict:
     trainer = make_algorithm(problem.algorithm, rho=6.0, warmup=0.0)
     clients, steps = problem.inputs[0]["x"].shape[0], len(problem.inputs)
 
+    def batches(k: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((i["x"][k], i["y"][k]) for i in problem.inputs)
+
+    def generator(k: int, stream: int) -> torch.Generator:
+        return torch.Generator(device).manual_seed(k)
+
     def train() -> None:
-        trainer.train([
-            LocalTask(k, model, layout, lambda k=k: ((i["x"][k], i["y"][k]) for i in problem.inputs), steps,
-                      LR, lambda stream, k=k: torch.Generator(device).manual_seed(k), graphs=graphs)
-            for k in range(clients)
-        ])  # fmt: skip
+        trainer.train([LocalTask(k, model, layout, functools.partial(batches, k), steps, LR, functools.partial(generator, k),
+                                 graphs=graphs) for k in range(clients)])  # fmt: skip
 
     start = time.perf_counter()
     train()

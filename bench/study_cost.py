@@ -17,6 +17,7 @@ change the clients' sizes, not the work of a round, and are costed as the iid pr
 """
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
@@ -25,7 +26,7 @@ from fedbat_mpi.config import PRESETS
 from fedbat_mpi.testing import formats
 
 DATA = {"svhn": (73_257, 26_032), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
-WRITERS = {"svhn": formats.write_svhn, "cifar10": formats.write_cifar10, "cifar100": formats.write_cifar100}
+WRITERS: dict[str, Callable[..., object]] = {"svhn": formats.write_svhn, "cifar10": formats.write_cifar10, "cifar100": formats.write_cifar100}
 PARTITIONS, SEEDS = 3, 3  # iid, dir:β, labels:c (docs/FEDBAT.md §2.1); seeds per setting
 MEASURED = ("fedbat", "fedavg")
 COSTED_AS_FEDAVG = ("signsgd", "ef-signsgd", "stosign", "zsign", "signsgd-mv", "z-signfedavg")
