@@ -8,6 +8,7 @@ relative difference of the update after 2 epochs at lr 0.01 in float32, against 
 only float64 tells a real difference (a client seeing another's samples or statistics) from rounding.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -221,8 +222,38 @@ def test_a_captured_step_holds_only_what_a_cuda_graph_can(client_data, algorithm
     layout = ModelLayout(model, binarized_names(model))
     trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5, zsign_sigma=1.0)
     states = [torch.full((layout.update_size,), 1e-3 * k, dtype=torch.float64) for k in range(CLIENTS)]
-    seen = CaptureUnsafeOperations()
-    replays = []
+    seen, replays = _record_replays(monkeypatch)
+    trainer.train(_tasks(model, layout, client_data, states if trainer.state_size(layout) else None, graphs=True, epochs=4))
+    assert len(replays) >= 10 and seen.found == []
+    [kept] = trainer.kept.values()
+    phases = {signature[0] for signature in kept.step.captured}
+    assert phases == ({"warm-up", "binarized"} if algorithm == "fedbat" else {None})
+
+
+def test_a_captured_resnet10_step_holds_only_what_a_cuda_graph_can(monkeypatch):
+    """The same for ResNet-10 (residual additions, 1x1 shortcuts), FedBAT on two unequal clients."""
+    torch.manual_seed(0)
+    model = build_model("resnet10", 10).train()
+    layout = ModelLayout(model, binarized_names(model))
+    data = [(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))) for n in (20, 28)]
+    tasks = []
+    for k, (x, y) in enumerate(data):
+        batches = [(x[i : i + 8], y[i : i + 8]) for _ in range(3) for i in range(0, len(y), 8)]
+        tasks.append(LocalTask(k, model, layout, functools.partial(iter, batches), len(batches), LR,
+                               functools.partial(_seeded, k), graphs=True))  # fmt: skip
+    seen, replays = _record_replays(monkeypatch)
+    make_algorithm("fedbat", rho=6.0, warmup=0.5).train(tasks)
+    assert len(replays) >= 5 and seen.found == []
+
+
+def _seeded(k: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(k)
+
+
+def _record_replays(monkeypatch) -> tuple[CaptureUnsafeOperations, list[int]]:
+    """Every replay of a captured step from now on, run inside one ``CaptureUnsafeOperations`` (returned
+    with a list that grows by one per replay)."""
+    seen, replays = CaptureUnsafeOperations(), []
     capture = GroupStep.capture
 
     def recorded_capture(self: GroupStep, step):
@@ -236,11 +267,7 @@ def test_a_captured_step_holds_only_what_a_cuda_graph_can(client_data, algorithm
         return recorded
 
     monkeypatch.setattr(GroupStep, "capture", recorded_capture)
-    trainer.train(_tasks(model, layout, client_data, states if trainer.state_size(layout) else None, graphs=True, epochs=4))
-    assert len(replays) >= 10 and seen.found == []
-    [kept] = trainer.kept.values()
-    phases = {signature[0] for signature in kept.step.captured}
-    assert phases == ({"warm-up", "binarized"} if algorithm == "fedbat" else {None})
+    return seen, replays
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
