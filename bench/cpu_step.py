@@ -87,9 +87,9 @@ def layer_times(model: torch.nn.Module, train: Callable[[], None], steps: int) -
             handle.remove()
     step_ms = 1e3 * (time.perf_counter() - start) / steps
     order = list(layers)
-    for (later, start), (earlier, end) in zip(gradients, gradients[1:]):
+    for (later, reached), (earlier, passed) in zip(gradients, gradients[1:]):
         if order.index(earlier) < order.index(later):  # within one backward pass
-            backward[later] += end - start
+            backward[later] += passed - reached
     return {name: [1e3 * forward[name] / steps, 1e3 * backward[name] / steps] for name in order}, step_ms
 
 
