@@ -97,8 +97,9 @@ class StochasticSign(PostTrainingSign):
     def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         bound = d.abs().max()
         u = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype)
-        positive = u < (1 + d / bound) / 2 if bound > 0 else d >= 0
-        return bound, positive
+        # A select, not a Python test of bound > 0: nothing read back to the host (a GPU's queue would
+        # drain once per client and tensor). With bound = 0 the first branch is nan < x: unused.
+        return bound, torch.where(bound > 0, u < (1 + d / bound) / 2, d >= 0)
 
 
 @register

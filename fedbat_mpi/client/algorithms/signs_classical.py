@@ -90,7 +90,8 @@ class ZSignFedAvg(PostTrainingSign):
         return self.z_server_lr
 
     def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor(self.z_sigma, dtype=d.dtype, device=d.device), d + self.z_sigma * self.noise(d, generator) >= 0
+        sigma = torch.full((), self.z_sigma, dtype=d.dtype, device=d.device)  # no copy from host memory
+        return sigma, d + self.z_sigma * self.noise(d, generator) >= 0
 
     def noise(self, d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``xi`` from the z-distribution, shaped like ``d``."""
