@@ -18,7 +18,7 @@ import functools
 import benchlib
 import numpy as np
 import torch
-from host_time import thin_cnn4
+from host_time import seeded, thin_cnn4
 
 from fedbat_mpi.client.algorithms import LocalTask, make_algorithm
 from fedbat_mpi.client.algorithms.group import GroupStep
@@ -75,10 +75,6 @@ def main() -> None:
     trainer = make_algorithm(options.algorithm, rho=6.0, warmup=preset["warmup"])
     counting = Counting()
     results = []
-
-    def seeded(k: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(k)
-
     for round_index in range(1, options.rounds + 1):
         chosen = sample_clients(0, round_index, clients, preset["clients_per_round"])
         tasks = []

@@ -49,6 +49,11 @@ def thin_cnn4() -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
+def seeded(k: int, stream: int) -> torch.Generator:
+    """Client ``k``'s generator for every stream (``LocalTask.generator``): the same draws for each."""
+    return torch.Generator().manual_seed(k)
+
+
 def client_data(k: int, clients: int, steps: int):
     """Client ``k``'s data as a run holds it (``client/batches.py``): ``steps`` batches of ``BATCH`` rows of
     a training set of random images, drawn and read by the run's code."""
@@ -80,12 +85,9 @@ def measure(algorithm: str, clients: int, steps: int, repeats: int) -> tuple[flo
     def batches(k: int) -> Iterator:
         return data[k].batches(1, BATCH, torch.Generator().manual_seed(k), torch.Generator().manual_seed(k))
 
-    def generator(k: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(k)
-
     def train() -> None:
         trainer.train([LocalTask(k, model, layout, functools.partial(batches, k), steps, 0.01,
-                                 functools.partial(generator, k)) for k in range(clients)])  # fmt: skip
+                                 functools.partial(seeded, k)) for k in range(clients)])  # fmt: skip
 
     train()
     best = float("inf")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every test: the lint (ruff) and the type check (mypy), their settings in pyproject.toml: the package
 # with every function annotated, bench/ with every body checked (its scripts drive the GPU
-# measurements, whose CUDA-only branches no CPU test runs); the serial suite (which also launches end-to-end runs through mpirun); then the pytest-mpi suite on
-# 2 and on 4 ranks. Skips are listed with their reasons (-rs); with FEDBAT_NO_SKIPS=1 a skip fails
-# the run (tests/conftest.py).
+# measurements, whose CUDA-only branches no CPU test runs); the serial suite (which also launches
+# end-to-end runs through mpirun); then the pytest-mpi suite on 2 and on 4 ranks. Skips are listed
+# with their reasons (-rs); with FEDBAT_NO_SKIPS=1 a skip fails the run (tests/conftest.py).
 # Usage: tests/run_all.sh [PYTHON] [MPIRUN]
 set -euo pipefail
 py=${1:-.venv/bin/python}
