@@ -17,7 +17,8 @@ from fedbat_mpi.wire.comm import Communicator
 failing_rank = int(os.environ["FAIL_RANK"])
 if Communicator().rank == failing_rank:
     if os.environ.get("FAIL_AT") == "setup":
-        owner, name = job, "load_dataset"
+        owner: object = job
+        name = "load_dataset"
         error: Exception = UsageError(f"--data-dir: injected: not found on rank {failing_rank}'s node")
     else:
         owner, name = engine.Engine, "train_clients"

@@ -41,18 +41,20 @@ class Writer:
     """The test's side: the running script; ``write(line, kill_after)`` forks a write and SIGKILLs it."""
 
     def __init__(self, script: Path, args: list[str], log: Path, env: dict[str, str]):
-        self.log = log
+        self.script, self.log = script, log
         with open(log, "w") as stderr:
             self.process = subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)  # fmt: skip
         assert self._line() == "ready"
 
     def _line(self) -> str:
+        assert self.process.stdout is not None
         line = self.process.stdout.readline()
-        assert line, f"{self.process.args[1]} ended: {self.log.read_text()}"
+        assert line, f"{self.script} ended: {self.log.read_text()}"
         return line.strip()
 
     def _send(self, line: str) -> None:
+        assert self.process.stdin is not None
         self.process.stdin.write(f"{line}\n")
         self.process.stdin.flush()
 
@@ -67,5 +69,6 @@ class Writer:
         return int(self._line())
 
     def close(self) -> None:
+        assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(timeout=60)

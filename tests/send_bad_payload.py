@@ -50,17 +50,24 @@ def bad_payload(self: engine.Engine, client_id: int, update: LocalUpdate, weight
     raise ValueError(f"BAD_PAYLOAD: unknown defect {defect!r}")
 
 
+class Due:
+    """What rank 1 still has to send this round: the bad payload, and for ``duplicate`` the first id."""
+
+    bad = False
+    first_client: int | None = None
+
+
 def run_round_with_a_bad_payload(self: engine.Engine, round_index: int):
-    self.bad_payload_due = round_index == BAD_ROUND
+    Due.bad = round_index == BAD_ROUND
     return run_round(self, round_index)
 
 
 def pack_maybe_bad(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
-    if not self.bad_payload_due:
+    if not Due.bad:
         return pack(self, client_id, update, weight)
     if defect == "duplicate":
         return pack_duplicate(self, client_id, update, weight)
-    self.bad_payload_due = False
+    Due.bad = False
     print(f"sending a bad payload for client {client_id}: {defect}", file=sys.stderr, flush=True)
     return bad_payload(self, client_id, update, weight)
 
@@ -68,18 +75,17 @@ def pack_maybe_bad(self: engine.Engine, client_id: int, update: LocalUpdate, wei
 def pack_duplicate(self: engine.Engine, client_id: int, update: LocalUpdate, weight: float) -> np.ndarray:
     """The first payload of the round as it is; the second under the first one's client id."""
     raw = pack(self, client_id, update, weight)
-    first = getattr(self, "first_client", None)
-    if first is None:
-        self.first_client = client_id
+    if Due.first_client is None:
+        Due.first_client = client_id
         return raw
-    self.bad_payload_due = False
-    print(f"sending a bad payload for client {first}: {defect}", file=sys.stderr, flush=True)
-    raw[8:12] = np.array([first], dtype="<u4").view(np.uint8)
+    Due.bad = False
+    print(f"sending a bad payload for client {Due.first_client}: {defect}", file=sys.stderr, flush=True)
+    raw[8:12] = np.array([Due.first_client], dtype="<u4").view(np.uint8)
     return raw
 
 
 if Communicator().rank == 1:
-    engine.Engine.run_round = run_round_with_a_bad_payload
-    engine.Engine.pack = pack_maybe_bad
+    setattr(engine.Engine, "run_round", run_round_with_a_bad_payload)
+    setattr(engine.Engine, "pack", pack_maybe_bad)
 
 sys.exit(run.main())

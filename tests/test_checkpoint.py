@@ -53,6 +53,7 @@ def test_per_client_state_is_one_byte_per_client_naming_its_store(tmp_path):
     # The rows stay in client_state.h5: 100,000 clients add a few kB, not 100,000 x 1.56 MB.
     assert path.stat().st_size < 40_000
     loaded = checkpoint.load(str(path)).client_state
+    assert loaded is not None
     assert (loaded.name, loaded.store_id, loaded.row_size) == ("error_memory", "ab12", 389_920)
     assert loaded.slots.dtype == np.int8 and np.array_equal(loaded.slots, slots)
     assert loaded.clients_with_rows() == np.count_nonzero(slots != NO_ROW)

@@ -6,13 +6,15 @@ Every other multi-round test compares runs with runs (rank counts, resumes), whi
 on both sides passes; these compare with what a single client computes here.
 """
 
+from collections.abc import Iterable
+
 import h5py
 import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
 
-from fedbat_mpi.client.batches import read_batches
+from fedbat_mpi.client.batches import Drawn, read_batches
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.rng import Stream, derive_seed
@@ -49,7 +51,16 @@ def _sample_order(engine: Engine, round_index: int, client: int) -> list[int]:
     """The positions in the client's own sample list of the samples its round's batches draw, in turn."""
     task, _ = engine.local_task(round_index, client, None)
     position = {row: k for k, row in enumerate(engine.client_indices[client].tolist())}
-    return [position[row] for drawn in task.batches() for row in drawn.rows.tolist()]
+    return [position[row] for drawn in _drawn(task.batches()) for row in drawn.rows.tolist()]
+
+
+def _drawn(batches: Iterable[object]) -> list[Drawn]:
+    """A task's batches, as the row indices the engine's tasks draw (not yet read)."""
+    drawn = []
+    for batch in batches:
+        assert isinstance(batch, Drawn)
+        drawn.append(batch)
+    return drawn
 
 
 def test_each_use_of_randomness_has_its_own_stream_for_the_same_round_and_client():
@@ -75,7 +86,7 @@ def test_a_client_trains_e_epochs_of_its_batches_and_weighs_by_its_batches_or_sa
     task, weight = engine.local_task(1, CLIENT, None)
     samples = len(engine.client_indices[CLIENT])
     batches = -(-samples // 64)
-    drawn = list(task.batches())
+    drawn = _drawn(task.batches())
     assert task.num_steps == len(drawn) == 3 * batches
     assert sorted(row for d in drawn for row in d.rows.tolist()) == sorted(engine.client_indices[CLIENT].tolist() * 3)
     assert weight == (batches if weighting == "batches" else samples)
@@ -86,7 +97,7 @@ def test_a_clients_batches_are_its_samples_normalised_with_the_training_statisti
     with 0.2868 and 0.3524 (evaluation, test_learning.py)."""
     engine = _engine(dataset)
     task, _ = engine.local_task(1, CLIENT, None)
-    drawn = next(task.batches())
+    [drawn, *_] = _drawn(task.batches())
     x, y = read_batches([drawn])
     expected = (dataset.train_x[drawn.rows].float() / 255 - 0.2860) / 0.3530
     torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)

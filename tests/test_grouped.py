@@ -61,10 +61,26 @@ def _tasks(model, layout, client_data, states=None, graphs=False, epochs=EPOCHS)
         for _ in range(epochs):
             permutation = torch.randperm(len(y), generator=order)
             batches += [(x[i], y[i]) for i in permutation.split(BATCH)]
-        tasks.append(LocalTask(k, model, layout, lambda b=batches: iter(b), len(batches), LR,
-                               lambda stream, k=k: torch.Generator().manual_seed(1000 * k + int(stream)),
-                               None if states is None else states[k], graphs))  # fmt: skip
+        tasks.append(LocalTask(k, model, layout, functools.partial(iter, batches), len(batches), LR,
+                               functools.partial(_client_streams, k), None if states is None else states[k], graphs))  # fmt: skip
     return tasks
+
+
+def _client_streams(k: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1000 * k + int(stream))
+
+
+def _count_captures(monkeypatch) -> list[int]:
+    """A list that grows by one at each ``GroupStep.capture`` from now on."""
+    captures: list[int] = []
+    capture = GroupStep.capture
+
+    def counted(self: GroupStep, step):
+        captures.append(1)
+        return capture(self, step)
+
+    monkeypatch.setattr(GroupStep, "capture", counted)
+    return captures
 
 
 def _assert_equal_up_to_rounding(grouped: LocalUpdate, alone: LocalUpdate) -> None:
@@ -76,6 +92,7 @@ def _assert_equal_up_to_rounding(grouped: LocalUpdate, alone: LocalUpdate) -> No
     else:
         assert (grouped.body - alone.body).norm() <= 1e-9 * alone.body.norm()
     if alone.state is not None:
+        assert grouped.state is not None
         assert (grouped.state - alone.state).norm() <= 1e-9 * alone.state.norm()
 
 
@@ -120,9 +137,7 @@ def test_steps_replayed_from_static_inputs_are_the_eager_steps(client_data, algo
     model = build_model("cnn4-mnist", 10).double().train()
     layout = ModelLayout(model, binarized_names(model))
     trainer = make_algorithm(algorithm, rho=6.0, warmup=0.5, zsign_sigma=1.0)
-    captures = []
-    capture = GroupStep.capture
-    monkeypatch.setattr(GroupStep, "capture", lambda self, step: captures.append(1) or capture(self, step))
+    captures = _count_captures(monkeypatch)
     eager = trainer.train(_tasks(model, layout, client_data, epochs=4))
     assert not captures
     replayed = trainer.train(_tasks(model, layout, client_data, graphs=True, epochs=4))
@@ -161,9 +176,7 @@ def test_a_group_past_its_graph_budget_evicts_the_oldest_and_still_equals_eager(
     trainer = make_algorithm("fedavg")
     eager = trainer.train(_tasks(model, layout, client_data, epochs=4))
     monkeypatch.setattr(group_module, "MAX_GRAPHS", 1)
-    captures = []
-    capture = GroupStep.capture
-    monkeypatch.setattr(GroupStep, "capture", lambda self, step: captures.append(1) or capture(self, step))
+    captures = _count_captures(monkeypatch)
     replayed = trainer.train(_tasks(model, layout, client_data, graphs=True, epochs=4))
     [kept] = trainer.kept.values()
     assert len(kept.step.captured) == 1 and len(captures) >= 2  # each capture after the first evicted one
@@ -227,7 +240,8 @@ def test_a_captured_step_holds_only_what_a_cuda_graph_can(client_data, algorithm
     assert len(replays) >= 10 and seen.found == []
     [kept] = trainer.kept.values()
     phases = {signature[0] for signature in kept.step.captured}
-    assert phases == ({"warm-up", "binarized"} if algorithm == "fedbat" else {None})
+    expected: set[str | None] = {"warm-up", "binarized"} if algorithm == "fedbat" else {None}
+    assert phases == expected
 
 
 def test_a_captured_resnet10_step_holds_only_what_a_cuda_graph_can(monkeypatch):

@@ -36,7 +36,7 @@ def _hosted(rank: int) -> list[int]:
 def _all_equal_on_every_rank(comm: Communicator, data: bytes) -> bool:
     digest = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
     gathered, _ = comm.gather_bytes(digest)
-    same = np.array([comm.is_root and bool(np.all(gathered.reshape(comm.size, -1) == digest))], dtype=np.uint8)
+    same = np.array([gathered is not None and bool(np.all(gathered.reshape(comm.size, -1) == digest))], dtype=np.uint8)
     comm.broadcast(same)
     return bool(same[0])
 
@@ -56,6 +56,7 @@ def test_a_gather_with_agreed_counts_needs_no_count_exchange_and_reuses_the_buff
         mine = np.full(counts[comm.rank], (comm.rank + 10 * call) % 256, dtype=np.uint8)
         buffer, got = comm.gather_bytes(mine, counts, reuse="test", allocate=allocate)
         if comm.is_root:
+            assert buffer is not None and got is not None
             expected = np.concatenate([np.full(n, (r + 10 * call) % 256, np.uint8) for r, n in enumerate(counts)])
             assert got.tolist() == counts and np.array_equal(buffer, expected)
             buffers.append(buffer)
@@ -73,6 +74,7 @@ def test_gathered_payloads_equal_what_each_rank_sent(layout_and_model, max_messa
     mine = [codec.encode(make_payload(layout, cid, kinds[cid % 2])) for cid in _hosted(comm.rank)]
     buffer, counts = comm.gather_bytes(np.concatenate([np.zeros(0, np.uint8), *mine]))
     if comm.is_root:
+        assert buffer is not None and counts is not None
         expected = [make_payload(layout, cid, kinds[cid % 2]) for r in range(comm.size) for cid in _hosted(r)]
         assert counts.tolist() == [sum(codec.encode(p).size for p in expected if p.client_id // 100 == r) for r in range(comm.size)]
         offset = 0
@@ -104,6 +106,7 @@ def test_aggregation_over_ranks_equals_serial_reference(layout_and_model, kind):
     buffer, _ = comm.gather_bytes(np.concatenate(parts))
     new = np.empty_like(global_vector)
     if comm.is_root:
+        assert buffer is not None
         shape = codec.PayloadShape.of(layout, kind)
         aggregator = Aggregator(layout, shape)
         new = aggregator(global_vector, read_round(buffer, shape))
@@ -147,8 +150,10 @@ def test_two_rounds_on_all_ranks_equal_the_same_rounds_on_one(algorithm, tmp_pat
         serial_engine.states = _store(serial_engine, tmp_path / "serial")
         serial_engine.state_wave_bytes = 1  # EF-SignSGD: one client's state at a time (5 waves a round)
         serial = [serial_engine.run_round(1), serial_engine.run_round(2)][-1]
+        assert parallel is not None and serial is not None
         assert parallel.model_sha256 == serial.model_sha256
         if algorithm == "ef-signsgd":  # the error memory of every client that trained is kept on rank 0
+            assert engine.states is not None and serial_engine.states is not None
             index, serial_index = engine.states.prepare(), serial_engine.states.prepare()
             assert np.array_equal(index.slots, serial_index.slots) and index.clients_with_rows() > 4
             every = list(range(config.num_clients))

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from fedbat_mpi import plot, summary
 from fedbat_mpi.config import Config
@@ -54,18 +57,23 @@ def test_the_best_round_is_the_earliest_of_those_with_the_best_accuracy(tmp_path
 def test_a_plot_shows_accuracy_in_percent_by_round_and_by_cumulative_uplink(tmp_path, monkeypatch):
     runs = [read_run(str(_fake_run(tmp_path / name, name, "iid", accuracies, uplink)))
             for name, accuracies, uplink in [("fedbat", [0.5, 0.8], 500_000), ("fedavg", [0.6, 0.7], 15_000_000)]]  # fmt: skip
-    figures = []
+    figures: list[Figure] = []
     monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure to read its lines
     plot.plot_setting("fmnist-iid", runs, tmp_path / "plot.png")
     monkeypatch.undo()
     by_round, by_bytes = figures[0].axes
     plot.plt.close(figures[0])
-    lines = {line.get_label(): line for line in by_round.lines}
-    assert list(lines["fedbat"].get_xdata()) == [1, 2]
-    assert list(lines["fedbat"].get_ydata()) == pytest.approx([50, 80])
-    lines = {line.get_label(): line for line in by_bytes.lines}
-    assert list(lines["fedavg"].get_xdata()) == [15_000_000, 30_000_000]  # a round's uplink, summed
-    assert list(lines["fedavg"].get_ydata()) == pytest.approx([60, 70]) and by_bytes.get_xscale() == "log"
+    rounds, accuracies = _points(by_round, "fedbat")
+    assert rounds == [1, 2] and accuracies == pytest.approx([50, 80])
+    uplink, accuracies = _points(by_bytes, "fedavg")
+    assert uplink == [15_000_000, 30_000_000]  # a round's uplink, summed
+    assert accuracies == pytest.approx([60, 70]) and by_bytes.get_xscale() == "log"
+
+
+def _points(axes: Axes, label: str) -> tuple[list[float], list[float]]:
+    """The x and y values of the line labelled ``label`` in ``axes``."""
+    [line] = [line for line in axes.lines if line.get_label() == label]
+    return np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist()
 
 
 def test_a_runs_summary_sums_the_bytes_and_names_the_earliest_best_round(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -164,7 +165,7 @@ def test_a_run_asked_to_stop_that_dies_by_a_signal_counts_as_stopped_not_failed(
     plan.runs[0].folder.mkdir(parents=True)
     (plan.runs[0].folder / "run.log").write_text("stopped\n")  # what a failure's report would quote
     driver = study.Driver(plan, plan.runs, 1, ["mpirun"], [])
-    driver.running = {"seed0": (plan.runs[0], KilledByTheStopSignal())}
+    driver.running = {"seed0": (plan.runs[0], cast(subprocess.Popen, KilledByTheStopSignal()))}  # only polled
     driver.asked_to_stop = {"seed0": 1}
     driver._reap()
     assert (driver.stopped, driver.failed, driver.running) == (1, [], {})
@@ -188,6 +189,7 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly():
     grid = Path(__file__).resolve().parent.parent / "jobs" / "grids" / "fmnist-paper.yaml"
     command = subprocess.Popen(driver(str(grid), "--list"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=environment())  # fmt: skip
+    assert command.stdout is not None and command.stderr is not None
     command.stdout.close()  # before the command writes: its first write meets a closed pipe
     stderr = command.stderr.read()
     assert command.wait(timeout=60) == 0 and stderr == b"", stderr.decode()
