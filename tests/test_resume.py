@@ -127,15 +127,20 @@ def test_sigkill_of_one_rank_ends_all_and_the_last_checkpoint_resumes(tmp_path, 
     assert without_timings(metrics(out)) == uninterrupted
 
 
-def test_a_new_run_never_overwrites_an_existing_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    done = launch(None, [*TINY, "--rounds", "1", "--out", str(out)])
-    assert done.returncode == 0, done.stderr
+def test_a_new_or_resumed_run_never_overwrites_another_runs_checkpoint(tmp_path):
+    out, other = tmp_path / "run", tmp_path / "other"
+    for folder, seed in [(out, "0"), (other, "7")]:
+        done = launch(None, [*TINY, "--rounds", "1", "--seed", seed, "--out", str(folder)])
+        assert done.returncode == 0, done.stderr
     path = out / checkpoint.FILE_NAME
     before = path.read_bytes()
     done = launch(2, [*TINY, "--rounds", "1", "--out", str(out)])
     assert done.returncode == 2 and "already holds a checkpoint" in done.stderr
     assert path.read_bytes() == before
+    done = launch(2, ["--resume", str(other / checkpoint.FILE_NAME), "--out", str(out), "--rounds", "2"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "already holds another run's checkpoint" in done.stderr
+    assert path.read_bytes() == before and not (out / checkpoint.PREVIOUS_FILE_NAME).exists()
     done = launch(2, ["--resume", "--out", str(out), "--lr", "0.5"])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--lr" in done.stderr
     assert path.read_bytes() == before

@@ -47,11 +47,6 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
     resumed, path = None, ""  # path: the checkpoint's, when resuming
     if invocation.resume is None:
         config = Config(**invocation.options).validate()
-        if os.path.exists(os.path.join(config.out_dir, checkpoint.FILE_NAME)):
-            raise UsageError(
-                f"--out: {config.out_dir} already holds a checkpoint; add --resume to continue that run "
-                "or choose another --out"
-            )
     else:
         path = invocation.checkpoint_path()
         resumed = checkpoint.load(path)
@@ -59,6 +54,7 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
         if invocation.resume and "out" not in options:
             options["out"] = os.path.dirname(os.path.abspath(path))
         config = resumed_config(resumed.config, options, resumed.round)
+    _refuse_another_runs_checkpoint(config.out_dir, path)
     if comm.size > config.clients_per_round:
         raise UsageError(
             f"--clients-per-round: expected at least the number of MPI ranks ({comm.size}), "
@@ -73,6 +69,21 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
         if engine.state_size:
             _check_resumed_state(config, engine, resumed, path)
     return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed)
+
+
+def _refuse_another_runs_checkpoint(out_dir: str, resumed_path: str) -> None:
+    """A UsageError if ``out_dir`` holds a checkpoint that this run would write over without continuing
+    it: any, for a new run (``resumed_path`` empty); for a resumed run, one beside a checkpoint from
+    another folder (the run being continued may be resumed from its own ``checkpoint.prev.h5``)."""
+    existing = os.path.join(out_dir, checkpoint.FILE_NAME)
+    if not os.path.exists(existing):
+        return
+    if not resumed_path:
+        raise UsageError(f"--out: {out_dir} already holds a checkpoint; add --resume to continue that run "
+                         "or choose another --out")  # fmt: skip
+    if not os.path.samefile(os.path.dirname(os.path.abspath(resumed_path)), out_dir):
+        raise UsageError(f"--out: {out_dir} already holds another run's checkpoint, which resuming "
+                         f"{resumed_path} there would replace; choose another --out")  # fmt: skip
 
 
 def _claim_out_dir(run: Run, comm: Communicator) -> Run:
