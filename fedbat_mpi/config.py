@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import yaml
 
@@ -27,6 +27,8 @@ from fedbat_mpi.errors import OneLineParser, UsageError
 from fedbat_mpi.server.checkpoint import FILE_NAME
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_THREADS = 1024  # --threads: torch threads per rank
+ON_OFF = ("cuda_graphs",)  # options whose values are on/off, which YAML 1.1 reads as true/false
 # Options a resumed run may change: where and how it runs, and how long (``rounds`` may only grow),
 # and algorithm options declared resumable.
 RESUMABLE_CHANGES = frozenset(
@@ -64,12 +66,20 @@ class RunOptions:
     eval_batch_size: int = 500
 
     def validate(self: _Options) -> _Options:
-        """Return self, or raise UsageError naming the first bad option."""
+        """Return self, or raise UsageError naming the first bad option (its type first: a checkpoint's
+        configuration is read from a file)."""
+        for field in fields(self):
+            if not _has_type(getattr(self, field.name), field.type):
+                _fail(field.name, _expected_type(field.name), getattr(self, field.name))
         positive = ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
                     "threads", "eval_batch_size")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 _fail(name, "a positive integer", getattr(self, name))
+        if self.threads > MAX_THREADS:
+            _fail("threads", f"a positive integer up to {MAX_THREADS}", self.threads)
+        if self.out == "":
+            _fail("out", "a folder name", self.out)
         if self.algorithm not in ALGORITHMS:
             _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -121,6 +131,7 @@ HELP = {
     "data_dir": "the folder holding the data set's files (every --dataset but embedded)",
     "model": "the network: cnn4-mnist, cnn4, resnet10",
     "out": "the output folder",
+    "threads": f"torch threads per rank (at most {MAX_THREADS})",
     "min_samples": "with --partition dir:BETA: the fewest samples a client may hold",
     "cuda_graphs": "on: a GPU replays each repeated training step as a CUDA graph (same results, less host "
     "time; off until measured to pay)",
@@ -131,8 +142,25 @@ HELP = {
 SHOWN_DEFAULTS = {"data_dir": "none", "model": "the paper's model for the data set", "out": "runs/ALGORITHM-DATASET"}
 
 
-def _fail(option: str, expected: str, got: Any) -> None:
-    raise UsageError(f"--{option.replace('_', '-')}: expected {expected}, got {got!r}")
+def _refusal(option: str, expected: str, got: Any) -> UsageError:
+    shown = "null" if got is None else repr(got)
+    return UsageError(f"--{option.replace('_', '-')}: expected {expected}, got {shown}")
+
+
+def _fail(option: str, expected: str, got: Any) -> NoReturn:
+    raise _refusal(option, expected, got)
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is of a field's type (``str | None``: either); an int is a float too, a bool
+    neither."""
+    kinds = get_args(annotation) or (annotation,)
+    kinds += (int,) if float in kinds else ()
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+# The options that may be null (``str | None``): those whose default is decided later.
+NULLABLE = frozenset(field.name for field in fields(Config) if _has_type(None, field.type))
 
 
 def _paper_presets() -> dict[str, dict[str, Any]]:
@@ -196,16 +224,28 @@ def option_name(key: Any) -> str | None:
     return name if name in {f.name for f in fields(Config)} else None
 
 
+def _expected_type(name: str) -> str:
+    convert = _option_type(name)
+    return "auto or a positive integer" if convert is client_group else convert.__name__
+
+
 def coerce(name: str, value: Any) -> Any:
     """A value from a YAML file converted to the option's type, as the command line would read it: a
-    number's option refuses ``true``/``false``, and a whole number's refuses fractions (``2.7``)."""
+    number's option refuses ``true``/``false``, a whole number's refuses fractions (``2.7``), every option
+    refuses lists and mappings, and only one without a default (``model``, ``out``) takes null. An
+    on/off option (``ON_OFF``) takes ``false``/``true``, as YAML 1.1 reads an unquoted off/on."""
     convert = _option_type(name)
-    if value is None or isinstance(convert, type) and isinstance(value, convert) and not isinstance(value, bool):
+    if value is None and name in NULLABLE:
         return value
-    expected = "auto or a positive integer" if convert is client_group else convert.__name__
-    refused = UsageError(f"--{name.replace('_', '-')}: expected {expected}, got {value!r}")
+    if name in ON_OFF and isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(convert, type) and isinstance(value, convert) and not isinstance(value, bool):
+        return value
+    refused = _refusal(name, _expected_type(name), value)
     whole = convert in (int, client_group)
-    if convert is not str and isinstance(value, bool) or whole and isinstance(value, float) and not value.is_integer():
+    if value is None or isinstance(value, (list, dict)) or convert is not str and isinstance(value, bool):
+        raise refused
+    if whole and isinstance(value, float) and not value.is_integer():
         raise refused
     try:
         return convert(value)
@@ -217,7 +257,7 @@ def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
     """The mapping YAML file ``path`` holds (empty for an empty file); a one-line UsageError naming
     ``source`` (the option or file kind) when it cannot be read, is not YAML or holds no mapping."""
     try:
-        with open(path) as handle:
+        with open(path, "rb") as handle:  # bytes: a file that is not UTF-8 is a YAMLError, not a traceback
             data = yaml.safe_load(handle) or {}
     except OSError as error:
         raise UsageError(f"{source}: cannot read {path}: {error.strerror}") from None

@@ -16,6 +16,10 @@ class UsageError(Exception):
 
     exit_status = 2
 
+    def __str__(self) -> str:
+        """The message on one line whatever it quotes: a line break (in a path, say) shows as ``\\n``."""
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are UsageErrors (one line) instead of a usage block."""

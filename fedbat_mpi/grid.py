@@ -103,7 +103,8 @@ def load_study(path: str, out: str | None = None) -> Study:
     launcher = data.get("launcher", DEFAULT_LAUNCHER)
     if not isinstance(launcher, str) or not launcher.split():
         raise UsageError(f"{path}: launcher: expected a command, e.g. {DEFAULT_LAUNCHER!r}, got {launcher!r}")
-    folder = Path(out or data.get("out") or Path("runs") / Path(path).stem)
+    given, where = (out, "--out") if out is not None else (data.get("out"), f"{path}: out")
+    folder = Path("runs") / Path(path).stem if given is None else _folder(given, where)
     runs = []
     for index, values in enumerate(itertools.product(*grid.values())):
         point = dict(zip(grid, values))
@@ -174,8 +175,16 @@ def _positive(value: Any, where: str) -> int:
     return value
 
 
+def _folder(value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}: expected a folder name, got {value!r}")
+    return Path(value)
+
+
 def _component(option: str, value: Any) -> str:
     """A run's value of one grid option in its folder name: a word as it is (``fedavg``,
-    ``dir0.3``), a number after its option's name (``seed0``)."""
+    ``dir0.3``), a number after its option's name (``seed0``); characters other than letters, digits
+    and ``._+-`` become ``_``, and dots alone (``..``, a path's parent) follow the option's name."""
     text = value if isinstance(value, str) else f"{option}{value}"
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text.replace(":", ""))
+    text = re.sub(r"[^A-Za-z0-9._+-]", "_", text.replace(":", ""))
+    return f"{option}{text}" if text and not text.strip(".") else text

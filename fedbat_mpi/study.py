@@ -60,7 +60,10 @@ def launcher_command(study: Study, launcher: str) -> list[str]:
 
 def write_manifest(study: Study) -> None:
     """``study.json`` in the study folder: the grid file and every run's number, folder and options."""
-    study.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        study.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"out: cannot make the study folder {study.folder}: {error.strerror}") from None
     manifest = {"grid": os.path.abspath(study.path), "runs": [
         {"index": run.index, "name": run.name, "options": run.options} for run in study.runs
     ]}  # fmt: skip
@@ -221,7 +224,7 @@ def _command(argv: list[str] | None) -> int:
         if not 0 <= args.task < len(runs):
             raise UsageError(f"--task: expected a run number from 0 to {len(runs) - 1}, got {args.task}")
         runs, runs_at_once = [runs[args.task]], 1
-    launcher = launcher_command(study, args.launcher or study.launcher)
+    launcher = launcher_command(study, study.launcher if args.launcher is None else args.launcher)
     write_manifest(study)
     return Driver(study, runs, runs_at_once, launcher, gpus_to_spread(args.gpus)).run()
 

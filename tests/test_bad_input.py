@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fedbat_mpi.server import checkpoint
+from fedbat_mpi.testing.formats import write_fmnist
 from fedbat_mpi.testing.launch import launch
 
 # (id, options, the start of the expected stderr line after "fedbat_mpi: error: ")
@@ -36,6 +37,8 @@ OPTION_CASES = [
     ("fewer-than-ranks", ["--clients-per-round", "1"], "--clients-per-round: expected at least the number of MPI ranks (2)"),
     ("client-group-zero", ["--client-group", "0"], "--client-group: expected auto or a positive integer, got 0"),
     ("client-group-word", ["--client-group", "all"], "--client-group: expected auto or a positive integer, got 'all'"),
+    ("threads-huge", ["--threads", "99999999999999999999"],
+     "--threads: expected a positive integer up to 1024, got 99999999999999999999"),
     ("cuda-graphs-word", ["--cuda-graphs", "yes"], "--cuda-graphs: expected on or off, got 'yes'"),
     ("cuda-graphs-on-cpu", ["--cuda-graphs", "on", "--device", "cpu"],
      "--cuda-graphs: on needs a GPU, and this rank runs on the cpu"),
@@ -53,6 +56,8 @@ OPTION_CASES = [
     ("dataset", ["--dataset", "mnist"], "--dataset: expected one of embedded, fmnist, svhn, cifar10, cifar100"),
     ("data-dir-missing", ["--dataset", "svhn"], "--data-dir: required for --dataset svhn"),
     ("data-dir-absent", ["--dataset", "fmnist", "--data-dir", "/nonexistent"], "--data-dir: expected a directory"),
+    ("data-dir-newline", ["--dataset", "fmnist", "--data-dir", "/no\nsuch"],
+     "--data-dir: expected a directory, got /no\\nsuch"),
     ("data-files-absent", ["--dataset", "fmnist", "--data-dir", "/"], "fashion-mnist: /fashion-mnist/"),
     ("model", ["--model", "vgg"], "--model: expected one of"),
     ("model-for-other-images", ["--model", "resnet10"],
@@ -70,6 +75,9 @@ YAML_CASES = [
     ("fraction", "rounds: 2.7\n", "--rounds: expected int, got 2.7"),
     ("boolean", "lr: true\n", "--lr: expected float, got True"),
     ("client-group-fraction", "client-group: 2.5\n", "--client-group: expected auto or a positive integer, got 2.5"),
+    ("null", "rounds: null\n", "--rounds: expected int, got null"),
+    ("list-for-text", "partition: [iid]\n", "--partition: expected str, got ['iid']"),
+    ("not-utf-8", b"rounds: 3  # \xff\n", "is not valid YAML"),
 ]
 
 
@@ -91,10 +99,21 @@ def test_a_bad_option_is_one_line_and_exit_2(options, expected, tmp_path):
 @pytest.mark.parametrize("text,expected", [c[1:] for c in YAML_CASES], ids=[c[0] for c in YAML_CASES])
 def test_a_bad_config_file_is_one_line_and_exit_2(text, expected, tmp_path):
     config, out = tmp_path / "options.yaml", tmp_path / "out"
-    config.write_text(text)
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     done = launch(2, ["--config", str(config), "--out", str(out)], timeout=120)
     _assert_one_line_exit_2(done, expected)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("empty", ["train", "t10k"])
+def test_a_data_set_with_an_empty_split_is_refused_at_load(tmp_path, empty):
+    write_fmnist(tmp_path, *{"train": (0, 8), "t10k": (8, 0)}[empty])  # (training images, test images)
+    out = tmp_path / "out"
+    options = ["--dataset", "fmnist", "--data-dir", str(tmp_path), "--num-clients", "2", "--clients-per-round", "2",
+               "--rounds", "1", "--out", str(out)]  # fmt: skip
+    done = launch(2, options, timeout=120)
+    _assert_one_line_exit_2(done, f"{tmp_path}/fashion-mnist/{empty}-images-idx3-ubyte and ")
+    assert "expected at least one image, got none" in done.stderr and not out.exists()
 
 
 def test_resume_from_a_missing_file_is_one_line_and_exit_2(tmp_path):

@@ -124,6 +124,16 @@ def test_fmnist_label_count_mismatch(tmp_path: Path) -> None:
         load_dataset("fmnist", str(tmp_path))
 
 
+@pytest.mark.parametrize("empty", ["train", "t10k"])
+def test_an_empty_split_is_refused_naming_its_files(tmp_path: Path, empty: str) -> None:
+    write_fmnist(tmp_path, *{"train": (0, 4), "t10k": (4, 0)}[empty], gz=False)
+    prefix = tmp_path / "fashion-mnist" / empty
+    expected = f"{prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte: expected at least one image, got none"
+    with pytest.raises(UsageError) as info:
+        load_dataset("fmnist", str(tmp_path))
+    assert str(info.value).startswith(expected)
+
+
 # docs/FEDBAT.md §2.1, written out: (train mean, train std, test mean, test std), a value per channel.
 PAPER_STATISTICS = {
     "embedded": ((0.2860,), (0.3530,), (0.2868,), (0.3524,)),  # Fashion-MNIST's

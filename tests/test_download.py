@@ -101,6 +101,13 @@ def test_partition_stats_prints_sizes_and_histograms():
     assert "10 clients, 8000 samples" in done.stdout
 
 
+def test_partition_stats_checks_the_seed_as_a_run_does():
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.data", "partition-stats", "--num-clients", "10",
+                           "--seed", "-1"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "fedbat_mpi.data: error: --seed: expected an integer >= 0, got -1\n"
+
+
 def test_data_command_errors_are_one_line():
     done = subprocess.run([sys.executable, "-m", "fedbat_mpi.data", "download", "imagenet", "--data-dir", "/tmp"],
                           capture_output=True, text=True)  # fmt: skip

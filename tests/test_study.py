@@ -127,8 +127,10 @@ def test_a_run_killed_by_a_signal_ends_the_study_with_status_1(tmp_path):
      "run cnn4: --model: cnn4 takes 3x32x32 images, but --dataset embedded holds 1x28x28"),
     ({"runs-at-onse": 2}, "unknown key 'runs-at-onse'"),
     ({"ranks_per_run": 0}, "ranks_per_run: expected a positive integer, got 0"),
+    ({"base": {"lr": None}}, "base: --lr: expected float, got null"),
+    ({"grid": {"lr": [None]}}, "grid: --lr: expected float, got null"),
 ], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "model-for-other-images",
-        "unknown-key", "ranks"])  # fmt: skip
+        "unknown-key", "ranks", "null-in-base", "null-in-grid"])  # fmt: skip
 def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_path, capsys, grid_file, expected):
     folder = tmp_path / "study"
     grid = write_grid(tmp_path / "grid.yaml", out=str(folder), **grid_file)
@@ -137,6 +139,44 @@ def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_p
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     assert captured.err.startswith(f"fedbat_mpi.study: error: {grid}: ") and expected in captured.err, captured.err
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("text,args,expected", [
+    (b"grid: {seed: [0]}  # \xff\n", [], "grid file: TMP/grid.yaml is not valid YAML"),
+    (b"out: 5\n", ["--list"], "TMP/grid.yaml: out: expected a folder name, got 5"),
+    (b"out: [a]\n", ["--list"], "TMP/grid.yaml: out: expected a folder name, got ['a']"),
+    (b"", ["--out", ""], "--out: expected a folder name, got ''"),
+    (b"", ["--out", "TMP/a-file", "--launcher", "true"],
+     "out: cannot make the study folder TMP/a-file: File exists"),
+    (b"launcher: 'false'\n", ["--out", "TMP/study", "--launcher", ""], "--launcher: expected a command"),
+], ids=["not-utf-8", "out-number", "out-list", "out-empty", "out-a-file", "launcher-empty"])  # fmt: skip
+def test_a_bad_study_folder_grid_file_or_launcher_is_one_line(tmp_path, capsys, text, args, expected):
+    grid = tmp_path / "grid.yaml"
+    grid.write_bytes(text)
+    (tmp_path / "a-file").write_text("")
+    assert study.main([str(grid), *(arg.replace("TMP", str(tmp_path)) for arg in args)]) == 2
+    captured, expected = capsys.readouterr(), expected.replace("TMP", str(tmp_path))
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith(f"fedbat_mpi.study: error: {expected}"), captured.err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "grid.yaml"]
+
+
+def test_run_folders_stay_in_the_study_folder_and_ordinary_names_are_kept(tmp_path):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), grid={"data_dir": ["..", ".", "a/b", "/c"]})
+    runs = study.load_study(str(grid)).runs
+    assert [run.name for run in runs] == ["data_dir..", "data_dir.", "a_b", "_c"]
+    assert all(run.folder.parent == folder for run in runs)
+    grid = write_grid(tmp_path / "grid.yaml", grid={"partition": ["iid", "dir:0.3"], "seed": [0, 1]})
+    names = [run.name for run in study.load_study(str(grid)).runs]
+    assert names == ["iid-seed0", "iid-seed1", "dir0.3-seed0", "dir0.3-seed1"]
+
+
+def test_an_on_off_option_may_be_written_unquoted(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: {cuda_graphs: on}\ngrid: {cuda_graphs: [off, on]}\n")
+    runs = study.load_study(str(grid)).runs
+    assert [(run.name, run.options["cuda_graphs"]) for run in runs] == [("off", "off"), ("on", "on")]
 
 
 def test_a_runs_options_are_its_presets_then_base_then_its_grid_values(tmp_path):

@@ -57,6 +57,7 @@ def _command(argv: list[str] | None) -> None:
         for path in download(args.name, args.data_dir):
             print(f"verified {path}")
     else:
+        Config(seed=args.seed).validate()  # the seed's check, as a run's
         dataset = load_dataset(args.dataset, args.data_dir)
         labels = dataset.train_y.numpy()
         shards = partition(labels, args.num_clients, args.partition, args.seed, args.min_samples)

@@ -203,10 +203,12 @@ def _existing_idx(path: Path, root: Path) -> Path:
 
 
 def _check(images: np.ndarray, labels: np.ndarray, num_classes: int, shape: tuple[int, ...], source: str) -> None:
-    """Images N×shape matching N labels in 0..num_classes-1, else a UsageError naming `source`."""
+    """Images N×shape matching N labels in 0..num_classes-1, N > 0, else a UsageError naming `source`."""
     if images.shape[1:] != shape or labels.shape != images.shape[:1]:
         raise UsageError(f"{source}: expected N images of {shape} and N labels, got {images.shape} and {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if not labels.size:
+        raise UsageError(f"{source}: expected at least one image, got none")
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise UsageError(f"{source}: expected labels in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
 
 

@@ -1,0 +1,87 @@
+"""The configuration's checks as plain calls: YAML values (``coerce``), ``Config.validate`` on values
+of the wrong type (a checkpoint's stored configuration) and the one-line error messages."""
+
+import re
+from dataclasses import fields
+
+import pytest
+
+from fedbat_mpi.config import (
+    MAX_THREADS,
+    NULLABLE,
+    Config,
+    build_parser,
+    coerce,
+    load_yaml,
+    parse_command_line,
+    resumed_config,
+)
+from fedbat_mpi.errors import UsageError
+
+DEFAULTS = {field.name: field.default for field in fields(Config)}
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_null_is_taken_only_by_an_option_without_a_default(name):
+    if DEFAULTS[name] is None:
+        assert name in NULLABLE and coerce(name, None) is None
+    else:
+        with pytest.raises(UsageError, match=rf"^--{name.replace('_', '-')}: expected .+, got null$"):
+            coerce(name, None)
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+@pytest.mark.parametrize("value", [["a", "b"], {"a": 1}], ids=["list", "mapping"])
+def test_a_list_or_mapping_is_refused_for_every_option(name, value):
+    expected = rf"^--{name.replace('_', '-')}: expected .+, got {re.escape(repr(value))}$"
+    with pytest.raises(UsageError, match=expected):
+        coerce(name, value)
+
+
+def test_an_on_off_option_takes_what_yaml_reads_off_and_on_as(tmp_path):
+    path = tmp_path / "options.yaml"
+    for text, expected in (("off", "off"), ("on", "on"), ("'off'", "off"), ("no", "off")):
+        path.write_text(f"cuda_graphs: {text}\n")
+        assert load_yaml(str(path)) == {"cuda_graphs": expected}
+    with pytest.raises(UsageError, match="^--lr: expected float, got False$"):
+        coerce("lr", False)  # other options still refuse booleans
+
+
+@pytest.mark.parametrize(
+    "stored,expected",
+    [({"lr": "x"}, "--lr: expected float, got 'x'"),
+     ({"partition": None}, "--partition: expected str, got null"),
+     ({"rounds": 2.5}, "--rounds: expected int, got 2.5"), ({"seed": True}, "--seed: expected int, got True"),
+     ({"out": 5}, "--out: expected str, got 5"), ({"rho": [1]}, "--rho: expected float, got [1]"),
+     ({"client_group": 1.5}, "--client-group: expected auto or a positive integer, got 1.5")],
+    ids=["lr", "partition", "rounds", "seed", "out", "rho", "client-group"],
+)  # fmt: skip
+def test_a_checkpoints_configuration_of_the_wrong_type_is_a_usage_error(stored, expected):
+    saved = {**Config(rounds=10, model="cnn4-mnist").as_dict(), **stored}
+    with pytest.raises(UsageError) as error:
+        resumed_config(saved, {}, finished_round=3)
+    assert str(error.value) == expected
+
+
+def test_an_int_is_a_float_options_value():
+    assert Config(lr=1, rho=6).validate().lr == 1
+
+
+def test_threads_have_a_documented_maximum():
+    expected = f"^--threads: expected a positive integer up to {MAX_THREADS}, got {10**20}$"
+    assert Config(threads=MAX_THREADS).validate().threads == MAX_THREADS
+    with pytest.raises(UsageError, match=expected):
+        Config(threads=10**20).validate()
+    shown = " ".join(build_parser().format_help().split())
+    assert f"torch threads per rank (at most {MAX_THREADS})" in shown
+
+
+def test_an_empty_out_is_refused():
+    with pytest.raises(UsageError, match="^--out: expected a folder name, got ''$"):
+        Config(**parse_command_line(["--out", ""]).options).validate()
+
+
+def test_a_usage_error_is_one_line_whatever_it_quotes():
+    assert str(UsageError("--data-dir: expected a directory, got /no\nsuch\r")) == (
+        "--data-dir: expected a directory, got /no\\nsuch\\r"
+    )
