@@ -89,6 +89,17 @@ def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(t
     assert without_timings(metrics(out)) == uninterrupted
 
 
+def test_a_stop_signal_in_the_last_round_ends_the_run_as_complete(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = _start_and_wait_for_rows(out, ROUNDS - 1, ["--checkpoint-every", "0"])
+    time.sleep(0.3)  # past round ROUNDS - 1's stop check: the signal comes in the last round (or after it)
+    os.kill(_rank_pids(out)[0], signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "final test accuracy" in stdout and without_timings(metrics(out)) == uninterrupted
+    assert checkpoint.load(str(out / checkpoint.FILE_NAME)).round == ROUNDS
+
+
 def test_a_second_run_in_the_folder_of_a_running_one_is_refused_and_the_first_goes_on(tmp_path):
     out = tmp_path / "run"
     first = _start_and_wait_for_rows(out, 1, ["--checkpoint-every", "0", "--rounds", "500"])

@@ -187,7 +187,8 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
             result = run.engine.run_round(round_index)
             if report is not None and result is not None:  # both on rank 0 only
                 report.add(result)
-            stopping = comm.any(stop.requested)
+            # A stop during the last round ends the run as complete (exit 0): requeued, it would find nothing to do.
+            stopping = comm.any(stop.requested) and round_index < run.config.rounds
             if checkpoint_due(run.config, round_index, stopping):
                 save_checkpoint(run, report, round_index, comm)
             if stopping:
