@@ -7,7 +7,7 @@ import os
 import sys
 
 from fedbat_mpi.errors import UsageError, run_command
-from fedbat_mpi.server.checkpoint import FORMAT_VERSION, RANDOM_STATE, load
+from fedbat_mpi.server.checkpoint import RANDOM_STATE, load
 from fedbat_mpi.server.client_state import FILE_NAME
 
 
@@ -17,7 +17,7 @@ def describe(path: str) -> str:
     params = sum(t.size for t in state.tensors.values())
     lines = [
         f"checkpoint {path} ({os.path.getsize(path):,} bytes)",
-        f"  format {FORMAT_VERSION}, written by fedbat_mpi {state.package_version} on {state.num_ranks} ranks at {state.created}",
+        f"  format {state.format_version}, written by fedbat_mpi {state.package_version} on {state.num_ranks} ranks at {state.created}",
         f"  round {state.round} of {state.config.get('rounds')}",
         f"  model: {len(state.tensors)} tensors, {params:,} values ({4 * params:,} bytes float32)",
         f"  random state: {RANDOM_STATE}",

@@ -4,7 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import h5py
@@ -22,7 +22,8 @@ from fedbat_mpi.server.client_state import NO_ROW, ClientStateStore, StateIndex
 def _state(round_index: int = 3, client_state: StateIndex | None = None) -> checkpoint.RunState:
     rng = np.random.default_rng(round_index)
     tensors = {"conv.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "bn.weight": np.ones(4, np.float32)}
-    rows = [{"round": r, "test_acc": 0.1 * r, "model_sha256": f"{r:064x}"} for r in range(1, round_index + 1)]
+    rows = [{"round": r, "clients": [r, r + 10], "test_acc": 0.1 * r, "uplink_bytes": 1000, "downlink_bytes": 2000,
+             "model_sha256": f"{r:064x}"} for r in range(1, round_index + 1)]  # fmt: skip
     return checkpoint.RunState(round_index, Config(rounds=10).as_dict(), tensors, rows, 4, client_state)
 
 
@@ -119,11 +120,28 @@ def _not_hdf5(path: Path) -> None:
     path.write_text("round: 3\n")
 
 
+def _bit_flipped(path: Path) -> None:
+    """One bit of a weight flipped on disk, as bit rot would: the file stays a readable checkpoint."""
+    with h5py.File(path) as handle:
+        offset = handle["model/conv.weight"].id.get_offset()
+    data = bytearray(path.read_bytes())
+    data[offset + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _edited(path: Path) -> None:
+    """The stored configuration changed through HDF5 (another seed): a valid file, not the run's."""
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["config"] = handle.attrs["config"].replace('"seed": 0', '"seed": 1')
+
+
 @pytest.mark.parametrize("damage,message", [
     (_truncated, "cannot be read as a checkpoint"),
     (_corrupted, "not an HDF5 file"),
     (_foreign, "not a fedbat_mpi checkpoint"),
     (_not_hdf5, "not an HDF5 file"),
+    (_bit_flipped, "is damaged: its contents no longer match the SHA-256"),
+    (_edited, "is damaged: its contents no longer match the SHA-256"),
 ])  # fmt: skip
 def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, message):
     path = tmp_path / checkpoint.FILE_NAME
@@ -134,6 +152,33 @@ def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, me
         checkpoint.load(str(path))
     assert "\n" not in str(error.value) and str(error.value).startswith("--resume: ")
     assert _fingerprint(path) == before
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"config": ["a list"]}, "its config is not a mapping"),
+    ({"round": -5}, "its round is negative"),
+    ({"metrics": [{"round": 1}]}, "a metrics row lacks one of"),
+])  # fmt: skip
+def test_a_checkpoint_with_contents_of_the_wrong_kind_is_refused(tmp_path, change, message):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), replace(_state(), **change))  # the SHA-256 matches: written so
+    with pytest.raises(UsageError, match=message):
+        checkpoint.load(str(path))
+
+
+def test_a_checkpoint_of_format_2_from_before_the_digest_is_still_read(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    state = _state()
+    checkpoint.save(str(path), state)
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["format_version"] = 2
+        del handle.attrs["content_sha256"]
+    loaded = checkpoint.load(str(path))
+    assert loaded.format_version == 2 and loaded.metrics == state.metrics
+    with h5py.File(path, "r+") as handle:  # a version-3 file must carry its digest
+        handle.attrs["format_version"] = 3
+    with pytest.raises(UsageError, match="is damaged"):
+        checkpoint.load(str(path))
 
 
 def test_resuming_may_change_only_what_does_not_change_results():

@@ -1,12 +1,14 @@
 """HDF5 checkpoints: everything an exact resume needs, written atomically by rank 0.
 
-Layout (format version 2; version 1 held the rows themselves):
+Layout (format version 3; version 2 lacked ``content_sha256``, version 1 held the rows themselves):
 
 - root attributes: ``format`` (``"fedbat_mpi checkpoint"``), ``format_version``, ``package_version``,
   ``round`` (the last finished round), ``num_ranks`` (of the run that wrote it), ``created`` (UTC),
-  ``config`` (the resolved configuration as JSON) and ``random_state``. Every random draw of a run
-  is keyed by (seed, stream, round, client id) (``rng.py``), so there is no generator state to store;
-  ``random_state`` records that scheme.
+  ``config`` (the resolved configuration as JSON), ``random_state`` and ``content_sha256``. Every
+  random draw of a run is keyed by (seed, stream, round, client id) (``rng.py``), so there is no
+  generator state to store; ``random_state`` records that scheme. ``content_sha256`` is the SHA-256 of
+  everything else the checkpoint holds (:func:`content_sha256`): a file whose bits changed after it was
+  written (a flipped bit on disk, an edited attribute) is refused, not resumed into another run.
 - ``model/``: one float32 dataset per ``state_dict`` entry, by name; attribute ``order`` lists the
   names in state_dict order.
 - ``metrics``: one JSON string per finished round (the rows of ``metrics.jsonl``).
@@ -23,6 +25,7 @@ point leaves either the old or the new checkpoint whole.
 """
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -40,10 +43,13 @@ from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
 from fedbat_mpi.server.hdf5_read import read_checked
 
 FORMAT = "fedbat_mpi checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: written before content_sha256, read unchecked
 FILE_NAME = "checkpoint.h5"
 PREVIOUS_FILE_NAME = "checkpoint.prev.h5"
 RANDOM_STATE = "none: every draw is keyed by (seed, stream, round, client id)"
+# What a resumed run's summary and the inspector read of each metrics row.
+METRICS_KEYS = frozenset({"round", "clients", "test_acc", "uplink_bytes", "downlink_bytes", "model_sha256"})
 
 
 @dataclass
@@ -58,18 +64,38 @@ class RunState:
     client_state: StateIndex | None = None  # the committed rows of client_state.h5, if the algorithm keeps any
     package_version: str = __version__
     created: str = ""
+    format_version: int = FORMAT_VERSION  # of the file it was read from
+
+
+def content_sha256(state: RunState) -> str:
+    """The SHA-256 of what a checkpoint of ``state`` holds: every field, each tensor's name, shape and
+    little-endian float32 bytes in order, the metrics rows, the client-state index."""
+    digest = hashlib.sha256()
+    header = [state.round, state.num_ranks, state.package_version, state.created, RANDOM_STATE, state.config]
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name, tensor in state.tensors.items():
+        values = np.ascontiguousarray(tensor, dtype="<f4")
+        digest.update(json.dumps([name, values.shape]).encode())
+        digest.update(values.tobytes())
+    digest.update(json.dumps(state.metrics, sort_keys=True).encode())
+    if (index := state.client_state) is not None:
+        digest.update(json.dumps([index.name, index.store_id, index.row_size]).encode())
+        digest.update(index.slots.astype(np.int8).tobytes())
+    return digest.hexdigest()
 
 
 def _write(handle: h5py.File, state: RunState) -> None:
+    state = replace(state, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     attrs = handle.attrs
     attrs["format"] = FORMAT
     attrs["format_version"] = FORMAT_VERSION
     attrs["package_version"] = state.package_version
     attrs["round"] = state.round
     attrs["num_ranks"] = state.num_ranks
-    attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    attrs["created"] = state.created
     attrs["config"] = json.dumps(state.config, sort_keys=True)
     attrs["random_state"] = RANDOM_STATE
+    attrs["content_sha256"] = content_sha256(state)
     model = handle.create_group("model")
     model.attrs["order"] = list(state.tensors)
     for name, tensor in state.tensors.items():
@@ -139,8 +165,16 @@ def saved_round(path: str, option: str = "--resume") -> int:
 
 
 def load(path: str, option: str = "--resume") -> RunState:
-    """Read a checkpoint; a missing, corrupt or foreign file is a UsageError naming ``option``."""
-    return _open(path, option, _read)
+    """Read a checkpoint; a missing, corrupt, damaged or foreign file is a UsageError naming ``option``."""
+
+    def verified(handle: h5py.File) -> RunState:
+        state = _read(handle)
+        if state.format_version >= 3 and handle.attrs.get("content_sha256") != content_sha256(state):
+            raise UsageError(f"{option}: {path} is damaged: its contents no longer match the SHA-256 written "
+                             "with them; resume checkpoint.prev.h5 or another copy")  # fmt: skip
+        return state
+
+    return _open(path, option, verified)
 
 
 def _open(path: str, option: str, read: Callable[[h5py.File], Any]) -> Any:
@@ -158,15 +192,22 @@ def _check_format(handle: h5py.File, path: str, option: str) -> None:
     if attrs.get("format") != FORMAT:
         raise UsageError(f"{option}: {path} is an HDF5 file but not a fedbat_mpi checkpoint")
     version = int(attrs["format_version"])
-    if version != FORMAT_VERSION:
-        raise UsageError(f"{option}: {path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise UsageError(f"{option}: {path} has checkpoint format {version}; this version reads {readable}")
 
 
 def _read(handle: h5py.File) -> RunState:
+    """The checkpoint's contents; a ValueError where they are not of the kinds a checkpoint holds."""
     attrs = handle.attrs
     model = handle["model"]
-    tensors = {name: model[name][()] for name in model.attrs["order"]}
+    tensors = {str(name): model[name][()] for name in model.attrs["order"]}
     metrics = [json.loads(row) for row in handle["metrics"].asstr()[()]]
+    config = json.loads(attrs["config"])
+    if not isinstance(config, dict) or int(attrs["round"]) < 0:
+        raise ValueError("its config is not a mapping or its round is negative")
+    if not all(isinstance(row, dict) and METRICS_KEYS <= row.keys() for row in metrics):
+        raise ValueError(f"a metrics row lacks one of {sorted(METRICS_KEYS)}")
     client_state = None
     if "client_state" in handle:
         group = handle["client_state"]
@@ -174,11 +215,12 @@ def _read(handle: h5py.File) -> RunState:
         client_state = StateIndex(str(meta["name"]), str(meta["store_id"]), int(meta["row_size"]), group["slots"][()])
     return RunState(
         round=int(attrs["round"]),
-        config=json.loads(attrs["config"]),
+        config=config,
         tensors=tensors,
         metrics=metrics,
         num_ranks=int(attrs["num_ranks"]),
         client_state=client_state,
         package_version=str(attrs["package_version"]),
         created=str(attrs["created"]),
+        format_version=int(attrs["format_version"]),
     )
