@@ -16,6 +16,7 @@ from fedbat_mpi.errors import UsageError
         ("auto", 5, True, 4, "cuda:1"),  # ranks of a node share its GPUs round robin
         ("cuda", 7, True, 2, "cuda:1"),
         ("cuda:3", 0, True, 4, "cuda:3"),  # an explicit GPU ignores the local rank
+        ("cuda:01", 0, True, 4, "cuda:1"),
     ],
 )
 def test_each_option_names_its_device(option, local_rank, available, count, expected):
@@ -29,6 +30,7 @@ def test_each_option_names_its_device(option, local_rank, available, count, expe
         ("cuda:0", False, 0, "--device: cuda:0 requested but CUDA is not available on this node"),
         ("cuda", True, 0, "--device: cuda requested but CUDA is not available on this node"),
         ("cuda:2", True, 2, "--device: cuda:2 but only 2 GPUs are visible"),
+        ("cuda:99999999999999999999", True, 2, "--device: cuda:99999999999999999999 but only 2 GPUs are visible"),
     ],
 )
 def test_cuda_requests_the_node_cannot_meet_are_usage_errors(option, available, count, message):

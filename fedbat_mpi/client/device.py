@@ -17,10 +17,10 @@ def choose_device(option: str, local_rank: int, cuda_available: bool, gpu_count:
         raise UsageError(f"--device: {option} requested but CUDA is not available on this node")
     if option in ("auto", "cuda"):
         return torch.device("cuda", local_rank % gpu_count)
-    device = torch.device(option)
-    if device.index >= gpu_count:
+    index = int(option.partition(":")[2])  # validated as cuda:DIGITS ("cuda:01" is GPU 1)
+    if index >= gpu_count:
         raise UsageError(f"--device: {option} but only {gpu_count} GPUs are visible")
-    return device
+    return torch.device("cuda", index)
 
 
 def select_device(option: str, local_rank: int) -> torch.device:
