@@ -8,7 +8,8 @@ committed (the rows a long run holds). Then, ``--repeats`` times for each number
 then a checkpoint is timed as rounds/job.py makes it, ``checkpoint.save_committing`` (fsync of the
 store, the checkpoint file with the real model, the commit: ``checkpoint_s``). Medians are reported.
 For contrast, ``copy_all_s`` is one write and fsync of every held row to a new file: the least a
-checkpoint that copies the rows (format 1) would cost.
+checkpoint that copies the rows (format 1) would cost. Last, what checking a row read costs: the
+store's ``row_sum`` against ``zlib.crc32`` on one row, side by side.
 
     python bench/client_state.py                        # 1,000 and 100,000 clients; 0, 10, 100, 1,000 rows changed
     python bench/client_state.py --clients 10000 --held 200 --changed 10 200
@@ -19,13 +20,15 @@ import shutil
 import sys
 import tempfile
 import time
+import timeit
+import zlib
 from dataclasses import replace
 
 import benchlib
 import numpy as np
 
 from fedbat_mpi.server import checkpoint
-from fedbat_mpi.server.client_state import FILE_NAME, ClientStateStore
+from fedbat_mpi.server.client_state import FILE_NAME, ClientStateStore, row_sum
 from fedbat_mpi.testing.payloads import model_layout
 
 
@@ -90,6 +93,14 @@ def measure(folder: str, clients: int, held: int, changed: list[int], row_size: 
     return results
 
 
+def row_check_ms(row_size: int) -> dict[str, float]:
+    """Milliseconds to check one row of ``row_size`` float32 values: ``row_sum`` and ``zlib.crc32`` (the
+    best of 5 runs of 100 calls each, one method after the other)."""
+    row = np.random.default_rng(0).random(row_size, dtype=np.float32)
+    checks = {"row_sum": lambda: row_sum(row), "crc32": lambda: zlib.crc32(row.data)}
+    return {name: 1e3 * min(timeit.repeat(check, number=100, repeat=5)) / 100 for name, check in checks.items()}
+
+
 def main() -> None:
     p = benchlib.parser("client_state", __doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1_000, 100_000], help="clients in the run")
@@ -120,8 +131,11 @@ def main() -> None:
         ("store apparent GB", benchlib.field("store_apparent_bytes", scale=1e-9), ",.1f"),
         ("copy all held ms", benchlib.field("copy_all_s", scale=1e3), ".0f"),
     ])  # fmt: skip
+    check = row_check_ms(row_size)
+    print(f"checking a row read ({row_size:,} float32): row_sum {check['row_sum']:.3f} ms, "
+          f"zlib.crc32 {check['crc32']:.3f} ms")  # fmt: skip
     settings = {"clients": args.clients, "held": args.held, "changed": args.changed, "repeats": args.repeats,
-                "row_size": row_size}  # fmt: skip
+                "row_size": row_size, "row_check_ms": check}  # fmt: skip
     benchlib.write_json(args.json, "client_state", settings, results)
 
 

@@ -21,6 +21,15 @@ class UsageError(Exception):
         return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
+class EveryRankStops(Exception):
+    """Raised on every rank at once, after the ranks agreed that one of them found a UsageError during a
+    round (``error``, on that rank only): the run ends with exit status 2, every rank together."""
+
+    def __init__(self, error: UsageError | None) -> None:
+        super().__init__("" if error is None else str(error))
+        self.error = error
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are UsageErrors (one line) instead of a usage block."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedbat_mpi.errors import UsageError
-from fedbat_mpi.server.client_state import FILE_NAME, NO_ROW, ClientStateStore
+from fedbat_mpi.server.client_state import FILE_NAME, NO_ROW, ClientStateStore, StateIndex
 
 CLIENTS, SIZE = 50, 1_000
 
@@ -37,6 +37,28 @@ def test_rows_read_back_zeros_for_clients_without_one_and_survive_reopening(tmp_
     store.close()
     reopened = ClientStateStore.open(str(tmp_path), index, 1)
     assert np.array_equal(reopened.read([40, 3]), _rows(40, 3))
+
+
+def flip_a_bit_of_each_row(path: Path, index: StateIndex, clients: list[int]) -> None:
+    """Bit rot: one bit flipped on disk in each committed row of ``clients``."""
+    with h5py.File(path) as handle:
+        chunks = [handle["rows"].id.get_chunk_info_by_coord((client, 0, 0)).byte_offset for client in clients]
+    data = bytearray(path.read_bytes())
+    for client, chunk in zip(clients, chunks):
+        data[chunk + 4 * index.row_size * int(index.slots[client]) + 4 * 123 + 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_a_row_damaged_on_disk_is_refused_when_read_and_the_others_read_as_written(tmp_path):
+    store, index = _committed(tmp_path, {3: _rows(3)[0], 40: _rows(40)[0]})
+    store.close()
+    flip_a_bit_of_each_row(tmp_path / FILE_NAME, index, [40])
+    reopened = ClientStateStore.open(str(tmp_path), index, 1)
+    assert np.array_equal(reopened.read([3, 7]), np.stack([_rows(3)[0], np.zeros(SIZE)]))
+    with pytest.raises(UsageError, match=r"is damaged: client 40's row \(slot 0\) no longer adds up"):
+        reopened.read([3, 40])
+    reopened.write([40], _rows(41))  # a new row, in the other slot, with its own sum
+    assert np.array_equal(reopened.read([40]), _rows(41))
 
 
 def test_a_row_written_twice_between_checkpoints_leaves_the_committed_row_alone(tmp_path):

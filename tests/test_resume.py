@@ -15,6 +15,7 @@ import pytest
 from fedbat_mpi.server import checkpoint, client_state
 
 from .launch import TINY, command, environment, launch, metrics, without_timings
+from .test_client_state import flip_a_bit_of_each_row
 
 ROUNDS = 6
 RUN = [*TINY, "--rounds", str(ROUNDS)]
@@ -215,6 +216,21 @@ def test_ef_signsgd_error_memory_survives_checkpoint_and_resume(tmp_path):
     assert without_timings(metrics(part)) == without_timings(metrics(whole))
     assert _committed_rows(part).keys() == _committed_rows(whole).keys()
     assert all(np.array_equal(row, _committed_rows(whole)[c]) for c, row in _committed_rows(part).items())
+
+
+def test_a_client_state_row_damaged_on_disk_ends_the_resumed_run_with_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "run"
+    run = [*TINY, "--algorithm", "ef-signsgd", "--num-clients", "8", "--clients-per-round", "4", "--out", str(out)]
+    assert launch(2, [*run, "--rounds", "2"]).returncode == 0
+    index = checkpoint.load(str(out / checkpoint.FILE_NAME)).client_state
+    assert index is not None and index.sums is not None
+    flip_a_bit_of_each_row(out / client_state.FILE_NAME, index, np.flatnonzero(index.slots != client_state.NO_ROW).tolist())
+    before = (out / checkpoint.FILE_NAME).read_bytes()
+    done = launch(2, ["--resume", "--out", str(out), "--rounds", "3"], timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()  # every rank stops together: no MPI_Abort and its report
+    assert len(lines) == 1 and "client_state.h5 is damaged: client" in lines[0], done.stderr
+    assert (out / checkpoint.FILE_NAME).read_bytes() == before
 
 
 def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):

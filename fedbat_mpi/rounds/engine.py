@@ -155,12 +155,17 @@ class Engine:
 
     def send_client_states(self, wave: list[list[int]]) -> dict[int, torch.Tensor]:
         """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``)."""
-        parts = None
+        parts, damaged = None, None
         if self.comm.is_root:
             assert self.states is not None, "rank 0 of a run with client state holds its store"
-            rows = self.states.read([c for block in wave for c in block])
-            ends = np.cumsum([len(block) for block in wave])
-            parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
+            try:
+                rows = self.states.read([c for block in wave for c in block])
+            except UsageError as error:  # a damaged row: every rank stops, none waits in the scatter
+                damaged = error
+            else:
+                ends = np.cumsum([len(block) for block in wave])
+                parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
+        self.comm.stop_together_on(damaged)
         mine = self.comm.scatter_bytes(parts).view(np.float32).reshape(-1, self.state_size)
         return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(wave[self.comm.rank], mine)}
 

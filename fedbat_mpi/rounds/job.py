@@ -17,7 +17,7 @@ import torch
 
 from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
 from fedbat_mpi.data import load_dataset
-from fedbat_mpi.errors import UsageError
+from fedbat_mpi.errors import EveryRankStops, UsageError
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.server.report import Report
@@ -123,9 +123,13 @@ def _agreed(comm: Communicator, step: Callable[[], Run]) -> Run | None:
     if failed is None:
         return run
     if comm.rank == failed:
-        where = "" if failed == 0 else f" (on rank {failed})"
-        print(f"fedbat_mpi: error{where}: {error}", file=sys.stderr, flush=True)
+        _print_error(error, failed)
     return None
+
+
+def _print_error(error: UsageError | None, rank: int) -> None:
+    where = "" if rank == 0 else f" (on rank {rank})"
+    print(f"fedbat_mpi: error{where}: {error}", file=sys.stderr, flush=True)
 
 
 def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
@@ -215,6 +219,15 @@ def main(argv: list[str], stop: StopRequest) -> int:
         return 0
     try:
         return train(argv, comm, stop)
+    except EveryRankStops as stopped:  # every rank is here: no MPI_Abort needed
+        if stopped.error is not None:
+            _print_error(stopped.error, comm.rank)
+        return UsageError.exit_status
+    except UsageError as error:  # found by one rank alone during a round, the others in a collective
+        _print_error(error, comm.rank)
+        time.sleep(ABORT_GRACE_S)
+        comm.abort(UsageError.exit_status)
+        return UsageError.exit_status
     except BaseException:  # noqa: BLE001 - any failure must end every rank, not leave them waiting
         traceback.print_exc()
         sys.stderr.flush()

@@ -13,8 +13,9 @@ Layout (format version 3; version 2 lacked ``content_sha256``, version 1 held th
   names in state_dict order.
 - ``metrics``: one JSON string per finished round (the rows of ``metrics.jsonl``).
 - ``client_state`` (algorithms that keep per-client state): attributes ``name``, ``store_id`` and
-  ``row_size``, and ``slots``, one int8 per client: which slot of ``client_state.h5`` beside the
-  checkpoint holds the client's committed row (-1: none). The rows stay in that file
+  ``row_size``, ``slots``, one int8 per client: which slot of ``client_state.h5`` beside the
+  checkpoint holds the client's committed row (-1: none), and ``sums``, one uint64 per client: the
+  row's sum, which reading it checks (absent in checkpoints written before: unchecked). The rows stay in that file
   (``server/client_state.py``), so a checkpoint holds one byte per client, not the rows.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over
@@ -81,6 +82,8 @@ def content_sha256(state: RunState) -> str:
     if (index := state.client_state) is not None:
         digest.update(json.dumps([index.name, index.store_id, index.row_size]).encode())
         digest.update(index.slots.astype(np.int8).tobytes())
+        if index.sums is not None:
+            digest.update(index.sums.astype("<u8").tobytes())
     return digest.hexdigest()
 
 
@@ -107,6 +110,8 @@ def _write(handle: h5py.File, state: RunState) -> None:
         group = handle.create_group("client_state")
         group.attrs.update(name=index.name, store_id=index.store_id, row_size=index.row_size)
         group.create_dataset("slots", data=index.slots.astype(np.int8), compression="gzip")
+        if index.sums is not None:
+            group.create_dataset("sums", data=index.sums.astype("<u8"), compression="gzip")
 
 
 def save(path: str, state: RunState) -> None:
@@ -212,7 +217,8 @@ def _read(handle: h5py.File) -> RunState:
     if "client_state" in handle:
         group = handle["client_state"]
         meta = group.attrs
-        client_state = StateIndex(str(meta["name"]), str(meta["store_id"]), int(meta["row_size"]), group["slots"][()])
+        sums = group["sums"][()] if "sums" in group else None
+        client_state = StateIndex(str(meta["name"]), str(meta["store_id"]), int(meta["row_size"]), group["slots"][()], sums)
     return RunState(
         round=int(attrs["round"]),
         config=config,

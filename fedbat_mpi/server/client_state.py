@@ -27,6 +27,12 @@ one, not a copy of every row:
 Once the rounds after a checkpoint write rows, the slots the checkpoint before it committed may be
 overwritten, so :meth:`ClientStateStore.open` refuses a checkpoint older than ``committed_round``
 (``checkpoint.prev.h5`` of a run with client state, once the newer checkpoint is committed).
+
+Damage: the index also holds each row's sum (:func:`row_sum`, the row's bytes as 64-bit words added
+modulo 2**64), and every row read is checked against it. A flipped bit changes the sum by a power of
+two, so it is always found; a torn row (part of another write) almost always. A damaged row is a
+UsageError when the round reads it, not an update built on it. A sum, not a CRC: 0.02 against 0.37 ms
+(``zlib.crc32``) a 1.56 MB row, and a round reads and writes hundreds of rows.
 """
 
 import glob
@@ -55,6 +61,7 @@ class StateIndex:
     store_id: str
     row_size: int  # float32 values per client
     slots: np.ndarray  # int8, one per client: 0 or 1, NO_ROW for a client without a row
+    sums: np.ndarray | None = None  # uint64, one per client: row_sum of its row (None: written before sums)
 
     def clients_with_rows(self) -> int:
         return int(np.count_nonzero(self.slots != NO_ROW))
@@ -71,6 +78,7 @@ class ClientStateStore:
         self._committed_round = handle["committed_round"]
         self._committed = index.slots.astype(np.int8)  # the slots the last checkpoint holds
         self._latest = self._committed.copy()  # the slots holding each client's newest row
+        self._sums = None if index.sums is None else index.sums.astype(np.uint64)  # of each newest row
 
     @classmethod
     def create(cls, folder: str, name: str, num_clients: int, row_size: int) -> "ClientStateStore":
@@ -93,7 +101,8 @@ class ClientStateStore:
             if os.path.exists(temporary):
                 os.remove(temporary)
         _fsync_file(folder)
-        index = StateIndex(name, store_id, row_size, np.full(num_clients, NO_ROW, np.int8))
+        empty = np.full(num_clients, NO_ROW, np.int8)
+        index = StateIndex(name, store_id, row_size, empty, np.zeros(num_clients, np.uint64))
         return cls(path, _open_for_writing(path), index)
 
     @classmethod
@@ -115,12 +124,16 @@ class ClientStateStore:
         return store
 
     def read(self, clients: Sequence[int]) -> np.ndarray:
-        """The newest rows of ``clients``, ``(len(clients), row_size)`` float32; zeros for a client without one."""
+        """The newest rows of ``clients``, ``(len(clients), row_size)`` float32; zeros for a client without
+        one. A row that does not add up to its sum is a UsageError."""
         rows = np.zeros((len(clients), self.row_size), np.float32)
         for i, client in enumerate(clients):
             slot = self._latest[client]
             if slot != NO_ROW:
                 self._rows.read_direct(rows, np.s_[client, slot], np.s_[i])
+                if self._sums is not None and row_sum(rows[i]) != self._sums[client]:
+                    raise UsageError(f"{self.path} is damaged: client {client}'s row (slot {slot}) no longer adds "
+                                     "up to the sum its checkpoint holds; resume from a copy of the run's folder")  # fmt: skip
         return rows
 
     def write(self, clients: Sequence[int], rows: np.ndarray) -> None:
@@ -130,12 +143,15 @@ class ClientStateStore:
             slot = 0 if self._committed[client] == NO_ROW else 1 - self._committed[client]
             self._rows.write_direct(rows, np.s_[i], np.s_[client, slot])
             self._latest[client] = slot
+            if self._sums is not None:
+                self._sums[client] = row_sum(rows[i])
 
     def prepare(self) -> StateIndex:
         """Flush and fsync the store: the index of the newest rows, for the checkpoint to hold."""
         self._file.flush()
         os.fsync(self._file.id.get_vfd_handle())
-        return StateIndex(self.name, self.store_id, self.row_size, self._latest.copy())
+        sums = None if self._sums is None else self._sums.copy()
+        return StateIndex(self.name, self.store_id, self.row_size, self._latest.copy(), sums)
 
     def commit(self, round_index: int) -> None:
         """The checkpoint of ``round_index``, holding :meth:`prepare`'s index, is in place: its slots
@@ -147,6 +163,14 @@ class ClientStateStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+def row_sum(row: np.ndarray) -> np.uint64:
+    """The sum of a float32 row's bytes read as 64-bit words (a last odd value alone), modulo 2**64."""
+    words = row.view(np.uint32)
+    whole = words.size & ~1
+    odd = np.uint64(words[-1]) if words.size % 2 else np.uint64(0)
+    return np.add.reduce(words[:whole].view(np.uint64), dtype=np.uint64) + odd
 
 
 def _create_fixed(handle: h5py.File, name: str, shape: tuple, dtype: str, chunks: tuple | None = None) -> None:

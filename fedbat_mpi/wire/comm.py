@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
+from fedbat_mpi.errors import EveryRankStops, UsageError
+
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 
@@ -123,6 +125,11 @@ class Communicator:
         out = np.zeros(1, dtype=np.int32)
         self._comm.Allreduce(np.array([int(flag)], dtype=np.int32), out, op=MPI.MAX)
         return bool(out[0])
+
+    def stop_together_on(self, error: UsageError | None) -> None:
+        """Raise ``EveryRankStops`` on every rank when ``error`` is set on at least one (one ``Allreduce``)."""
+        if self.any(error is not None):
+            raise EveryRankStops(error)
 
     def lowest_rank_with(self, flag: bool) -> int | None:
         """The lowest rank where ``flag`` is true, agreed by all ranks, or ``None``."""
