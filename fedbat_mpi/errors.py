@@ -22,12 +22,13 @@ class UsageError(Exception):
 
 
 class EveryRankStops(Exception):
-    """Raised on every rank at once, after the ranks agreed that one of them found a UsageError during a
-    round (``error``, on that rank only): the run ends with exit status 2, every rank together."""
+    """Raised on every rank at once, after the ranks agreed that one of them cannot go on with a round
+    (``error``, on that rank only): the run ends on every rank with ``exit_status``, 2 for a UsageError
+    (a damaged client-state row), 1 for anything else (a payload rank 0 cannot use)."""
 
-    def __init__(self, error: UsageError | None) -> None:
+    def __init__(self, error: Exception | None, exit_status: int) -> None:
         super().__init__("" if error is None else str(error))
-        self.error = error
+        self.error, self.exit_status = error, exit_status
 
 
 class OneLineParser(argparse.ArgumentParser):

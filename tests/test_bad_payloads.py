@@ -27,10 +27,22 @@ def test_a_bad_payload_from_rank_1_ends_every_rank_and_names_the_client(defect, 
     args = [*TINY, *options, "--out", str(tmp_path)]
     # mpirun returns only when every rank has ended; a rank left waiting would run into the timeout.
     done = launch(2, args, timeout=120, script=SCRIPT, BAD_PAYLOAD=defect)
-    assert done.returncode != 0
+    assert done.returncode == 1, done.stderr[-3000:]
     client = re.search(r"sending a bad payload for client (\d+)", done.stderr).group(1)
     named = rf"client {client}\)?: {cause}" if defect != "unsampled" else rf"round 2: {cause}"
-    assert re.search(rf"PayloadError: .*{named}", done.stderr), done.stderr[-3000:]
+    # Every rank stops together: rank 0's one line, no traceback, no MPI_Abort report.
+    [error] = [line for line in done.stderr.splitlines() if not line.startswith("sending a bad payload")]
+    assert re.match(rf"fedbat_mpi: error: PayloadError: .*{named}", error), done.stderr[-3000:]
     # Round 2 failed on rank 0 before its checkpoint: round 1's checkpoint and metrics are all there is.
     assert [row["round"] for row in metrics(tmp_path)] == [1]
     assert checkpoint.load(str(tmp_path / checkpoint.FILE_NAME)).round == 1
+
+
+def test_a_run_that_diverges_ends_every_rank_with_one_line_naming_the_client(tmp_path):
+    done = launch(2, [*TINY, "--algorithm", "fedavg", "--lr", "1e6", "--rounds", "3", "--out", str(tmp_path)],
+                  timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    [error] = done.stderr.splitlines()
+    assert re.fullmatch(r"fedbat_mpi: error: PayloadError: client \d+: (dense|update) value \d+ is (nan|inf|-inf); "
+                        r"the new global model would not be finite \(training diverged\? a lower --lr may help\)",
+                        error), error  # fmt: skip

@@ -298,16 +298,19 @@ class Engine:
             allocate = aggregator.receive_buffer if aggregator is not None else None
             received, _ = comm.gather_bytes(np.concatenate(parts), counts, reuse="payloads", allocate=allocate)
         with timer("aggregate"):
+            new_global, unusable = np.empty_like(self.global_vector), None
             if comm.is_root:
                 assert self.aggregator is not None and received is not None
-                payloads = read_round(received, self.payload_shape)
-                sent = payloads.sorted_ids
-                if sent != clients.tolist():
-                    raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
-                                             f"the round sampled {clients.tolist()}")  # fmt: skip
-                new_global = self.aggregator(self.global_vector, payloads)
-            else:
-                new_global = np.empty_like(self.global_vector)
+                try:
+                    payloads = read_round(received, self.payload_shape)
+                    sent = payloads.sorted_ids
+                    if sent != clients.tolist():
+                        raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "
+                                                 f"the round sampled {clients.tolist()}")  # fmt: skip
+                    new_global = self.aggregator(self.global_vector, payloads)
+                except codec.PayloadError as error:  # every rank stops: none waits in the broadcast
+                    unusable = error
+            comm.stop_together_on(unusable)
         with timer("broadcast"):
             comm.broadcast(new_global)
             self.global_vector = new_global

@@ -127,9 +127,11 @@ def _agreed(comm: Communicator, step: Callable[[], Run]) -> Run | None:
     return None
 
 
-def _print_error(error: UsageError | None, rank: int) -> None:
+def _print_error(error: Exception | None, rank: int) -> None:
+    """One line on stderr; an error that is not the user's names its kind (``PayloadError: ...``)."""
     where = "" if rank == 0 else f" (on rank {rank})"
-    print(f"fedbat_mpi: error{where}: {error}", file=sys.stderr, flush=True)
+    kind = "" if isinstance(error, UsageError) else f"{type(error).__name__}: "
+    print(f"fedbat_mpi: error{where}: {kind}{error}", file=sys.stderr, flush=True)
 
 
 def _agreed_set_up(argv: list[str], comm: Communicator) -> Run | None:
@@ -222,7 +224,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
     except EveryRankStops as stopped:  # every rank is here: no MPI_Abort needed
         if stopped.error is not None:
             _print_error(stopped.error, comm.rank)
-        return UsageError.exit_status
+        return stopped.exit_status
     except UsageError as error:  # found by one rank alone during a round, the others in a collective
         _print_error(error, comm.rank)
         time.sleep(ABORT_GRACE_S)

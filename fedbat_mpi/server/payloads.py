@@ -112,6 +112,9 @@ def read_round(buffer: np.ndarray, shape: codec.PayloadShape) -> RoundPayloads:
     )
 
 
+DIVERGED = " (training diverged? a lower --lr may help)"
+
+
 def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
     """Why a round's new global model is not finite: the first client (in id order) with a non-finite
     dense or update value (weights and scales were checked by :func:`read_round`), else overflow. Row
@@ -126,7 +129,5 @@ def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
             if bad.size:
                 index = int(bad[0])
                 cause = f"{name} {index} is {values[index]}"
-                return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite")
-    return codec.PayloadError(
-        "the new global model is not finite though every payload's values are: overflow"
-    )
+                return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite{DIVERGED}")
+    return codec.PayloadError(f"the new global model is not finite though every payload's values are: overflow{DIVERGED}")

@@ -122,14 +122,19 @@ class Communicator:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one."""
-        out = np.zeros(1, dtype=np.int32)
-        self._comm.Allreduce(np.array([int(flag)], dtype=np.int32), out, op=MPI.MAX)
-        return bool(out[0])
+        return bool(self._largest(int(flag)))
 
-    def stop_together_on(self, error: UsageError | None) -> None:
-        """Raise ``EveryRankStops`` on every rank when ``error`` is set on at least one (one ``Allreduce``)."""
-        if self.any(error is not None):
-            raise EveryRankStops(error)
+    def stop_together_on(self, error: Exception | None) -> None:
+        """Raise ``EveryRankStops`` on every rank when ``error`` is set on at least one, with one exit
+        status everywhere (one ``Allreduce``)."""
+        mine = 0 if error is None else UsageError.exit_status if isinstance(error, UsageError) else 1
+        if status := self._largest(mine):
+            raise EveryRankStops(error, status)
+
+    def _largest(self, value: int) -> int:
+        out = np.zeros(1, dtype=np.int32)
+        self._comm.Allreduce(np.array([value], dtype=np.int32), out, op=MPI.MAX)
+        return int(out[0])
 
     def lowest_rank_with(self, flag: bool) -> int | None:
         """The lowest rank where ``flag`` is true, agreed by all ranks, or ``None``."""
