@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedbat_mpi.config import PRESETS, Config, coerce, option_name, read_yaml_mapping
+from fedbat_mpi.config import PRESETS, Config, coerce, option_name, read_yaml_mapping, resumed_config
 from fedbat_mpi.errors import UsageError
-from fedbat_mpi.server.checkpoint import FILE_NAME, saved_round
+from fedbat_mpi.server.checkpoint import FILE_NAME, saved_round_and_config
 
 SETTINGS = ("out", "runs_at_once", "ranks_per_run", "launcher", "base", "grid")
 DEFAULT_LAUNCHER = "mpirun -n {ranks}"
@@ -39,7 +39,7 @@ class Standing:
 
     round: int | None
     rounds: int
-    problem: str | None = None  # why the checkpoint could not be read
+    problem: str | None = None  # why the checkpoint cannot be resumed by this run
 
     @property
     def done(self) -> bool:
@@ -47,7 +47,7 @@ class Standing:
 
     def __str__(self) -> str:
         if self.problem:
-            return f"checkpoint unreadable ({self.problem})"
+            return f"checkpoint refused ({self.problem})"
         if self.round is None:
             return "not started"
         return f"done at round {self.round}" if self.done else f"stopped at round {self.round} of {self.rounds}"
@@ -68,12 +68,16 @@ class GridRun:
         return self.folder / FILE_NAME
 
     def standing(self) -> Standing:
+        """Where the run's checkpoint stands; one that is unreadable or not this run's (its options,
+        checked as ``--resume`` checks them: an edited grid, a copied file) is a problem, never done."""
         if not self.checkpoint.exists():
             return Standing(None, self.config.rounds)
         try:
-            return Standing(saved_round(str(self.checkpoint), option="checkpoint"), self.config.rounds)
+            finished, saved = saved_round_and_config(str(self.checkpoint), option="checkpoint")
+            resumed_config(saved, self.options, finished)
         except UsageError as error:
             return Standing(None, self.config.rounds, str(error))
+        return Standing(finished, self.config.rounds)
 
 
 @dataclass(frozen=True)

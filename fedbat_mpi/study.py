@@ -39,6 +39,7 @@ import yaml
 from fedbat_mpi.errors import OneLineParser, UsageError, run_command
 from fedbat_mpi.grid import GridRun, Study, load_study
 from fedbat_mpi.records import read_run
+from fedbat_mpi.rounds.out_lock import hold_out_dir
 from fedbat_mpi.rounds.signals import PREEMPTED
 
 DRIVER_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -112,8 +113,15 @@ class Driver:
         self.stop_requests += 1  # passed on by the loop, which sees every run it started
 
     def _start(self, run: GridRun) -> None:
+        try:  # a run going on in the folder (another driver's, an array task's): refused before writing there
+            probe = hold_out_dir(str(run.folder))
+        except UsageError as error:
+            self.failed.append(UsageError.exit_status)
+            self._say(f"{run.name}: not started: {error}", stream=sys.stderr)
+            return
+        if probe is not None:
+            probe.close()  # the run takes the lock itself
         standing = run.standing()
-        run.folder.mkdir(parents=True, exist_ok=True)
         options_file = run.folder / "options.yaml"
         options_file.write_text("# written by python -m fedbat_mpi.study: this run's options (--config)\n"
                                 + yaml.safe_dump(run.options, sort_keys=False))  # fmt: skip
@@ -226,7 +234,9 @@ def _command(argv: list[str] | None) -> int:
         runs, runs_at_once = [runs[args.task]], 1
     launcher = launcher_command(study, study.launcher if args.launcher is None else args.launcher)
     write_manifest(study)
-    return Driver(study, runs, runs_at_once, launcher, gpus_to_spread(args.gpus)).run()
+    # One run of a Slurm array task sees every GPU of its job (one a rank), unless --gpus names some.
+    gpus = gpus_to_spread(args.gpus) if args.task is None or args.gpus is not None else []
+    return Driver(study, runs, runs_at_once, launcher, gpus).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,9 @@ export OMPI_MCA_mpi_yield_when_idle=1
 # job steps only, and at the time limit, on preemption or scancel SIGTERM goes to every process of
 # the job. So the handler passes on only SIGUSR1, which reaches this shell alone when asked for
 # (`--signal=B:USR1@180`, `scancel --batch --signal=USR1`): a second signal would stop a rank at
-# once instead of at the end of the round. A SIGTERM here means Slurm is ending the job: it is not
-# requeued then (that would undo a scancel), and the way to resume goes to the job's output at once,
+# once instead of at the end of the round. A SIGTERM here means Slurm is ending the job: this script
+# does not requeue it then (that would undo a scancel; Slurm requeues it itself after `scontrol
+# requeue` or a requeueing preemption), and the way to resume goes to the job's output at once,
 # before the SIGKILL that follows after KillWait. A handler, not an ignored signal, because children
 # inherit ignored signals.
 launched=
@@ -47,7 +48,7 @@ on_signal() {
         USR1) kill -s USR1 "$launched" 2>/dev/null ;;
         TERM)
             ending=1
-            resume_hint "Slurm is ending the job (scancel, time limit or preemption): it is not requeued"
+            resume_hint "Slurm is ending the job (scancel, time limit, preemption, scontrol requeue): this script does not requeue it; unless Slurm does (scontrol requeue, a requeueing preemption)"
             ;;
     esac
 }

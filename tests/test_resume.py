@@ -103,8 +103,9 @@ def test_a_stop_signal_in_the_last_round_ends_the_run_as_complete(tmp_path, unin
 
 def test_a_second_run_in_the_folder_of_a_running_one_is_refused_and_the_first_goes_on(tmp_path):
     out = tmp_path / "run"
-    first = _start_and_wait_for_rows(out, 1, ["--checkpoint-every", "0", "--rounds", "500"])
-    try:
+    first = _start_and_wait_for_rows(out, 2, ["--checkpoint-every", "1", "--rounds", "500"])
+    try:  # the folder holds the first run's checkpoint too: the second run is told the run goes on
+        assert (out / checkpoint.FILE_NAME).exists()
         second = launch(2, [*RUN, "--out", str(out)], timeout=120)
         assert first.poll() is None, "the first run ended before the second one was refused"
         assert second.returncode == 2, second.stderr

@@ -173,7 +173,7 @@ def test_cancelled_job_checkpoints_and_stays_cancelled(cluster, tmp_path):
     output = job_output(tmp_path, job_id)
     why = explain(cluster, tmp_path, job_id)
     assert (job["JobState"], job["Restarts"]) == ("CANCELLED", "0"), why
-    assert "job script received SIGTERM" in output and "it is not requeued" in output, why
+    assert "job script received SIGTERM" in output and "this script does not requeue it" in output, why
     assert f"resubmit with FEDBAT_OUT={out} to resume" in output, why
     assert "fedbat_mpi.run exited with status 75" in output and "requeued job" not in output, why
     assert inspect_checkpoint(out)[0] == stopped_after(output), why
@@ -196,7 +196,7 @@ def test_job_at_its_time_limit_is_not_requeued_and_resubmitted_resumes_to_the_un
     why = explain(cluster, tmp_path, job_id)
     assert (job["JobState"], job["Restarts"]) == ("TIMEOUT", "0"), why
     assert "DUE TO TIME LIMIT" in output and "job script received SIGTERM" in output, why
-    assert "it is not requeued" in output and "requeued job" not in output, why
+    assert "this script does not requeue it" in output and "requeued job" not in output, why
     assert f"resubmit with FEDBAT_OUT={out} to resume" in output, why
     assert "fedbat_mpi.run exited with status 75" in output, why
     stopped = inspect_checkpoint(out)[0]

@@ -16,6 +16,8 @@ import yaml
 from fedbat_mpi import study
 from fedbat_mpi.config import PRESETS
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.rounds.out_lock import hold_out_dir
+from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
 ROUNDS = 3
@@ -90,6 +92,38 @@ def test_a_stopped_study_resumes_to_the_uninterrupted_models_and_then_skips_its_
     assert again.returncode == 0, again.stdout + again.stderr
     assert ": started" not in again.stdout and "4 done, 0 running, 0 left" in again.stdout, again.stdout
     assert {name: (folder / name / "run.log").read_text() for name in NAMES} == logs
+
+
+def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path, capsys):
+    """A copied checkpoint, or a grid edited after its runs finished: the run's checkpoint is checked as
+    ``--resume`` checks it, so the driver starts it (and it refuses) instead of skipping it as done."""
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0, 2]})
+    plan = study.load_study(str(grid))
+    for run, seed in zip(plan.runs, [0, 0]):  # seed2's folder holds seed0's finished checkpoint
+        run.folder.mkdir(parents=True)
+        saved = {**run.config.as_dict(), "seed": seed, "model": "cnn4-mnist"}
+        checkpoint.save(str(run.checkpoint), checkpoint.RunState(ROUNDS, saved, {}, [], 1))
+    stood = standings(grid, capsys)
+    assert stood["seed0"] == f"done at round {ROUNDS}"
+    assert stood["seed2"].startswith("checkpoint refused (--seed: the checkpoint was made with 0, got 2"), stood
+    edited = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base={**BASE, "rounds": ROUNDS - 1},
+                        grid={"seed": [0, 2]})  # fmt: skip
+    assert "already finished round 3, got 2" in standings(edited, capsys)["seed0"]
+
+
+def test_a_run_going_on_in_its_folder_is_not_started_again_and_nothing_is_written_there(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
+    folder = study.load_study(str(grid)).runs[0].folder
+    held = hold_out_dir(str(folder))  # as a run started by another driver or an array task holds it
+    try:
+        done = run_study(str(grid), timeout=60)
+    finally:
+        assert held is not None
+        held.close()
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert "seed0: not started: --out: another run is using" in line, line
+    assert sorted(path.name for path in folder.iterdir()) == ["run.lock"]
 
 
 def test_a_failed_run_is_reported_on_one_line_and_the_others_finish(tmp_path, capsys):

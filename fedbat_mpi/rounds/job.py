@@ -39,6 +39,7 @@ class Run:
     engine: Engine
     checkpoint_path: str
     resumed: checkpoint.RunState | None
+    resumed_from: str  # the checkpoint's path ("" for a new run)
     out_lock: TextIO | None = None  # rank 0's hold on the output folder (``out_lock.py``), for the run's life
 
 
@@ -54,7 +55,6 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
         if invocation.resume and "out" not in options:
             options["out"] = os.path.dirname(os.path.abspath(path))
         config = resumed_config(resumed.config, options, resumed.round)
-    _refuse_another_runs_checkpoint(config.out_dir, path)
     if comm.size > config.clients_per_round:
         raise UsageError(
             f"--clients-per-round: expected at least the number of MPI ranks ({comm.size}), "
@@ -68,7 +68,7 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
         engine.restore(resumed)
         if engine.state_size:
             _check_resumed_state(config, engine, resumed, path)
-    return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed)
+    return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed, path)
 
 
 def _refuse_another_runs_checkpoint(out_dir: str, resumed_path: str) -> None:
@@ -87,10 +87,13 @@ def _refuse_another_runs_checkpoint(out_dir: str, resumed_path: str) -> None:
 
 
 def _claim_out_dir(run: Run, comm: Communicator) -> Run:
-    """Rank 0, once every rank is set up: the output folder's lock, then (resuming a run with per-client
-    state) the client-state store, which opening updates; nothing is written before the lock is held."""
+    """Rank 0, once every rank is set up: the output folder's lock, then a check that no other run's
+    checkpoint is in it (after the lock, so that a run still going there is named as such), then
+    (resuming a run with per-client state) the client-state store, which opening updates; nothing is
+    written before the lock is held."""
     if comm.is_root:
         run.out_lock = hold_out_dir(run.config.out_dir)
+        _refuse_another_runs_checkpoint(run.config.out_dir, run.resumed_from)
         if run.resumed is not None and run.engine.state_size:
             folder, index = run.config.out_dir, run.resumed.client_state
             assert index is not None  # _check_resumed_state made sure

@@ -163,10 +163,10 @@ def _keep_previous(current: str, previous: str) -> None:
     os.replace(staging, previous)
 
 
-def saved_round(path: str, option: str = "--resume") -> int:
-    """The last finished round in a checkpoint, read from its attributes alone (no tensors); a
-    missing, corrupt or foreign file is a UsageError naming ``option``."""
-    return _open(path, option, lambda handle: int(handle.attrs["round"]))
+def saved_round_and_config(path: str, option: str = "--resume") -> tuple[int, dict[str, Any]]:
+    """The last finished round in a checkpoint and its configuration, read from its attributes alone
+    (no tensors); a missing, corrupt or foreign file is a UsageError naming ``option``."""
+    return _open(path, option, lambda handle: (int(handle.attrs["round"]), json.loads(handle.attrs["config"])))
 
 
 def load(path: str, option: str = "--resume") -> RunState:
