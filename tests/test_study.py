@@ -258,6 +258,19 @@ def test_runs_at_once_are_spread_over_the_gpus_the_fewest_runs_use(monkeypatch):
         study.gpus_to_spread(",")
 
 
+@pytest.mark.parametrize("task", [[], ["--task", "0"]])
+def test_a_task_run_sees_all_its_jobs_gpus_where_runs_at_once_get_one_each(tmp_path, task):
+    """As a Slurm array task, the one run's ranks share the job's GPUs (one a rank): the driver leaves
+    CUDA_VISIBLE_DEVICES alone. Run here on the CPU (``--device auto``); the driver's log line tells."""
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base={**BASE, "rounds": 1},
+                      grid={"seed": [0]})  # fmt: skip
+    done = subprocess.run(driver(str(grid), *task), capture_output=True, text=True, timeout=120,
+                          env=environment(CUDA_VISIBLE_DEVICES="0,1"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = (tmp_path / "study" / "seed0" / "run.log").read_text().splitlines()[0]
+    assert ("CUDA_VISIBLE_DEVICES=0 " in started) == (not task), started
+
+
 def test_a_reader_that_stops_early_ends_the_listing_quietly():
     """``study --list | head``: the closed pipe ends the command with status 0 and nothing on stderr."""
     grid = Path(__file__).resolve().parent.parent / "jobs" / "grids" / "fmnist-paper.yaml"
