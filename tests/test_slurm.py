@@ -252,3 +252,16 @@ def test_study_array_runs_each_run_of_the_grid_in_its_own_task(cluster, tmp_path
         assert f"srun {sys.executable} -m fedbat_mpi.run" in (folder / f"seed{task}" / "run.log").read_text(), why
     assert [row["round"] for row in metrics(folder / "seed0")] == [1, 2]
     assert metrics(folder / "seed0")[-1]["model_sha256"] != metrics(folder / "seed1")[-1]["model_sha256"]
+
+
+@pytest.mark.parametrize("given", ["--out elsewhere", "--resume", "--out=elsewhere"])
+def test_fedbat_args_may_not_set_the_folder_or_the_resume_the_job_script_manages(tmp_path, given):
+    """Refused before anything runs (no Slurm needed): a requeued job must find its checkpoint in FEDBAT_OUT."""
+    done = subprocess.run(["bash", str(REPO / "jobs" / "fmnist.slurm")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=environment(SLURM_SUBMIT_DIR=str(tmp_path), FEDBAT_HOME=str(REPO),
+                                                      FEDBAT_ARGS=f"--rounds 2 {given}"))  # fmt: skip
+    flag = given.split()[0].split("=")[0]
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"FEDBAT_ARGS: {flag} is set by the job script (the folder by FEDBAT_OUT; "
+                                        "it resumes by itself)"]  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
