@@ -17,7 +17,8 @@ def describe(path: str) -> str:
     params = sum(t.size for t in state.tensors.values())
     lines = [
         f"checkpoint {path} ({os.path.getsize(path):,} bytes)",
-        f"  format {state.format_version}, written by fedbat_mpi {state.package_version} on {state.num_ranks} ranks at {state.created}",
+        f"  format {state.format_version}, written by fedbat_mpi {state.package_version} on {state.num_ranks} ranks "
+        f"at {state.created}",
         f"  round {state.round} of {state.config.get('rounds')}",
         f"  model: {len(state.tensors)} tensors, {params:,} values ({4 * params:,} bytes float32)",
         f"  random state: {RANDOM_STATE}",

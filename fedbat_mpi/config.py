@@ -319,10 +319,12 @@ def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_roun
     unknown = set(saved) - known
     if unknown:
         raise UsageError(f"--resume: the checkpoint's configuration has unknown options {sorted(unknown)}")
+    defaults = {f.name: f.default for f in fields(Config)}  # of options newer than the checkpoint
     for name, value in options.items():
-        if name not in RESUMABLE_CHANGES and value != saved.get(name):
+        made_with = saved.get(name, defaults.get(name))
+        if name not in RESUMABLE_CHANGES and value != made_with:
             raise UsageError(
-                f"--{name.replace('_', '-')}: the checkpoint was made with {saved.get(name)!r}, got {value!r} "
+                f"--{name.replace('_', '-')}: the checkpoint was made with {made_with!r}, got {value!r} "
                 "(resuming must not change results)"
             )
     config = Config(**{**saved, **options}).validate()

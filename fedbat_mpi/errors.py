@@ -21,6 +21,9 @@ class UsageError(Exception):
         return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
+FAILURE = 1  # the exit status of a failure that is not a mistake in the input
+
+
 class EveryRankStops(Exception):
     """Raised on every rank at once, after the ranks agreed that one of them cannot go on with a round
     (``error``, on that rank only): the run ends on every rank with ``exit_status``, 2 for a UsageError

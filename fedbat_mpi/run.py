@@ -1,10 +1,11 @@
 """``python -m fedbat_mpi.run``: a federated run over the MPI ranks of the job.
 
 Exit status: 0 when the run is finished; 2 with one line on stderr for a mistake the user can fix
-(bad option, missing data set, unreadable or mismatched checkpoint, too many ranks); 75 when a stop
-signal (SIGTERM, SIGUSR1) ended the run early, with a checkpoint, to be continued with ``--resume``;
-1 after an unexpected failure on any rank, which ends every rank through ``MPI_Abort`` so that
-none is left waiting in a collective.
+(bad option, missing data set, unreadable, damaged or mismatched checkpoint, too many ranks, a damaged
+client-state row found during a round); 75 when a stop signal (SIGTERM, SIGUSR1) ended the run early,
+with a checkpoint, to be continued with ``--resume``; 1 for a payload rank 0 cannot use (one line: a
+diverged run, a bad header), which ends every rank together, and after an unexpected failure on any
+rank, which ends every rank through ``MPI_Abort`` so that none is left waiting in a collective.
 """
 
 import sys

@@ -39,7 +39,7 @@ export OMPI_MCA_mpi_yield_when_idle=1
 launched=
 ending=
 resume_hint() {
-    echo "[$(date '+%F %T')] $1; $resume_how"
+    echo "[$(date '+%F %T')] $*; $resume_how"
 }
 on_signal() {
     caught=$1
@@ -48,7 +48,8 @@ on_signal() {
         USR1) kill -s USR1 "$launched" 2>/dev/null ;;
         TERM)
             ending=1
-            resume_hint "Slurm is ending the job (scancel, time limit, preemption, scontrol requeue): this script does not requeue it; unless Slurm does (scontrol requeue, a requeueing preemption)"
+            resume_hint "Slurm is ending the job: this script does not requeue it (Slurm does after" \
+                "scontrol requeue or a requeueing preemption; else, after scancel or a time limit)"
             ;;
     esac
 }

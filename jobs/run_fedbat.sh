@@ -9,6 +9,7 @@
 #   FEDBAT_OUT       the run's folder (checkpoint, metrics)   [$SLURM_SUBMIT_DIR/runs/JOBNAME-JOBID]
 #                    a requeued job keeps its id, so it finds its own checkpoint there
 #   FEDBAT_ARGS      more options, split at spaces; they override the preset's   [none]
+#                    (not --out or --resume, which this script sets: exit 2)
 #   FEDBAT_HOME      the repository, where the .slurm scripts find this file   [$SLURM_SUBMIT_DIR]
 # See jobs/README.md.
 
@@ -18,7 +19,8 @@ read -r -a extra <<<"${FEDBAT_ARGS:-}"
 for arg in "${extra[@]}"; do  # what this script sets: another value would break the resume after a requeue
     case $arg in
         --out | --out=* | --resume | --resume=*)
-            echo "FEDBAT_ARGS: ${arg%%=*} is set by the job script (the folder by FEDBAT_OUT; it resumes by itself)" >&2
+            echo "FEDBAT_ARGS: ${arg%%=*} is set by the job script" \
+                "(the folder by FEDBAT_OUT; it resumes by itself)" >&2
             exit 2
             ;;
     esac

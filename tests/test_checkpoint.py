@@ -135,6 +135,12 @@ def _edited(path: Path) -> None:
         handle.attrs["config"] = handle.attrs["config"].replace('"seed": 0', '"seed": 1')
 
 
+def _downgraded(path: Path) -> None:
+    """A bit flip that turns format 3 into 2 (0b11 -> 0b10), which is read without a digest otherwise."""
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["format_version"] = 2
+
+
 @pytest.mark.parametrize("damage,message", [
     (_truncated, "cannot be read as a checkpoint"),
     (_corrupted, "not an HDF5 file"),
@@ -142,6 +148,7 @@ def _edited(path: Path) -> None:
     (_not_hdf5, "not an HDF5 file"),
     (_bit_flipped, "is damaged: its contents no longer match the SHA-256"),
     (_edited, "is damaged: its contents no longer match the SHA-256"),
+    (_downgraded, "is damaged: its contents no longer match the SHA-256"),
 ])  # fmt: skip
 def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, message):
     path = tmp_path / checkpoint.FILE_NAME
@@ -166,15 +173,24 @@ def test_a_checkpoint_with_contents_of_the_wrong_kind_is_refused(tmp_path, chang
         checkpoint.load(str(path))
 
 
+def test_metrics_rows_are_checked_as_stored_whatever_json_makes_of_them(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    rows = [{**row, "phase_s": {10: 1.5, 9: 0.5}, "test_loss": float("nan")} for row in _state().metrics]
+    checkpoint.save(str(path), replace(_state(), metrics=rows))  # int keys come back as strings, reordered
+    assert checkpoint.load(str(path)).metrics[0]["phase_s"] == {"10": 1.5, "9": 0.5}
+
+
 def test_a_checkpoint_of_format_2_from_before_the_digest_is_still_read(tmp_path):
     path = tmp_path / checkpoint.FILE_NAME
-    state = _state()
+    slots = np.array([0, NO_ROW, 1], np.int8)  # and its client state without row sums: read unchecked
+    state = _state(client_state=StateIndex("error_memory", "ab12", 10, slots))
     checkpoint.save(str(path), state)
     with h5py.File(path, "r+") as handle:
         handle.attrs["format_version"] = 2
         del handle.attrs["content_sha256"]
     loaded = checkpoint.load(str(path))
     assert loaded.format_version == 2 and loaded.metrics == state.metrics
+    assert loaded.client_state is not None and loaded.client_state.sums is None
     with h5py.File(path, "r+") as handle:  # a version-3 file must carry its digest
         handle.attrs["format_version"] = 3
     with pytest.raises(UsageError, match="is damaged"):
@@ -192,6 +208,10 @@ def test_resuming_may_change_only_what_does_not_change_results():
     assert resumed_config(saved, {}, finished_round=10).rounds == 10  # a finished run may be resumed (a no-op)
     with pytest.raises(UsageError, match="unknown options"):
         resumed_config({**saved, "momentum": 0.9}, {}, finished_round=3)
+    older = {name: value for name, value in saved.items() if name != "client_group"}  # before the option
+    assert resumed_config(older, {"client_group": "auto"}, finished_round=3).client_group == "auto"
+    with pytest.raises(UsageError, match="--client-group: the checkpoint was made with 'auto', got 4"):
+        resumed_config(older, {"client_group": 4}, finished_round=3)
 
 
 def test_every_option_that_changes_results_is_refused_on_resume():

@@ -31,7 +31,7 @@ from fedbat_mpi.client.folding import FoldedModel
 from fedbat_mpi.client.models import binarized_names, build_model
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import Dataset, partition
-from fedbat_mpi.errors import UsageError
+from fedbat_mpi.errors import FAILURE, UsageError
 from fedbat_mpi.layout import ModelLayout, model_sha256
 from fedbat_mpi.rng import Stream, derive_seed, torch_generator
 from fedbat_mpi.server.aggregate import Aggregator, rule_of
@@ -154,7 +154,8 @@ class Engine:
         return [[block[w * per_rank : (w + 1) * per_rank] for block in hosted] for w in range(count)]
 
     def send_client_states(self, wave: list[list[int]]) -> dict[int, torch.Tensor]:
-        """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``)."""
+        """Rank 0 sends each client's state to the rank that trains it in this wave (``Scatterv``); a
+        damaged row (``ClientStateStore.read``) stops every rank first (``EveryRankStops``, exit 2)."""
         parts, damaged = None, None
         if self.comm.is_root:
             assert self.states is not None, "rank 0 of a run with client state holds its store"
@@ -165,7 +166,7 @@ class Engine:
             else:
                 ends = np.cumsum([len(block) for block in wave])
                 parts = [part.view(np.uint8).ravel() for part in np.split(rows, ends[:-1])]
-        self.comm.stop_together_on(damaged)
+        self.comm.stop_together_on(damaged, UsageError.exit_status)
         mine = self.comm.scatter_bytes(parts).view(np.float32).reshape(-1, self.state_size)
         return {c: torch.from_numpy(row.copy()).to(self.device) for c, row in zip(wave[self.comm.rank], mine)}
 
@@ -310,7 +311,7 @@ class Engine:
                     new_global = self.aggregator(self.global_vector, payloads)
                 except codec.PayloadError as error:  # every rank stops: none waits in the broadcast
                     unusable = error
-            comm.stop_together_on(unusable)
+            comm.stop_together_on(unusable, FAILURE)
         with timer("broadcast"):
             comm.broadcast(new_global)
             self.global_vector = new_global

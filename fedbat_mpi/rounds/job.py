@@ -17,7 +17,7 @@ import torch
 
 from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
 from fedbat_mpi.data import load_dataset
-from fedbat_mpi.errors import EveryRankStops, UsageError
+from fedbat_mpi.errors import FAILURE, EveryRankStops, UsageError
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.server.report import Report
@@ -196,7 +196,7 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
             result = run.engine.run_round(round_index)
             if report is not None and result is not None:  # both on rank 0 only
                 report.add(result)
-            # A stop during the last round ends the run as complete (exit 0): requeued, it would find nothing to do.
+            # A stop in the last round ends the run as complete (exit 0): requeued, it would find nothing to do.
             stopping = comm.any(stop.requested) and round_index < run.config.rounds
             if checkpoint_due(run.config, round_index, stopping):
                 save_checkpoint(run, report, round_index, comm)
@@ -214,7 +214,8 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
 
 
 def main(argv: list[str], stop: StopRequest) -> int:
-    """Start MPI and run; any failure on this rank ends every rank (``MPI_Abort``)."""
+    """Start MPI and run. A round that cannot go on ends every rank together (``EveryRankStops``, one
+    line); any other failure on this rank ends every rank through ``MPI_Abort``."""
     keep_freed_heap()  # before the first training step: each step reuses the last one's memory
     comm = Communicator()
     stop.install()  # again: MPI's start-up may have put its own handlers in place
@@ -237,5 +238,5 @@ def main(argv: list[str], stop: StopRequest) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)  # the launcher forwards output asynchronously: let the traceback out first
-        comm.abort(1)
-        return 1
+        comm.abort(FAILURE)
+        return FAILURE

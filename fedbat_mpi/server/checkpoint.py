@@ -15,7 +15,7 @@ Layout (format version 3; version 2 lacked ``content_sha256``, version 1 held th
 - ``client_state`` (algorithms that keep per-client state): attributes ``name``, ``store_id`` and
   ``row_size``, ``slots``, one int8 per client: which slot of ``client_state.h5`` beside the
   checkpoint holds the client's committed row (-1: none), and ``sums``, one uint64 per client: the
-  row's sum, which reading it checks (absent in checkpoints written before: unchecked). The rows stay in that file
+  row's sum, which reading it checks (absent in format 2: unchecked). The rows stay in that file
   (``server/client_state.py``), so a checkpoint holds one byte per client, not the rows.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over
@@ -49,6 +49,9 @@ READABLE_VERSIONS = (2, 3)  # 2: written before content_sha256, read unchecked
 FILE_NAME = "checkpoint.h5"
 PREVIOUS_FILE_NAME = "checkpoint.prev.h5"
 RANDOM_STATE = "none: every draw is keyed by (seed, stream, round, client id)"
+# The root attributes besides ``format`` and the digest, with their types.
+HEADER = {"format_version": int, "package_version": str, "round": int, "num_ranks": int, "created": str,
+          "config": str, "random_state": str}  # fmt: skip
 # What a resumed run's summary and the inspector read of each metrics row.
 METRICS_KEYS = frozenset({"round", "clients", "test_acc", "uplink_bytes", "downlink_bytes", "model_sha256"})
 
@@ -68,18 +71,20 @@ class RunState:
     format_version: int = FORMAT_VERSION  # of the file it was read from
 
 
-def content_sha256(state: RunState) -> str:
-    """The SHA-256 of what a checkpoint of ``state`` holds: every field, each tensor's name, shape and
-    little-endian float32 bytes in order, the metrics rows, the client-state index."""
+def content_sha256(
+    header: dict[str, Any], tensors: dict[str, np.ndarray], metrics: list[str], index: StateIndex | None
+) -> str:
+    """The SHA-256 of what a checkpoint holds, as stored: the root attributes in ``header`` (the config
+    as its JSON text), each tensor's name, shape and little-endian float32 bytes in order, each metrics
+    row's JSON text, the client-state index."""
     digest = hashlib.sha256()
-    header = [state.round, state.num_ranks, state.package_version, state.created, RANDOM_STATE, state.config]
     digest.update(json.dumps(header, sort_keys=True).encode())
-    for name, tensor in state.tensors.items():
+    for name, tensor in tensors.items():
         values = np.ascontiguousarray(tensor, dtype="<f4")
         digest.update(json.dumps([name, values.shape]).encode())
         digest.update(values.tobytes())
-    digest.update(json.dumps(state.metrics, sort_keys=True).encode())
-    if (index := state.client_state) is not None:
+    digest.update(json.dumps(metrics).encode())
+    if index is not None:
         digest.update(json.dumps([index.name, index.store_id, index.row_size]).encode())
         digest.update(index.slots.astype(np.int8).tobytes())
         if index.sums is not None:
@@ -87,23 +92,25 @@ def content_sha256(state: RunState) -> str:
     return digest.hexdigest()
 
 
+def _header(attrs: Any) -> dict[str, Any]:
+    """The root attributes a checkpoint's digest covers, as plain ints and strings."""
+    return {name: kind(attrs[name]) for name, kind in HEADER.items()}
+
+
 def _write(handle: h5py.File, state: RunState) -> None:
-    state = replace(state, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     attrs = handle.attrs
     attrs["format"] = FORMAT
-    attrs["format_version"] = FORMAT_VERSION
-    attrs["package_version"] = state.package_version
-    attrs["round"] = state.round
-    attrs["num_ranks"] = state.num_ranks
-    attrs["created"] = state.created
-    attrs["config"] = json.dumps(state.config, sort_keys=True)
-    attrs["random_state"] = RANDOM_STATE
-    attrs["content_sha256"] = content_sha256(state)
+    attrs.update(_header({
+        "format_version": FORMAT_VERSION, "package_version": state.package_version, "round": state.round,
+        "num_ranks": state.num_ranks, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": json.dumps(state.config, sort_keys=True), "random_state": RANDOM_STATE,
+    }))  # fmt: skip
+    rows = [json.dumps(row) for row in state.metrics]
+    attrs["content_sha256"] = content_sha256(_header(attrs), state.tensors, rows, state.client_state)
     model = handle.create_group("model")
     model.attrs["order"] = list(state.tensors)
     for name, tensor in state.tensors.items():
         model.create_dataset(name, data=np.asarray(tensor, dtype="<f4"))
-    rows = [json.dumps(row) for row in state.metrics]
     handle.create_dataset("metrics", data=np.array(rows, dtype=object), dtype=h5py.string_dtype(), shape=(len(rows),))
     index = state.client_state
     if index is not None:
@@ -166,7 +173,10 @@ def _keep_previous(current: str, previous: str) -> None:
 def saved_round_and_config(path: str, option: str = "--resume") -> tuple[int, dict[str, Any]]:
     """The last finished round in a checkpoint and its configuration, read from its attributes alone
     (no tensors); a missing, corrupt or foreign file is a UsageError naming ``option``."""
-    return _open(path, option, lambda handle: (int(handle.attrs["round"]), json.loads(handle.attrs["config"])))
+    def read(handle: h5py.File) -> tuple[int, dict[str, Any]]:
+        return int(handle.attrs["round"]), json.loads(handle.attrs["config"])
+
+    return _open(path, option, read)
 
 
 def load(path: str, option: str = "--resume") -> RunState:
@@ -174,9 +184,12 @@ def load(path: str, option: str = "--resume") -> RunState:
 
     def verified(handle: h5py.File) -> RunState:
         state = _read(handle)
-        if state.format_version >= 3 and handle.attrs.get("content_sha256") != content_sha256(state):
-            raise UsageError(f"{option}: {path} is damaged: its contents no longer match the SHA-256 written "
-                             "with them; resume checkpoint.prev.h5 or another copy")  # fmt: skip
+        written = handle.attrs.get("content_sha256")  # format 2 has none; format 3 always
+        if written is not None or state.format_version >= 3:
+            rows = list(handle["metrics"].asstr()[()])
+            if written != content_sha256(_header(handle.attrs), state.tensors, rows, state.client_state):
+                raise UsageError(f"{option}: {path} is damaged: its contents no longer match the SHA-256 "
+                                 "written with them; resume from a copy")  # fmt: skip
         return state
 
     return _open(path, option, verified)
@@ -218,7 +231,8 @@ def _read(handle: h5py.File) -> RunState:
         group = handle["client_state"]
         meta = group.attrs
         sums = group["sums"][()] if "sums" in group else None
-        client_state = StateIndex(str(meta["name"]), str(meta["store_id"]), int(meta["row_size"]), group["slots"][()], sums)
+        name, store_id, row_size = str(meta["name"]), str(meta["store_id"]), int(meta["row_size"])
+        client_state = StateIndex(name, store_id, row_size, group["slots"][()], sums)
     return RunState(
         round=int(attrs["round"]),
         config=config,

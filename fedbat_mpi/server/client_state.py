@@ -61,7 +61,9 @@ class StateIndex:
     store_id: str
     row_size: int  # float32 values per client
     slots: np.ndarray  # int8, one per client: 0 or 1, NO_ROW for a client without a row
-    sums: np.ndarray | None = None  # uint64, one per client: row_sum of its row (None: written before sums)
+    # uint64, one per client: row_sum of its row. None in a checkpoint written before the sums (format 2):
+    # a run continued from one checks no rows, and neither do its later checkpoints.
+    sums: np.ndarray | None = None
 
     def clients_with_rows(self) -> int:
         return int(np.count_nonzero(self.slots != NO_ROW))
@@ -132,8 +134,8 @@ class ClientStateStore:
             if slot != NO_ROW:
                 self._rows.read_direct(rows, np.s_[client, slot], np.s_[i])
                 if self._sums is not None and row_sum(rows[i]) != self._sums[client]:
-                    raise UsageError(f"{self.path} is damaged: client {client}'s row (slot {slot}) no longer adds "
-                                     "up to the sum its checkpoint holds; resume from a copy of the run's folder")  # fmt: skip
+                    raise UsageError(f"{self.path} is damaged: client {client}'s row (slot {slot}) no "
+                                     "longer adds up to its sum; resume from a copy of the run's folder")  # fmt: skip
         return rows
 
     def write(self, clients: Sequence[int], rows: np.ndarray) -> None:
@@ -169,8 +171,8 @@ def row_sum(row: np.ndarray) -> np.uint64:
     """The sum of a float32 row's bytes read as 64-bit words (a last odd value alone), modulo 2**64."""
     words = row.view(np.uint32)
     whole = words.size & ~1
-    odd = np.uint64(words[-1]) if words.size % 2 else np.uint64(0)
-    return np.add.reduce(words[:whole].view(np.uint64), dtype=np.uint64) + odd
+    total = int(np.add.reduce(words[:whole].view(np.uint64), dtype=np.uint64))
+    return np.uint64((total + (int(words[-1]) if words.size % 2 else 0)) % 2**64)
 
 
 def _create_fixed(handle: h5py.File, name: str, shape: tuple, dtype: str, chunks: tuple | None = None) -> None:

@@ -25,6 +25,8 @@ HEADER = np.dtype(
     ]
 )  # fmt: skip
 assert HEADER.itemsize == codec.HEADER_SIZE
+# What a non-finite value in a payload most often means.
+DIVERGED = " (training diverged? a lower --lr may help)"
 
 
 @dataclass(frozen=True)
@@ -103,16 +105,13 @@ def read_round(buffer: np.ndarray, shape: codec.PayloadShape) -> RoundPayloads:
     if not valid.all():
         row = int(np.flatnonzero(~valid.all(axis=1))[0])
         index = int(np.argmin(valid[row]))
-        raise codec.PayloadError(
-            f"payload at byte {row * size} (client {ids[row]}): scale {index} is {scales[row, index]}, "
-            "expected a finite number >= 0"
-        )
+        value = scales[row, index]
+        hint = DIVERGED if not np.isfinite(value) else ""
+        raise codec.PayloadError(f"payload at byte {row * size} (client {ids[row]}): scale {index} is {value}, "
+                                 f"expected a finite number >= 0{hint}")  # fmt: skip
     return RoundPayloads(
         shape, header["client_id"], header["weight"], header["train_loss"], scales, dense, body, order
     )
-
-
-DIVERGED = " (training diverged? a lower --lr may help)"
 
 
 def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
@@ -129,5 +128,7 @@ def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
             if bad.size:
                 index = int(bad[0])
                 cause = f"{name} {index} is {values[index]}"
-                return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite{DIVERGED}")
-    return codec.PayloadError(f"the new global model is not finite though every payload's values are: overflow{DIVERGED}")
+                return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite"
+                                          + DIVERGED)  # fmt: skip
+    return codec.PayloadError("the new global model is not finite though every payload's values are: overflow"
+                              + DIVERGED)  # fmt: skip

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from mpi4py import MPI
 
-from fedbat_mpi.errors import EveryRankStops, UsageError
+from fedbat_mpi.errors import EveryRankStops
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -124,11 +124,10 @@ class Communicator:
         """True on every rank when ``flag`` is true on at least one."""
         return bool(self._largest(int(flag)))
 
-    def stop_together_on(self, error: Exception | None) -> None:
-        """Raise ``EveryRankStops`` on every rank when ``error`` is set on at least one, with one exit
-        status everywhere (one ``Allreduce``)."""
-        mine = 0 if error is None else UsageError.exit_status if isinstance(error, UsageError) else 1
-        if status := self._largest(mine):
+    def stop_together_on(self, error: Exception | None, exit_status: int) -> None:
+        """Raise ``EveryRankStops`` on every rank when ``error`` is set on at least one, with the largest
+        ``exit_status`` of those ranks (one ``Allreduce``)."""
+        if status := self._largest(0 if error is None else exit_status):
             raise EveryRankStops(error, status)
 
     def _largest(self, value: int) -> int:
