@@ -129,6 +129,40 @@ def test_client_groups_are_runs_of_the_hosted_clients_in_id_order(dataset):
     assert engine().client_groups([1, 4, 5]) == [[1], [4], [5]]
 
 
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
+                                   RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")])  # fmt: skip
+def test_a_group_the_device_has_no_memory_for_is_halved_for_the_rest_of_the_run(dataset, monkeypatch, error):
+    """Run here on the CPU with the error a GPU raises (or cuDNN's instead of it) for groups of more than
+    two clients: the round trains in halves, to the same model as groups of two, and later rounds start
+    from groups of two, never again from the group that did not fit."""
+    def engine(client_group: int) -> Engine:
+        config = Config(num_clients=40, clients_per_round=8, local_epochs=1, model="cnn4-mnist", device="cpu",
+                        client_group=client_group)  # fmt: skip
+        return Engine(config, Communicator(MPI.COMM_SELF), dataset)
+
+    in_pairs = engine(2)
+    expected = [in_pairs.run_round(r).model_sha256 for r in (1, 2)]
+    halved = engine(8)
+    step, failed = GroupStep.__call__, []
+
+    def short_of_memory(self: GroupStep, buckets):
+        if self.totals.numel() > 2:
+            failed.append(self.totals.numel())
+            raise error
+        return step(self, buckets)
+
+    monkeypatch.setattr(GroupStep, "__call__", short_of_memory)
+    assert halved.run_round(1).model_sha256 == expected[0]
+    assert failed == [8, 4, 4] and halved.client_groups(list(range(8))) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert halved.run_round(2).model_sha256 == expected[1] and failed == [8, 4, 4]
+    def broken(self: GroupStep, buckets):
+        raise RuntimeError("another failure")
+
+    monkeypatch.setattr(GroupStep, "__call__", broken)
+    with pytest.raises(RuntimeError, match="another failure"):  # not the device's memory: no halving
+        halved.run_round(3)
+
+
 @pytest.mark.parametrize("algorithm", ["fedbat", "fedavg"])
 def test_steps_replayed_from_static_inputs_are_the_eager_steps(client_data, algorithm, monkeypatch):
     """``graphs``: a step that comes back runs from copies of its inputs in tensors of its own (on a GPU,

@@ -64,6 +64,15 @@ class RoundResult:
     peak_rss_mib: list[float] = field(default_factory=list)  # each rank's peak resident memory so far
 
 
+# What cuDNN and cuBLAS raise instead of ``torch.OutOfMemoryError`` when an allocation fails inside them.
+OUT_OF_MEMORY_WORDS = ("out of memory", "ALLOC_FAILED", "unable to find an engine")
+
+
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether ``error`` says the device ran out of memory (so a smaller group may fit)."""
+    return isinstance(error, torch.OutOfMemoryError) or any(word in str(error) for word in OUT_OF_MEMORY_WORDS)
+
+
 class Engine:
     """One federated run on this rank: the model, this rank's view of the data, the round loop."""
 
@@ -212,10 +221,10 @@ class Engine:
 
     def group_size(self, hosted: int) -> int:
         """How many clients train at once: ``--client-group N``, or for ``auto`` all of the rank's
-        clients of the round on a GPU (halved for the rest of the run if the GPU runs out of memory,
-        see ``train_within_memory``) and one at a time on the CPU, where grouping measured no faster."""
+        clients of the round on a GPU and one at a time on the CPU, where grouping measured no faster;
+        either at most the largest group the device had memory for (``train_within_memory``)."""
         if isinstance(self.config.client_group, int):  # else "auto"
-            return self.config.client_group
+            return min(self.config.client_group, self.memory_limit)
         return max(1, min(hosted, self.memory_limit)) if self.device.type == "cuda" else 1
 
     def client_groups(self, hosted: list[int]) -> list[list[int]]:
@@ -241,8 +250,8 @@ class Engine:
         restart, so the result is the same as if the halves had been the groups)."""
         try:
             return self.train_clients(round_index, group, global_on_device, states)
-        except torch.OutOfMemoryError:
-            if len(group) == 1:
+        except RuntimeError as error:
+            if len(group) == 1 or not out_of_memory(error):
                 raise
         self.algorithm.kept.clear()  # the larger group's kept tensors and CUDA graphs
         torch.cuda.empty_cache()

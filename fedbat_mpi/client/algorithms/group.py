@@ -162,8 +162,11 @@ class GroupStep:
         graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
         try:
             step()
-        finally:
-            graph.capture_end()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # the capture failed too: the step's error is the one to see
+                graph.capture_end()
+            raise
+        graph.capture_end()
         self.pool = self.pool or graph.pool()
         return graph.replay
 
