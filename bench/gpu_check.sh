@@ -3,7 +3,7 @@
 #   1. 1, 2 and 4 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA,
 #      one client at a time: groups of a rank's clients depend on the number of ranks), and a grouped
 #      run gives the same with --cuda-graphs on as off (a replayed step is the eager step);
-#      the script exits 1 at the end when they differ (the timings below still run);
+#      the script exits 1 at the end when they differ or a run failed (everything else still runs);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
 # Usage: bench/gpu_check.sh [OUT_DIR] [determinism] (environment: bench/gpu_env.sh); with
@@ -16,10 +16,11 @@ source bench/gpu_env.sh
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
 
 tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --device cuda --client-group 1)
-for ranks in 1 2 4; do
-    "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run "${tiny[@]}" --out "$out/tiny-$ranks" | tail -n 3
-done
 status=0
+for ranks in 1 2 4; do  # a failed run is reported, and the rest still runs
+    "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run "${tiny[@]}" --out "$out/tiny-$ranks" | tail -n 3 \
+        || { echo "the run on $ranks rank(s) failed"; status=1; }
+done
 "$py" bench/same_runs.py "$out"/tiny-{1,2,4} || status=1  # determinism on CUDA
 for graphs in off on; do  # a failed run is reported, and the rest still runs
     "$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs "$graphs" --out "$out/graphs-$graphs" \
@@ -29,8 +30,10 @@ done
 [ "$only" = determinism ] && exit "$status"
 for ranks in 8 1; do
     start=$(date +%s.%N)
-    "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run --device cuda --out "$out/default-$ranks" | tail -n 6
+    "$mpirun" -n "$ranks" "$py" -m fedbat_mpi.run --device cuda --out "$out/default-$ranks" | tail -n 6 \
+        || { echo "the default on $ranks rank(s) failed"; status=1; }
     echo "default on $ranks rank(s) sharing one GPU: $(awk "BEGIN {print $(date +%s.%N) - $start}") s wall"
 done
-"$py" bench/scaling.py --ranks 1 2 4 8 --device cuda --clients-per-round 16 --rounds 4 --json "$out/scaling-gpu.json"
+"$py" bench/scaling.py --ranks 1 2 4 8 --device cuda --clients-per-round 16 --rounds 4 \
+    --json "$out/scaling-gpu.json" || status=1
 exit "$status"

@@ -34,9 +34,10 @@
 set -uo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-session}}
 shift || true
+parts_known=" smoke aggregate graphs grouping agreement cost check determinism "
+[[ $parts_known != *" ${out%%+*} "* ]] || { echo "gpu_session.sh: the first argument is the output folder, got the part $out" >&2; exit 2; }
 parts=("${@:-smoke aggregate graphs grouping cost check}")
 read -r -a parts <<<"${parts[*]}"
-parts_known=" smoke aggregate graphs grouping agreement cost check determinism "
 for group in "${parts[@]}"; do
     for part in ${group//+/ }; do
         [[ $parts_known == *" $part "* ]] || { echo "gpu_session.sh: unknown part $part ($parts_known)" >&2; exit 2; }
@@ -63,7 +64,7 @@ run_part() {  # one part's command, its records into $out
     check)
         bash bench/gpu_check.sh "$scratch/check"
         local checked=$?
-        cp "$scratch/check/scaling-gpu.json" "$out/check.json"
+        cp "$scratch/check/scaling-gpu.json" "$out/check.json" || checked=1
         return "$checked" ;;
     determinism) bash bench/gpu_check.sh "$scratch/determinism" determinism ;;
     esac
