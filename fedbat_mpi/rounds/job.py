@@ -229,14 +229,13 @@ def main(argv: list[str], stop: StopRequest) -> int:
         if stopped.error is not None:
             _print_error(stopped.error, comm.rank)
         return stopped.exit_status
-    except UsageError as error:  # found by one rank alone during a round, the others in a collective
-        _print_error(error, comm.rank)
-        time.sleep(ABORT_GRACE_S)
-        comm.abort(UsageError.exit_status)
-        return UsageError.exit_status
-    except BaseException:  # noqa: BLE001 - any failure must end every rank, not leave them waiting
-        traceback.print_exc()
-        sys.stderr.flush()
-        time.sleep(ABORT_GRACE_S)  # the launcher forwards output asynchronously: let the traceback out first
-        comm.abort(FAILURE)
-        return FAILURE
+    except BaseException as error:  # noqa: BLE001 - any failure must end every rank, not leave them waiting
+        if isinstance(error, UsageError):  # found by one rank alone during a round, the others in a collective
+            _print_error(error, comm.rank)
+        else:
+            traceback.print_exc()
+            sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # the launcher forwards output asynchronously: let it out first
+        status = UsageError.exit_status if isinstance(error, UsageError) else FAILURE
+        comm.abort(status)
+        return status

@@ -183,10 +183,10 @@ def load(path: str, option: str = "--resume") -> RunState:
     """Read a checkpoint; a missing, corrupt, damaged or foreign file is a UsageError naming ``option``."""
 
     def verified(handle: h5py.File) -> RunState:
-        state = _read(handle)
+        rows = list(handle["metrics"].asstr()[()])  # the metrics rows' JSON text, as the digest covers it
+        state = _read(handle, rows)
         written = handle.attrs.get("content_sha256")  # format 2 has none; format 3 always
         if written is not None or state.format_version >= 3:
-            rows = list(handle["metrics"].asstr()[()])
             if written != content_sha256(_header(handle.attrs), state.tensors, rows, state.client_state):
                 raise UsageError(f"{option}: {path} is damaged: its contents no longer match the SHA-256 "
                                  "written with them; resume from a copy")  # fmt: skip
@@ -215,12 +215,13 @@ def _check_format(handle: h5py.File, path: str, option: str) -> None:
         raise UsageError(f"{option}: {path} has checkpoint format {version}; this version reads {readable}")
 
 
-def _read(handle: h5py.File) -> RunState:
-    """The checkpoint's contents; a ValueError where they are not of the kinds a checkpoint holds."""
+def _read(handle: h5py.File, rows: list[str]) -> RunState:
+    """The checkpoint's contents, its metrics from their JSON ``rows``; a ValueError where they are not
+    of the kinds a checkpoint holds."""
     attrs = handle.attrs
     model = handle["model"]
     tensors = {str(name): model[name][()] for name in model.attrs["order"]}
-    metrics = [json.loads(row) for row in handle["metrics"].asstr()[()]]
+    metrics = [json.loads(row) for row in rows]
     config = json.loads(attrs["config"])
     if not isinstance(config, dict) or int(attrs["round"]) < 0:
         raise ValueError("its config is not a mapping or its round is negative")
