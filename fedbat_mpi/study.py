@@ -6,10 +6,13 @@ runs, resumes stopped ones (``--resume``) and prints a progress line whenever a 
 ``--task I`` runs only run I (a Slurm array task), ``--list`` shows where every run stands, ``--count``
 prints the number of runs.
 
-A stop signal to the driver (SIGTERM, SIGINT, SIGUSR1) is passed on to every running run as SIGUSR1
-(its ranks finish their round, checkpoint and exit 75); the driver starts no more runs and exits 75 once
-they have ended: run the same command again to go on. A run that fails is reported on one line, its
-log's last line included, and the others go on.
+A stop signal to the driver (SIGTERM, SIGINT, SIGUSR1, and SIGHUP: a closed terminal) is passed on to
+every running run as SIGUSR1 (its ranks finish their round, checkpoint and exit 75); the driver starts
+no more runs and exits 75 once they have ended: run the same command again to go on. A signal the
+driver was started with ignored stays ignored: under ``nohup`` a closed terminal stops nothing. The
+handlers are in place from the driver's first moment, before torch loads; ``--list`` and ``--count``
+keep the usual effects. A run that fails is reported on one line, its log's last line included, and
+the others go on.
 
 On a node with several GPUs, ``--gpus 0,1,2,3`` (default: the devices ``CUDA_VISIBLE_DEVICES`` lists,
 when it lists more than one) spreads the runs that run at once over them: each run sees one GPU
@@ -20,227 +23,18 @@ Exit status: 0 when every run has finished; 75 when a stop signal ended the stud
 traceback, a run killed by a signal).
 """
 
-import json
-import os
-import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from collections import Counter
-from collections.abc import Iterable
-from datetime import datetime
-from types import FrameType
-from typing import TextIO
 
-import yaml
-
-from fedbat_mpi.errors import OneLineParser, UsageError, run_command
-from fedbat_mpi.grid import GridRun, Study, load_study
-from fedbat_mpi.records import read_run
-from fedbat_mpi.rounds.out_lock import hold_out_dir
-from fedbat_mpi.rounds.signals import PREEMPTED
-
-DRIVER_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-POLL_S = 0.2
-
-
-def launcher_command(study: Study, launcher: str) -> list[str]:
-    """The launcher's words with ``{ranks}`` filled in, its program found beside this Python (a
-    virtual environment's ``mpirun``) or on PATH."""
-    words = [word.replace("{ranks}", str(study.ranks_per_run)) for word in launcher.split()]
-    if not words:
-        raise UsageError("--launcher: expected a command, e.g. mpirun -n {ranks}, got ''")
-    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    found = shutil.which(words[0], path=search)
-    if found is None:
-        raise UsageError(f"launcher: {words[0]} is neither beside {sys.executable} nor on PATH")
-    return [found, *words[1:]]
-
-
-def write_manifest(study: Study) -> None:
-    """``study.json`` in the study folder: the grid file and every run's number, folder and options."""
-    try:
-        study.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"out: cannot make the study folder {study.folder}: {error.strerror}") from None
-    manifest = {"grid": os.path.abspath(study.path), "runs": [
-        {"index": run.index, "name": run.name, "options": run.options} for run in study.runs
-    ]}  # fmt: skip
-    temporary = study.folder / f".study.json.tmp-{os.getpid()}"  # array tasks may write it together
-    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(temporary, study.folder / "study.json")
-
-
-class Driver:
-    """Runs a list of grid runs, a few at a time, and passes stop signals on to them."""
-
-    def __init__(
-        self, study: Study, runs: list[GridRun], runs_at_once: int, launcher: list[str], gpus: list[str]
-    ):
-        self.study, self.runs_at_once, self.launcher, self.gpus = study, runs_at_once, launcher, gpus
-        self.gpu_of: dict[str, str] = {}  # the GPU each running run sees, when there are GPUs to spread over
-        self.pending = [run for run in runs if not run.standing().done]
-        self.done = len(runs) - len(self.pending)
-        self.running: dict[str, tuple[GridRun, subprocess.Popen]] = {}
-        self.asked_to_stop: dict[str, int] = {}  # stop requests passed on, by run
-        self.failed: list[int] = []
-        self.stopped = 0
-        self.stop_requests = 0
-        self.started = time.monotonic()
-
-    def run(self) -> int:
-        """Run every pending run; the exit status (module docstring)."""
-        for number in DRIVER_STOP_SIGNALS:
-            signal.signal(number, self._on_signal)
-        self._say(f"study {self.study.folder}: {self.done + len(self.pending)} runs")
-        while self.running or (self.pending and not self.stop_requests):
-            while self.pending and len(self.running) < self.runs_at_once and not self.stop_requests:
-                self._start(self.pending.pop(0))
-            self._pass_on_stops()
-            self._reap()
-            time.sleep(POLL_S)
-        if self.stopped or self.pending:  # the runs not started count as stopped too
-            self._say("stopped; run the same command again to go on")
-            return PREEMPTED
-        self._say("all runs ended")
-        if self.failed:
-            return UsageError.exit_status if set(self.failed) == {UsageError.exit_status} else 1
-        return 0
-
-    def _on_signal(self, number: int, frame: FrameType | None) -> None:
-        self.stop_requests += 1  # passed on by the loop, which sees every run it started
-
-    def _start(self, run: GridRun) -> None:
-        try:  # a run going on in the folder (another driver's, an array task's): refused before writing there
-            probe = hold_out_dir(str(run.folder))
-        except UsageError as error:
-            self.failed.append(UsageError.exit_status)
-            self._say(f"{run.name}: not started: {error}", stream=sys.stderr)
-            return
-        if probe is not None:
-            probe.close()  # the run takes the lock itself
-        standing = run.standing()
-        options_file = run.folder / "options.yaml"
-        options_file.write_text("# written by python -m fedbat_mpi.study: this run's options (--config)\n"
-                                + yaml.safe_dump(run.options, sort_keys=False))  # fmt: skip
-        command = [*self.launcher, sys.executable, "-m", "fedbat_mpi.run", "--config", str(options_file),
-                   "--out", str(run.folder), *(["--resume"] if run.checkpoint.exists() else [])]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS=str(run.config.threads))
-        seen = ""
-        if self.gpus:
-            self.gpu_of[run.name] = env["CUDA_VISIBLE_DEVICES"] = least_used(self.gpus, self.gpu_of.values())
-            seen = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
-        with open(run.folder / "run.log", "a") as log:  # the child keeps its own descriptor
-            log.write(f"[{datetime.now():%F %T}] fedbat_mpi.study: {seen}{shlex.join(command)}\n")
-            log.flush()
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # a Ctrl-C reaches the driver alone, which passes it on as a stop
-            )  # fmt: skip
-        self.running[run.name] = (run, process)
-        self._say(
-            f"{run.name}: " + (f"resuming after round {standing.round}" if standing.round else "started")
-        )
-
-    def _pass_on_stops(self) -> None:
-        for name, (run, process) in self.running.items():
-            while self.asked_to_stop.get(name, 0) < self.stop_requests:
-                process.send_signal(signal.SIGUSR1)
-                self.asked_to_stop[name] = self.asked_to_stop.get(name, 0) + 1
-
-    def _reap(self) -> None:
-        for name, (run, process) in list(self.running.items()):
-            status = process.poll()
-            if status is None:
-                continue
-            del self.running[name]
-            self.gpu_of.pop(name, None)
-            if status == 0:
-                self.done += 1
-                self._say(
-                    f"{name}: finished, test accuracy {100 * read_run(str(run.folder)).rows[-1]['test_acc']:.2f} %"
-                )
-            elif status == PREEMPTED or (name in self.asked_to_stop and status != UsageError.exit_status):
-                self.stopped += 1
-                self._say(f"{name}: {run.standing()}")
-            else:
-                self.failed.append(status)
-                how = f"killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
-                self._say(f"{name}: {how}; {run.folder / 'run.log'}: {_last_line(run)}", stream=sys.stderr)
-
-    def _say(self, event: str, stream: TextIO = sys.stdout) -> None:
-        elapsed = int(time.monotonic() - self.started)
-        counts = f"{self.done} done, {len(self.running)} running, {len(self.pending)} left"
-        counts += f", {len(self.failed)} failed" if self.failed else ""
-        counts += f", {self.stopped} stopped" if self.stopped else ""
-        clock = f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
-        print(f"[{clock}] {event} | {counts}", file=stream, flush=True)
-
-
-def least_used(gpus: list[str], in_use: Iterable[str]) -> str:
-    """The first of ``gpus`` that the fewest running runs use."""
-    counts = Counter(in_use)
-    return min(gpus, key=lambda gpu: counts[gpu])
-
-
-def gpus_to_spread(option: str | None) -> list[str]:
-    """``--gpus`` as a list of device ids; by default those of ``CUDA_VISIBLE_DEVICES`` if it has several."""
-    listed = option if option is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    gpus = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
-    if option is not None and not gpus:
-        raise UsageError(f"--gpus: expected GPU ids separated by commas, e.g. 0,1, got {option!r}")
-    return gpus if option is not None or len(gpus) > 1 else []
-
-
-def _last_line(run: GridRun) -> str:
-    lines = [
-        line for line in (run.folder / "run.log").read_text(errors="replace").splitlines() if line.strip()
-    ]
-    return lines[-1].strip() if lines else "(empty log)"
-
-
-def _command(argv: list[str] | None) -> int:
-    parser = OneLineParser(prog="python -m fedbat_mpi.study", description=__doc__.split("\n")[0])
-    parser.add_argument("grid", metavar="GRID.yaml", help="the grid file (format: fedbat_mpi/grid.py)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--list", action="store_true", help="print every run and where it stands")
-    mode.add_argument("--count", action="store_true", help="print the number of runs")
-    mode.add_argument("--task", type=int, metavar="I", help="run only run I (0-based: a Slurm array task)")
-    parser.add_argument(
-        "--runs-at-once", type=int, metavar="K", help="overrides the grid file's runs_at_once"
-    )
-    parser.add_argument("--launcher", metavar="COMMAND", help="overrides the grid file's launcher, e.g. srun")
-    parser.add_argument("--out", metavar="DIR", help="the study folder (default: the grid file's out)")
-    parser.add_argument("--gpus", metavar="IDS", help="GPUs to spread the runs over, e.g. 0,1,2,3 "
-                        "(default: CUDA_VISIBLE_DEVICES when it lists several)")  # fmt: skip
-    args = parser.parse_args(argv)
-    study = load_study(args.grid, args.out)
-    if args.count:
-        print(len(study.runs))
-        return 0
-    if args.list:
-        for run in study.runs:
-            print(f"{run.index:4d}  {run.name}  {run.standing()}")
-        return 0
-    runs_at_once = study.runs_at_once if args.runs_at_once is None else args.runs_at_once
-    if runs_at_once < 1:
-        raise UsageError(f"--runs-at-once: expected a positive integer, got {runs_at_once}")
-    runs = study.runs
-    if args.task is not None:
-        if not 0 <= args.task < len(runs):
-            raise UsageError(f"--task: expected a run number from 0 to {len(runs) - 1}, got {args.task}")
-        runs, runs_at_once = [runs[args.task]], 1
-    launcher = launcher_command(study, study.launcher if args.launcher is None else args.launcher)
-    write_manifest(study)
-    # One run of a Slurm array task sees every GPU of its job (one a rank), unless --gpus names some.
-    gpus = gpus_to_spread(args.gpus) if args.task is None or args.gpus is not None else []
-    return Driver(study, runs, runs_at_once, launcher, gpus).run()
+from fedbat_mpi.rounds.signals import StopCount
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("fedbat_mpi.study", lambda: _command(argv))
+    # The handlers come first: a stop signal (or a closed terminal) may come while torch is loading.
+    stops = StopCount().install()
+    from fedbat_mpi import study_driver
+    from fedbat_mpi.errors import run_command
+
+    return run_command("fedbat_mpi.study", lambda: study_driver.command(sys.argv[1:] if argv is None else argv, stops))
 
 
 if __name__ == "__main__":

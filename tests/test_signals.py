@@ -31,3 +31,24 @@ def test_repeats_are_one_request_and_a_later_signal_ends_the_process(first, seco
     assert f"still running, requested by {first}" in done.stdout, done.stderr
     assert "not ended" not in done.stdout
     assert done.returncode == -getattr(signal, second)
+
+
+COUNT_SCRIPT = """
+import os, signal
+from fedbat_mpi.rounds.signals import StopCount
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+stops = StopCount().install()
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM):
+    os.kill(os.getpid(), number)
+print("counted", stops.count, "last", signal.Signals(stops.last).name, flush=True)
+assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+stops.restore()  # the last signal counted now takes its usual effect
+print("not ended", flush=True)
+"""
+
+
+def test_a_driver_counts_every_stop_signal_but_one_it_inherited_as_ignored_and_restore_replays_the_last():
+    done = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert "counted 4 last SIGTERM" in done.stdout, done.stdout + done.stderr
+    assert "not ended" not in done.stdout
+    assert done.returncode == -signal.SIGTERM

@@ -3,6 +3,8 @@ each one rank under mpirun; stopped by SIGTERM to the driver, resumed by running
 Bad grid files fail at once with one line."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +15,12 @@ from typing import cast
 import pytest
 import yaml
 
-from fedbat_mpi import study
+from fedbat_mpi import study, study_driver
 from fedbat_mpi.config import PRESETS
 from fedbat_mpi.errors import UsageError
+from fedbat_mpi.grid import load_study
 from fedbat_mpi.rounds.out_lock import hold_out_dir
+from fedbat_mpi.rounds.signals import StopCount
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
@@ -40,6 +44,23 @@ def run_study(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     return subprocess.run(driver(*args), capture_output=True, text=True, timeout=timeout, env=environment())
 
 
+def start_study(*args: str, launcher: list[str] | None = None, **streams) -> subprocess.Popen:
+    """The driver started in the background, its output piped unless ``streams`` say where."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **streams}
+    return subprocess.Popen([*(launcher or []), *driver(*args)], stdin=subprocess.DEVNULL, text=True,
+                            env=environment(), **streams)  # fmt: skip
+
+
+def wait_for_a_round(process: subprocess.Popen, run_folders: list[Path]) -> None:
+    """Until one of the runs has finished a round; fails if the driver ends or stalls first."""
+    deadline = time.monotonic() + 180
+    while not any((folder / "metrics.jsonl").exists() for folder in run_folders):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the study ended or stalled before a round: {process.communicate()}")
+        time.sleep(0.1)
+
+
 def standings(grid: Path, capsys) -> dict[str, str]:
     """``--list``: each run's folder name and where it stands."""
     assert study.main([str(grid), "--list"]) == 0
@@ -53,14 +74,8 @@ def test_a_stopped_study_resumes_to_the_uninterrupted_models_and_then_skips_its_
                       grid={"algorithm": ["fedavg", "fedbat"], "seed": [0, 1]})  # fmt: skip
     assert study.main([str(grid), "--count"]) == 0 and capsys.readouterr().out == "4\n"
 
-    process = subprocess.Popen(driver(str(grid)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment())  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not any((folder / name / "metrics.jsonl").exists() for name in NAMES[:2]):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the study ended or stalled before a round: {process.communicate()}")
-        time.sleep(0.1)
+    process = start_study(str(grid))
+    wait_for_a_round(process, [folder / name for name in NAMES[:2]])
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 75, stdout + stderr
@@ -94,11 +109,63 @@ def test_a_stopped_study_resumes_to_the_uninterrupted_models_and_then_skips_its_
     assert {name: (folder / name / "run.log").read_text() for name in NAMES} == logs
 
 
+def test_the_driver_catches_stop_signals_before_it_loads_torch():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, fedbat_mpi.study; print(sorted(name for name in "
+                             "sys.modules if name.split('.')[0] in ('torch', 'numpy', 'h5py', 'yaml')))"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert loaded.stdout == "[]\n", loaded.stdout + loaded.stderr
+
+
+def catches(pid: int, number: int) -> bool:
+    """Whether process ``pid`` has a handler for signal ``number`` (its ``SigCgt`` mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (number - 1) & 1)
+
+
+def test_a_stop_signal_while_the_driver_loads_stops_the_study_before_any_run_starts(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
+    process = start_study(str(grid))
+    deadline = time.monotonic() + 60
+    while not catches(process.pid, signal.SIGTERM):  # its handler, the first thing the driver installs
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stdout + stderr
+    assert "stopped; run the same command again to go on" in stdout, stdout
+    assert not (tmp_path / "study" / "seed0" / "run.log").exists()
+
+
+def test_a_closed_terminal_stops_the_study_and_its_running_run_checkpoints(tmp_path, capsys):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), base={**BASE, "rounds": 100}, grid={"seed": [0]})
+    terminal, its_device = os.openpty()
+    process = start_study(str(grid), stdout=its_device, stderr=its_device)
+    os.close(its_device)
+    wait_for_a_round(process, [folder / "seed0"])
+    os.close(terminal)  # the terminal is gone: the driver's progress lines cannot be written any more
+    process.send_signal(signal.SIGHUP)  # what the kernel sends when a session's terminal closes
+    assert process.wait(timeout=180) == 75
+    assert re.fullmatch(r"stopped at round \d+ of 100", standings(grid, capsys)["seed0"])
+
+
+def test_under_nohup_a_hangup_stops_nothing(tmp_path, capsys):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), base=BASE, grid={"seed": [0]})
+    process = start_study(str(grid), launcher=["nohup"])
+    wait_for_a_round(process, [folder / "seed0"])
+    process.send_signal(signal.SIGHUP)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stdout + stderr
+    assert standings(grid, capsys) == {"seed0": f"done at round {ROUNDS}"}
+
+
 def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path, capsys):
     """A copied checkpoint, or a grid edited after its runs finished: the run's checkpoint is checked as
     ``--resume`` checks it, so the driver starts it (and it refuses) instead of skipping it as done."""
     grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0, 2]})
-    plan = study.load_study(str(grid))
+    plan = load_study(str(grid))
     for run, seed in zip(plan.runs, [0, 0]):  # seed2's folder holds seed0's finished checkpoint
         run.folder.mkdir(parents=True)
         saved = {**run.config.as_dict(), "seed": seed, "model": "cnn4-mnist"}
@@ -113,7 +180,7 @@ def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path,
 
 def test_a_run_going_on_in_its_folder_is_not_started_again_and_nothing_is_written_there(tmp_path):
     grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
-    folder = study.load_study(str(grid)).runs[0].folder
+    folder = load_study(str(grid)).runs[0].folder
     held = hold_out_dir(str(folder))  # as a run started by another driver or an array task holds it
     try:
         done = run_study(str(grid), timeout=60)
@@ -198,35 +265,35 @@ def test_a_bad_study_folder_grid_file_or_launcher_is_one_line(tmp_path, capsys, 
 def test_run_folders_stay_in_the_study_folder_and_ordinary_names_are_kept(tmp_path):
     folder = tmp_path / "study"
     grid = write_grid(tmp_path / "grid.yaml", out=str(folder), grid={"data_dir": ["..", ".", "a/b", "/c"]})
-    runs = study.load_study(str(grid)).runs
+    runs = load_study(str(grid)).runs
     assert [run.name for run in runs] == ["data_dir..", "data_dir.", "a_b", "_c"]
     assert all(run.folder.parent == folder for run in runs)
     grid = write_grid(tmp_path / "grid.yaml", grid={"partition": ["iid", "dir:0.3"], "seed": [0, 1]})
-    names = [run.name for run in study.load_study(str(grid)).runs]
+    names = [run.name for run in load_study(str(grid)).runs]
     assert names == ["iid-seed0", "iid-seed1", "dir0.3-seed0", "dir0.3-seed1"]
 
 
 def test_an_on_off_option_may_be_written_unquoted(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("base: {cuda_graphs: on}\ngrid: {cuda_graphs: [off, on]}\n")
-    runs = study.load_study(str(grid)).runs
+    runs = load_study(str(grid)).runs
     assert [(run.name, run.options["cuda_graphs"]) for run in runs] == [("off", "off"), ("on", "on")]
 
 
 def test_a_runs_options_are_its_presets_then_base_then_its_grid_values(tmp_path):
     grid = write_grid(tmp_path / "grid.yaml", base={"preset": "fmnist-iid", "rounds": 3, "dataset": "embedded"},
                       grid={"partition": ["dir:0.3"]})  # fmt: skip
-    (run,) = study.load_study(str(grid)).runs
+    (run,) = load_study(str(grid)).runs
     assert run.options == {**PRESETS["fmnist-iid"], "rounds": 3, "dataset": "embedded", "partition": "dir:0.3"}
 
 
 def test_ranks_per_run_may_equal_the_clients_per_round_but_not_exceed_them(tmp_path):
     grid = write_grid(tmp_path / "grid.yaml", ranks_per_run=2, base=BASE, grid={"seed": [0]})
-    assert study.load_study(str(grid)).ranks_per_run == 2
+    assert load_study(str(grid)).ranks_per_run == 2
     grid = write_grid(tmp_path / "grid.yaml", ranks_per_run=3, base=BASE, grid={"seed": [0]})
     expected = r"ranks_per_run: expected at most the run's clients per round \(2\), got 3$"
     with pytest.raises(UsageError, match=expected):
-        study.load_study(str(grid))
+        load_study(str(grid))
 
 
 def test_a_run_asked_to_stop_that_dies_by_a_signal_counts_as_stopped_not_failed(tmp_path):
@@ -235,10 +302,10 @@ def test_a_run_asked_to_stop_that_dies_by_a_signal_counts_as_stopped_not_failed(
             return -signal.SIGUSR1
 
     grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
-    plan = study.load_study(str(grid))
+    plan = load_study(str(grid))
     plan.runs[0].folder.mkdir(parents=True)
     (plan.runs[0].folder / "run.log").write_text("stopped\n")  # what a failure's report would quote
-    driver = study.Driver(plan, plan.runs, 1, ["mpirun"], [])
+    driver = study_driver.Driver(plan, plan.runs, 1, ["mpirun"], [], StopCount())
     driver.running = {"seed0": (plan.runs[0], cast(subprocess.Popen, KilledByTheStopSignal()))}  # only polled
     driver.asked_to_stop = {"seed0": 1}
     driver._reap()
@@ -246,16 +313,16 @@ def test_a_run_asked_to_stop_that_dies_by_a_signal_counts_as_stopped_not_failed(
 
 
 def test_runs_at_once_are_spread_over_the_gpus_the_fewest_runs_use(monkeypatch):
-    assert study.least_used(["0", "1"], []) == "0"
-    assert study.least_used(["0", "1"], ["0"]) == "1"
-    assert study.least_used(["0", "1", "2"], ["0", "1", "2", "1", "0"]) == "2"
+    assert study_driver.least_used(["0", "1"], []) == "0"
+    assert study_driver.least_used(["0", "1"], ["0"]) == "1"
+    assert study_driver.least_used(["0", "1", "2"], ["0", "1", "2", "1", "0"]) == "2"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert study.gpus_to_spread(None) == ["2", "3"]
-    assert study.gpus_to_spread("5") == ["5"]
+    assert study_driver.gpus_to_spread(None) == ["2", "3"]
+    assert study_driver.gpus_to_spread("5") == ["5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one GPU: every run shares it, nothing to set
-    assert study.gpus_to_spread(None) == []
-    with pytest.raises(study.UsageError, match="--gpus"):
-        study.gpus_to_spread(",")
+    assert study_driver.gpus_to_spread(None) == []
+    with pytest.raises(UsageError, match="--gpus"):
+        study_driver.gpus_to_spread(",")
 
 
 @pytest.mark.parametrize("task", [[], ["--task", "0"]])

@@ -6,16 +6,22 @@ checkpoint and exit with ``PREEMPTED``. Stop signals within ``SAME_REQUEST_S`` o
 same request: at a time limit Slurm 22.05 delivers SIGTERM twice, milliseconds apart, together with
 the job's ``--signal``. A stop signal that comes later takes its default action at once (an
 operator who wants out now); checkpoints are written atomically, so that cannot leave a partial one.
+
+A process that watches runs (the study driver) counts its stop signals instead (``StopCount``) and
+passes each on; a closed terminal's SIGHUP is one of them.
 """
 
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 PREEMPTED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 SAME_REQUEST_S = 5.0
+DRIVER_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 class StopRequest:
@@ -42,3 +48,35 @@ class StopRequest:
         elif now - self._received_at > SAME_REQUEST_S:
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
+
+
+class StopCount:
+    """How many stop signals a driver of runs received (``count``), and the last one's number."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0
+        self._replaced: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
+
+    def install(self) -> "StopCount":
+        """Count ``DRIVER_STOP_SIGNALS`` from now on, but for one the process inherited as ignored: the
+        SIGHUP of a command started with ``nohup``, the SIGINT of a background job."""
+        for number in DRIVER_STOP_SIGNALS:
+            previous = signal.getsignal(number)
+            if previous != signal.SIG_IGN:
+                self._replaced[number] = signal.SIG_DFL if previous is None else previous
+                signal.signal(number, self._handle)
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers ``install`` replaced; a signal counted so far then takes its usual
+        effect (for a command that turned out not to drive runs, e.g. a listing)."""
+        for number, previous in self._replaced.items():
+            signal.signal(number, previous)
+        self._replaced.clear()
+        if self.count:
+            signal.raise_signal(self.last)
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.last = number
