@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedbat_mpi import study_driver
     from fedbat_mpi.errors import run_command
 
-    return run_command("fedbat_mpi.study", lambda: study_driver.command(sys.argv[1:] if argv is None else argv, stops))
+    args = sys.argv[1:] if argv is None else argv
+    return run_command("fedbat_mpi.study", lambda: study_driver.command(args, stops))
 
 
 if __name__ == "__main__":
