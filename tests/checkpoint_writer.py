@@ -3,10 +3,14 @@ checkpoint, then serves writes (``forked.serve``): write ``I`` saves state I to 
 """
 
 import sys
-
-from forked import serve
+from typing import TYPE_CHECKING
 
 from fedbat_mpi.server import checkpoint
+
+if TYPE_CHECKING:  # mypy checks tests/ as a package; run as a script, this file has tests/ on sys.path
+    from tests.forked import serve
+else:
+    from forked import serve
 
 
 def main() -> None:

@@ -48,11 +48,13 @@ def _batch_norm(
     mean = x.mean(dims, keepdim=True)
     var = (x - mean).square().mean(dims, keepdim=True)
     shape = mean.shape
+    momentum = bn.momentum
+    assert momentum is not None, "no reference for a cumulative average (momentum=None)"
     with torch.no_grad():
-        keep = 1 - bn.momentum
-        stats[f"{name}.running_mean"] = keep * stats[f"{name}.running_mean"] + bn.momentum * mean.reshape(-1)
+        keep = 1 - momentum
+        stats[f"{name}.running_mean"] = keep * stats[f"{name}.running_mean"] + momentum * mean.reshape(-1)
         unbiased = var.reshape(-1) * count / (count - 1)
-        stats[f"{name}.running_var"] = keep * stats[f"{name}.running_var"] + bn.momentum * unbiased
+        stats[f"{name}.running_var"] = keep * stats[f"{name}.running_var"] + momentum * unbiased
     return (x - mean) / torch.sqrt(var + bn.eps) * gamma.reshape(shape) + beta.reshape(shape)
 
 

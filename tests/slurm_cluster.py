@@ -161,9 +161,11 @@ class SlurmCluster:
 
     def _spawn(self, name: str, *args: str) -> None:
         # In the foreground, daemons also log to stderr: munged only there, slurm* before their log opens.
+        program = find(name)
+        assert program is not None, f"{name} is not installed"  # running() skips before then
         with open(self.root / "log" / f"{name}.out", "ab") as log:  # the child keeps its own descriptor
             self._daemons[name] = subprocess.Popen(
-                [find(name), *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                [program, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
                 start_new_session=True,  # a Ctrl-C to pytest must leave the stop to stop()
             )  # fmt: skip
 

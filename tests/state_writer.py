@@ -9,12 +9,17 @@ client, so a committed row lost or mixed up changes the final rows.
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-from forked import serve
 
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import ClientStateStore
+
+if TYPE_CHECKING:  # mypy checks tests/ as a package; run as a script, this file has tests/ on sys.path
+    from tests.forked import serve
+else:
+    from forked import serve
 
 CLIENTS, PER_ROUND, SIZE, ROUNDS, CHECKPOINT_EVERY = 24, 6, 250_000, 24, 3  # rows of 1 MB
 
@@ -27,6 +32,7 @@ def run(folder: str) -> None:
     path = os.path.join(folder, checkpoint.FILE_NAME)
     if os.path.exists(path):
         state = checkpoint.load(path)
+        assert state.client_state is not None  # save_committing names the committed rows
         store, first = ClientStateStore.open(folder, state.client_state, state.round), state.round + 1
     else:
         store, first = ClientStateStore.create(folder, "memory", CLIENTS, SIZE), 1

@@ -100,9 +100,9 @@ def test_a_rule_of_coefficients_and_a_finish_majority_vote(cnn4, engine):
         finish=lambda update: np.float32(0.01) * np.sign(update),
     )  # fmt: skip
     new = aggregator(global_vector, read_round(round_buffer(layout, SIGNS, clients), shape))
-    votes = sum(
-        np.unpackbits(make_payload(layout, c).body, count=layout.update_size).astype(int) * 2 - 1
-        for c in clients
+    votes = np.sum(
+        [np.unpackbits(make_payload(layout, c).body, count=layout.update_size).astype(int) * 2 - 1 for c in clients],
+        axis=0,
     )
     moved = np.concatenate(
         [
@@ -159,7 +159,7 @@ def test_read_round_views_the_buffer_in_buffer_order(cnn4):
 
 def patch(buffer: np.ndarray, row: int, size: int, fmt: str, offset: int, value) -> np.ndarray:
     out = buffer.copy()
-    struct.pack_into(fmt, out, row * size + offset, value)
+    struct.pack_into(fmt, out.data, row * size + offset, value)
     return out
 
 

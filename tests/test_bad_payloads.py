@@ -28,7 +28,9 @@ def test_a_bad_payload_from_rank_1_ends_every_rank_and_names_the_client(defect, 
     # mpirun returns only when every rank has ended; a rank left waiting would run into the timeout.
     done = launch(2, args, timeout=120, script=SCRIPT, BAD_PAYLOAD=defect)
     assert done.returncode == 1, done.stderr[-3000:]
-    client = re.search(r"sending a bad payload for client (\d+)", done.stderr).group(1)
+    announced = re.search(r"sending a bad payload for client (\d+)", done.stderr)
+    assert announced, done.stderr[-3000:]
+    client = announced.group(1)
     named = rf"client {client}\)?: {cause}" if defect != "unsampled" else rf"round 2: {cause}"
     # Every rank stops together: rank 0's one line, no traceback, no MPI_Abort report. mpirun may splice
     # rank 1's announcement and rank 0's line together: what is left once the announcement is out is one line.

@@ -71,7 +71,7 @@ def test_ef_signsgd_memory_carries_the_compression_error():
     [plain] = make_algorithm("fedavg").train([task])
     model.load_state_dict(start)
     [update] = EFSignSGD().train([task])
-    assert update.state.shape == (task.layout.update_size,)
+    assert update.state is not None and update.state.shape == (task.layout.update_size,)
     for index, seg in enumerate(task.layout.binarized):
         window = slice(seg.offset, seg.offset + seg.size)
         scale, positive, memory = error_feedback(plain.body[window])  # p = d: no memory yet

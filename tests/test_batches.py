@@ -72,6 +72,7 @@ def test_a_short_last_batch_is_augmented_image_by_image_too():
     batches = list(client.batches(1, 4, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)))
     assert [len(b) for b in batches] == [4, 4, 3]
     last = batches[-1]
+    assert last.crops is not None
     assert all(len(part) == 3 for part in last.crops)
     x, y = read_batches([last])
     assert torch.equal(x, normalize(crop(samples.images[last.rows], *last.crops), MEAN, STD))

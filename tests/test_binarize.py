@@ -69,6 +69,7 @@ def test_gradients_match_the_designed_derivatives_on_a_hand_computed_case():
     assert torch.allclose(out, torch.tensor([-0.1, -0.1, -0.1, 0.1, 0.1]))
     g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     (out * g).sum().backward()
+    assert m.grad is not None and alpha.grad is not None
     # dL/dm = g * 1{|x| <= 1}: only x = -1, 0.5, 0.5 pass.
     assert torch.allclose(m.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 0.0]))
     # dL/dalpha = sum g*h, h = sign(x) outside, b - x inside:
@@ -83,10 +84,11 @@ def test_step_size_gradient_chains_through_exp_and_clamp():
     alpha = step_size(alpha0, s, rho)
     assert alpha.item() == pytest.approx(0.01 * math.exp(0.3), rel=1e-6)
     alpha.backward()
+    assert s.grad is not None
     assert s.grad.item() == pytest.approx(rho * alpha.item(), rel=1e-6)  # dalpha/ds = rho * alpha
     clamped = torch.tensor(1.0, requires_grad=True)
     step_size(alpha0, clamped, rho).backward()
-    assert clamped.grad.item() == 0.0  # above 5e-2: no gradient
+    assert clamped.grad is not None and clamped.grad.item() == 0.0  # above 5e-2: no gradient
 
 
 @pytest.mark.parametrize("s", [-100.0, -1.0, 0.0, 1.0, 100.0])

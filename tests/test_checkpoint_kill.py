@@ -64,8 +64,13 @@ def _same(a: checkpoint.RunState, b: checkpoint.RunState) -> bool:
         all(getattr(a, name) == getattr(b, name) for name in fields)
         and list(a.tensors) == list(b.tensors)
         and _bits(a.tensors) == _bits(b.tensors)
-        and _index(a.client_state) == _index(b.client_state)
+        and _index(_client_state(a)) == _index(_client_state(b))
     )
+
+
+def _client_state(state: checkpoint.RunState) -> StateIndex:
+    assert state.client_state is not None, f"round {state.round}'s checkpoint names no client rows"
+    return state.client_state
 
 
 def _index(index: StateIndex) -> tuple:
@@ -102,11 +107,11 @@ def test_sigkill_at_random_moments_of_a_write_leaves_the_old_or_the_new_checkpoi
     rng = random.Random(SEED)
     states = [checkpoint.load(str(path)) for path in sources]
     assert [state.round for state in states] == [1, 2, 3]
-    assert [state.client_state.clients_with_rows() for state in states] == [2, 4, 6]
+    assert [_client_state(state).clients_with_rows() for state in states] == [2, 4, 6]
     target, previous_path = tmp_path / checkpoint.FILE_NAME, tmp_path / checkpoint.PREVIOUS_FILE_NAME
     write_s = [_timed_save(target, state) for state in states]  # leaves 2 in place and 1 as the previous
     current, previous = 2, 1
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     writer = Writer(WRITER, [str(target), *map(str, sources)], tmp_path / "writer.log", environment())
     try:
         for trial in range(WRITER_TRIALS):

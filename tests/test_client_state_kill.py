@@ -26,6 +26,7 @@ KILLS = 12
 def _final(folder: Path) -> tuple[int, np.ndarray]:
     """The last checkpoint's round and the rows it commits (zeros for a client without one)."""
     state = checkpoint.load(str(folder / checkpoint.FILE_NAME))
+    assert state.client_state is not None, f"round {state.round}'s checkpoint names no client rows"
     slots = state.client_state.slots
     with h5py.File(folder / FILE_NAME, "r") as handle:
         rows = np.stack([handle["rows"][c, max(slot, 0)] * (slot >= 0) for c, slot in enumerate(slots)])
@@ -37,7 +38,7 @@ def test_sigkill_during_state_writes_loses_nothing_committed(tmp_path):
     rng = random.Random(SEED)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     reference.mkdir(), killed.mkdir()
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     writer = Writer(SCRIPT, [str(reference)], tmp_path / "reference.log", environment())
     try:
         start = time.perf_counter()

@@ -134,14 +134,14 @@ def tiny_layouts() -> dict:
 
 
 def _tiny_sign_payload(client_id: int = 3) -> codec.Payload:
-    scales, dense = np.float32([0.25, 0.125]), np.float32([1.0, -2.0, 0.5])
+    scales, dense = np.array([0.25, 0.125], np.float32), np.array([1.0, -2.0, 0.5], np.float32)
     body = codec.pack_signs(np.array(TINY_SIGNS))
     return codec.Payload(client_id, 2.0, 0.5, codec.BodyKind.SIGNS, scales, dense, body, 11)
 
 
 def _tiny_float32_payload(client_id: int = 258) -> codec.Payload:
-    values, dense = np.float32([1.0, 0.5, -0.25]), np.float32([-2.0])
-    return codec.Payload(client_id, 3.0, 0.5, codec.BodyKind.FLOAT32, np.float32([]), dense, values, 3)
+    values, dense = np.array([1.0, 0.5, -0.25], np.float32), np.array([-2.0], np.float32)
+    return codec.Payload(client_id, 3.0, 0.5, codec.BodyKind.FLOAT32, np.array([], np.float32), dense, values, 3)
 
 
 def _signs_shape() -> codec.PayloadShape:

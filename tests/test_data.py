@@ -18,6 +18,7 @@ from fedbat_mpi.testing.formats import (
     MI_UINT8,
     MX_DOUBLE,
     MX_UINT8,
+    CifarForm,
     mat_matrix,
     write_cifar10,
     write_cifar100,
@@ -142,7 +143,8 @@ PAPER_STATISTICS = {
     "cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)) * 2,
 }
-WRITERS = {"fmnist": write_fmnist, "svhn": write_svhn, "cifar10": write_cifar10, "cifar100": write_cifar100}
+Writer = Callable[[Path, int, int], dict[str, np.ndarray]]  # root, train and test sizes: the arrays written
+WRITERS: dict[str, Writer] = {"fmnist": write_fmnist, "svhn": write_svhn, "cifar10": write_cifar10, "cifar100": write_cifar100}
 
 
 @pytest.mark.parametrize("name", list(PAPER_STATISTICS))
@@ -228,7 +230,7 @@ def test_cifar100_binary_uses_fine_labels(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("form", ["python", "python2"])
-def test_cifar_python(tmp_path: Path, form: str) -> None:
+def test_cifar_python(tmp_path: Path, form: CifarForm) -> None:
     arrays10 = write_cifar10(tmp_path, 15, 3, form=form)
     arrays100 = write_cifar100(tmp_path, 4, 4, form=form)
     data10 = load_dataset("cifar10", str(tmp_path))

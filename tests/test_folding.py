@@ -17,11 +17,12 @@ def _model(name: str, seed: int) -> nn.Module:
     model = build_model(name, 10)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.2, 3.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.3, 0.3)
-    return model.to(memory_format=memory_format(CPU))
+    return model.to(memory_format=memory_format(CPU))  # type: ignore[call-overload]  # torch's stubs omit it
 
 
 def _inputs(name: str) -> torch.Tensor:
@@ -72,7 +73,7 @@ def test_a_batchnorm_whose_convolution_output_is_also_read_elsewhere_is_not_fold
             return self.bn(y) + y
 
     model = Branching()
-    model.bn.running_mean.uniform_(-0.5, 0.5)
+    model.get_buffer("bn.running_mean").uniform_(-0.5, 0.5)
     assert conv_bn_pairs(model) == []
     x = torch.randn(2, 1, 5, 5)
     with torch.no_grad():
@@ -84,9 +85,9 @@ def test_folding_keeps_a_convolutions_bias_and_batchnorms_eps():
     and channels whose running variance is 0 or far below eps, where eps decides the scale."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU())
-    nn.init.uniform_(model[0].bias, -1.0, 1.0)
-    model[1].running_mean.uniform_(-0.5, 0.5)
-    model[1].running_var.copy_(torch.tensor([0.0, 1e-7, 1e-5, 2.0]))
+    nn.init.uniform_(model.get_parameter("0.bias"), -1.0, 1.0)
+    model.get_buffer("1.running_mean").uniform_(-0.5, 0.5)
+    model.get_buffer("1.running_var").copy_(torch.tensor([0.0, 1e-7, 1e-5, 2.0]))
     assert conv_bn_pairs(model) == [("0", "1")]
     x = torch.randn(3, 2, 5, 5)
     with torch.no_grad():

@@ -11,7 +11,9 @@ CONDA_NAMES = {"pytorch": "torch"}
 
 
 def _split(requirement: str) -> tuple[str, str]:
-    name, spec = re.match(r"^([A-Za-z0-9_.-]+)\s*(.*)$", requirement).groups()
+    match = re.match(r"^([A-Za-z0-9_.-]+)\s*(.*)$", requirement)
+    assert match, requirement
+    name, spec = match.groups()
     name = CONDA_NAMES.get(name.lower(), name.lower().replace("_", "-"))
     return name, spec.replace(" ", "")
 
@@ -19,7 +21,9 @@ def _split(requirement: str) -> tuple[str, str]:
 def test_environment_yml_parses_and_matches_pyproject():
     # pyproject.toml as installed (pip install -e .): the core, test and mpich requirements.
     wanted = {}
-    for requirement in requires("fedbat_mpi"):
+    requirements = requires("fedbat_mpi")
+    assert requirements is not None, "fedbat_mpi's metadata lists no requirements"
+    for requirement in requirements:
         spec, _, marker = requirement.partition(";")
         if not marker or re.search(r'extra == "(test|mpich)"', marker):
             name, version = _split(spec.strip())

@@ -104,7 +104,7 @@ def test_dirichlet_gives_no_class_to_clients_that_hold_their_share() -> None:
     for cls in range(10):
         full = held >= cap
         assert np.all(counts[full, cls] == 0), (cls, counts[full, cls])
-        capped += np.count_nonzero(full)
+        capped += int(np.count_nonzero(full))
         held += counts[:, cls]
     assert capped > 0  # the cap was reached before the last class, so the check above was not empty
 

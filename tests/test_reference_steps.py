@@ -44,13 +44,12 @@ def _tiny_model(seed: int) -> nn.Sequential:
         nn.Linear(4 * 4 * 4, 3, bias=False),
     )
     with torch.no_grad():
-        for layer in (model[0], model[4]):
-            nn.init.normal_(layer.weight, mean=0.0, std=0.01)
-        bn = model[1]
-        bn.weight.add_(0.1 * torch.randn(4))
-        bn.bias.add_(0.1 * torch.randn(4))
-        bn.running_mean.add_(0.1 * torch.randn(4))
-        bn.running_var.add_(0.2 * torch.rand(4))
+        for name in ("0.weight", "4.weight"):
+            nn.init.normal_(model.get_parameter(name), mean=0.0, std=0.01)
+        model.get_parameter("1.weight").add_(0.1 * torch.randn(4))
+        model.get_parameter("1.bias").add_(0.1 * torch.randn(4))
+        model.get_buffer("1.running_mean").add_(0.1 * torch.randn(4))
+        model.get_buffer("1.running_var").add_(0.2 * torch.rand(4))
     return model
 
 
@@ -92,6 +91,7 @@ def _package(
 def _assert_signs(signs: torch.Tensor, reference: Reference, border: float) -> None:
     """Equal signs except at borderline entries (margin below ``border``), which must be rare:
     their expected share is about ``2 * border``."""
+    assert reference.margin is not None
     borderline = reference.margin < border
     assert int(borderline.sum()) <= 1 + 10 * border * signs.numel(), (
         "too many borderline signs for a meaningful test"
@@ -161,7 +161,7 @@ def test_fedbat_warmup_edge_cases(warmup):
     assert (reference.scales == ALPHA_MIN).all() == (warmup == 0.0)
 
 
-def _baseline_reference(name: str, model: nn.Module, batches: list[Batch], seed: int) -> Reference:
+def _baseline_reference(name: str, model: nn.Sequential, batches: list[Batch], seed: int) -> Reference:
     upload = _streams(seed)(Stream.UPLOAD)
     if name == "fedavg":
         return ref.fedavg(model, TINY_NAMES, batches, 0.1)
@@ -210,6 +210,7 @@ def test_ef_signsgd_with_error_memory(memory_scale):
     reference = ref.ef_signsgd(model, TINY_NAMES, batches, 0.1, memory)
     _assert_matches(update, reference)
     agree = update.body == reference.body  # where a borderline sign tipped, the memory differs by 2 scale
+    assert update.state is not None and reference.state is not None
     _assert_close_vector(update.state[agree], reference.state[agree])
 
 
@@ -223,6 +224,7 @@ def test_fedbat_on_cnn4_mnist(warmup, steps):
     # m = 0 where m/alpha = 0 exactly. Upload signs get BORDER 1e-3 (10x that error).
     torch.manual_seed(0)
     model = build_model("cnn4-mnist", 10)
+    assert isinstance(model, nn.Sequential)  # what the reference's forward runs
     names = binarized_names(model)
     data = load_dataset("embedded", None)
     x, y = normalize(data.train_x[:12], data.train_mean, data.train_std), data.train_y[:12]

@@ -192,6 +192,7 @@ def _catches(pid: int, signum: int) -> bool:
 def _committed_rows(out: Path) -> dict[int, np.ndarray]:
     """The error memory rows the checkpoint in ``out`` commits, read from its client_state.h5."""
     index = checkpoint.load(str(out / checkpoint.FILE_NAME)).client_state
+    assert index is not None
     with h5py.File(out / client_state.FILE_NAME, "r") as handle:
         return {int(c): handle["rows"][c, index.slots[c]] for c in np.flatnonzero(index.slots != client_state.NO_ROW)}
 

@@ -7,12 +7,15 @@ test_reference_steps.py), weighs them as docs/FEDBAT.md §1.8 says (batches ``ce
 """
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
 
+from fedbat_mpi.client.algorithms import LocalUpdate
 from fedbat_mpi.config import Config
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.rounds.engine import Engine
@@ -23,7 +26,7 @@ from fedbat_mpi.testing.payloads import reference_aggregate
 from fedbat_mpi.wire import codec
 from fedbat_mpi.wire.comm import Communicator
 
-OPTIONS = dict(num_clients=20, clients_per_round=6, local_epochs=1, batch_size=64, rounds=1, partition="dir:0.3")
+OPTIONS: dict[str, Any] = dict(num_clients=20, clients_per_round=6, local_epochs=1, batch_size=64, rounds=1, partition="dir:0.3")
 
 
 def _command_line(options: dict) -> list[str]:
@@ -52,7 +55,7 @@ def runs(tmp_path_factory):
     return run
 
 
-def _client_updates(config: Config, dataset) -> tuple[Engine, np.ndarray, list[tuple[int, object]]]:
+def _client_updates(config: Config, dataset) -> tuple[Engine, np.ndarray, list[tuple[int, LocalUpdate]]]:
     """The round's clients trained one by one in this process, with each client's sample count; on the
     run's number of threads, which decides the CPU's order of float sums (channels-last convolutions)."""
     threads = torch.get_num_threads()
@@ -70,7 +73,7 @@ def _client_updates(config: Config, dataset) -> tuple[Engine, np.ndarray, list[t
     return engine, clients, trained
 
 
-def _payloads(engine: Engine, clients, trained, weights: list[float]) -> list[codec.Payload]:
+def _payloads(engine: Engine, clients, trained, weights: Sequence[float]) -> list[codec.Payload]:
     payloads = []
     for client, (_, update), weight in zip(clients.tolist(), trained, weights):
         body = update.body.numpy()

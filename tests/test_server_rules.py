@@ -20,8 +20,8 @@ TINY = ModelLayout(torch.nn.Sequential(torch.nn.Linear(2, 4, bias=False), torch.
 
 def _payload(client_id: int, signs: str, weight: float, scale: float, dense: list[float]) -> codec.Payload:
     positive = np.array([c == "+" for c in signs])
-    return codec.Payload(client_id, weight, 0.0, codec.BodyKind.SIGNS, np.float32([scale, scale]),
-                         np.float32(dense), codec.pack_signs(positive), TINY.update_size)  # fmt: skip
+    return codec.Payload(client_id, weight, 0.0, codec.BodyKind.SIGNS, np.array([scale, scale], np.float32),
+                         np.array(dense, np.float32), codec.pack_signs(positive), TINY.update_size)  # fmt: skip
 
 
 # Four clients: entries 0-3 are ties (2 against 2), 4-6 a majority of +, 7-10 a majority of -.
@@ -46,9 +46,9 @@ def aggregate(layout: ModelLayout, start: np.ndarray, payloads: list[codec.Paylo
 def test_majority_vote_moves_each_weight_by_the_step_size_ties_not_at_all_and_ignores_weights():
     new = aggregate(TINY, START, CLIENTS, ServerRule.MAJORITY_VOTE, 0.25)
     step = [0, 0, 0, 0, 1, 1, 1, -1, -1, -1, -1]  # the vote's sign, worked out by hand from CLIENTS
-    np.testing.assert_array_equal(new[:11], START[:11] + np.float32(0.25) * np.float32(step))
+    np.testing.assert_array_equal(new[:11], START[:11] + np.float32(0.25) * np.array(step, np.float32))
     # Dense: the weighted mean (weights 1, 1, 1, 5 of 8), as under every rule.
-    np.testing.assert_array_equal(new[11:], np.float32([1 / 8, 1 / 8, 1 / 8]))
+    np.testing.assert_array_equal(new[11:], np.array([1 / 8, 1 / 8, 1 / 8], np.float32))
     # Client 3's weight 5 would outvote the others if weights counted: entries 0-1 would move down.
     weighted = aggregate(TINY, START, CLIENTS, ServerRule.WEIGHTED_SUM)
     assert (weighted[:2] < START[:2]).all() and (new[:2] == START[:2]).all()
@@ -58,7 +58,7 @@ def test_mean_of_signs_is_the_plain_mean_of_scale_times_sign_times_the_server_lr
     new = aggregate(TINY, START, CLIENTS, ServerRule.MEAN_OF_SIGNS, 3.0)
     counts = np.array([0, 0, 0, 0, 2, 2, 2, -2, -2, -2, -2])  # sum of the four signs, by hand
     np.testing.assert_allclose(new[:11], START[:11] + 3.0 * 0.5 * counts / 4, rtol=1e-6)
-    np.testing.assert_array_equal(new[11:], np.float32([1 / 8, 1 / 8, 1 / 8]))
+    np.testing.assert_array_equal(new[11:], np.array([1 / 8, 1 / 8, 1 / 8], np.float32))
 
 
 @pytest.mark.parametrize("engine", ["table", "torch"])
