@@ -18,30 +18,36 @@ def _update(seed: int = 0, size: int = 1000) -> torch.Tensor:
     return torch.randn(size, generator=torch.Generator().manual_seed(seed)) * 1e-2
 
 
+def _compress(compressor, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, positive)`` of one tensor's update ``d``: a group of one client with one tensor."""
+    scales, positive = compressor.compress(d[None], (len(d),), [generator])
+    return scales[0, 0], positive[0]
+
+
 def _mean_of_draws(compressor, d: torch.Tensor, draws: int = 4000) -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
     total = torch.zeros_like(d)
     for _ in range(draws):
-        scale, positive = compressor.compress(d, generator)
+        scale, positive = _compress(compressor, d, generator)
         total += scale * (positive.float() * 2 - 1)
     return total / draws
 
 
 def test_signsgd_is_mean_magnitude_times_sign():
     d = _update()
-    scale, positive = SignSGD().compress(d, torch.Generator())
+    scale, positive = _compress(SignSGD(), d, torch.Generator())
     assert scale.item() == pytest.approx(d.abs().mean().item())
     assert torch.equal(positive, d >= 0)
 
 
 def test_stochastic_sign_is_unbiased_with_the_max_as_bound():
     d = _update(size=200)
-    scale, _ = StochasticSign().compress(d, torch.Generator().manual_seed(0))
+    scale, _ = _compress(StochasticSign(), d, torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(d.abs().max().item())
     mean = _mean_of_draws(StochasticSign(), d)
     assert torch.all((mean - d).abs() <= 5 * scale / np.sqrt(4000))
     # the bound is the largest magnitude, also when it belongs to a negative entry
-    scale, _ = StochasticSign().compress(torch.tensor([0.1, -0.3, 0.2]), torch.Generator().manual_seed(0))
+    scale, _ = _compress(StochasticSign(), torch.tensor([0.1, -0.3, 0.2]), torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(0.3)
 
 
@@ -49,7 +55,7 @@ def test_zsign_uses_rms_scaled_noise_and_is_unbiased_inside_sigma():
     d = _update(size=200)
     compressor = ZSign(zsign_sigma=1.5)
     sigma = 1.5 * d.square().mean().sqrt()
-    scale, _ = compressor.compress(d, torch.Generator().manual_seed(0))
+    scale, _ = _compress(compressor, d, torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(sigma.item(), rel=1e-6)
     mean = _mean_of_draws(compressor, d)
     inside = d.abs() <= sigma
@@ -113,3 +119,4 @@ def test_a_zero_update_is_sent_as_plus_ones(name):
     task, _ = _tiny_task(num_steps=2)
     [update] = make_algorithm(name).train([dataclasses.replace(task, lr=0.0)])
     assert update.body.dtype == torch.bool and bool(update.body.all())
+
