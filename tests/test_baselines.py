@@ -1,17 +1,22 @@
-"""The post-training sign baselines: each compressor against its formula, and its payload size."""
+"""The post-training sign baselines: each compressor against its formula, its payload size, and a group's
+compression in operations per tensor or per client, not per both."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi.client.algorithms import make_algorithm
+from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm, signs
 from fedbat_mpi.client.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+from fedbat_mpi.client.algorithms.signs_classical import Z_EXPONENTS
+from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.wire import codec
 
 from .reference_steps import error_feedback
 from .test_binarize import _tiny_task
+from .test_grouped import CaptureUnsafeOperations, _client_streams
 
 
 def _update(seed: int = 0, size: int = 1000) -> torch.Tensor:
@@ -120,3 +125,48 @@ def test_a_zero_update_is_sent_as_plus_ones(name):
     [update] = make_algorithm(name).train([dataclasses.replace(task, lr=0.0)])
     assert update.body.dtype == torch.bool and bool(update.body.all())
 
+
+GROUP, TENSORS, PER_CLIENT = 64, 8, 6  # PER_CLIENT: operations a client may add (its draws, its rows of the results)
+SIGN_BASELINES = [("signsgd", {}), ("ef-signsgd", {}), ("stosign", {}), ("zsign", {}), ("signsgd-mv", {}),
+                  *(("z-signfedavg", {"z_exponent": z}) for z in Z_EXPONENTS)]  # fmt: skip
+
+
+def _trained_group(monkeypatch) -> list[LocalTask]:
+    """``GROUP`` clients of a model of ``TENSORS`` small binarized tensors, with error memories, whose
+    local training is replaced: client k's finished update is row k of fixed random ``deltas`` (a slice,
+    one operation whatever the group)."""
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4, bias=False) for _ in range(TENSORS)))
+    layout = ModelLayout(model, [f"{t}.weight" for t in range(TENSORS)])
+    random = torch.Generator().manual_seed(0)
+    deltas = torch.randn(GROUP, layout.update_size, generator=random) * 1e-2
+    memories = torch.randn(GROUP, layout.update_size, generator=random) * 1e-3
+
+    def finished(tasks: list[LocalTask], store) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        rows = slice(tasks[0].client_id, tasks[0].client_id + len(tasks))
+        return deltas[rows], deltas.new_zeros(len(tasks), 0), [0.0] * len(tasks)
+
+    monkeypatch.setattr(signs, "local_sgd", finished)
+    return [LocalTask(k, model, layout, lambda: iter(()), 0, 0.1, functools.partial(_client_streams, k), memories[k])
+            for k in range(GROUP)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,options", SIGN_BASELINES)
+def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(monkeypatch, name, options):
+    """A group's compression is one reduction per tensor over all the clients' rows, one draw per client
+    and whole-group operations: O(T + G) operations (on a GPU, kernel launches), not O(G x T), with
+    nothing read back to the host. Its uploads are those of each client compressed alone, bit for bit."""
+    tasks, trainer = _trained_group(monkeypatch), make_algorithm(name, **options)
+
+    def compressed(group: list[LocalTask]) -> tuple[list[LocalUpdate], int]:
+        with CaptureUnsafeOperations(random_draws=False) as seen:
+            updates = trainer.train(group)
+        assert seen.found == []
+        return updates, seen.dispatched
+
+    together, operations = compressed(tasks)
+    alone = [compressed([task]) for task in tasks]
+    assert operations <= alone[0][1] + PER_CLIENT * (GROUP - 1)
+    for update, (single, _) in zip(together, alone, strict=True):
+        assert torch.equal(update.scales, single[0].scales) and torch.equal(update.body, single[0].body)
+        assert (update.state is None) == (name != "ef-signsgd")
+        assert update.state is None or torch.equal(update.state, single[0].state)
