@@ -59,6 +59,11 @@ class ModelLayout:
     def binarized_names(self) -> list[str]:
         return [seg.name for seg in self.binarized]
 
+    @property
+    def binarized_sizes(self) -> tuple[int, ...]:
+        """The binarized tensors' numbers of entries: the segments of an update, in order."""
+        return tuple(seg.size for seg in self.binarized)
+
     def global_vector(self, model: torch.nn.Module) -> np.ndarray:
         """The model's full state as one float32 vector (on the host)."""
         return np.concatenate(

@@ -6,7 +6,8 @@ functionally (``F.conv2d``, a hand-written BatchNorm, ``F.linear``, ...) in floa
 gives only the gradient of the loss w.r.t. the effective weights and BatchNorm parameters, and
 FedBAT's designed derivatives (§1.4) are applied by hand. Random numbers are the documented float32
 draws (``torch.rand(shape, generator=..., dtype=float32)``, one per binarized tensor in state_dict
-order) from generators seeded like the package's, then used in float64.
+order; z-SignFedAvg's Gaussian noise one over the whole update) from generators seeded like the
+package's, then used in float64.
 
 Every sign comes with a *margin*: the distance of its decision quantity from the threshold, made
 dimensionless, so that a comparison can tell clear decisions from float-rounding coin flips.
@@ -212,10 +213,13 @@ def z_signfedavg(
     z: str,
 ) -> Reference:
     """z-SignFedAvg, client side: one global ``sigma`` sent as every scale, sign of ``d + sigma xi``;
-    margin ``|d + sigma xi| / sigma``."""
+    margin ``|d + sigma xi| / sigma``. Gaussian ``xi`` is one draw over the whole update (its fills of
+    16 do not cut where the tensors do), the others one per tensor."""
+    sizes = [t.numel() for n, t in model.state_dict().items() if n in names]
+    whole = iter(z_noise(torch.Size([sum(sizes)]), z, upload).split(sizes)) if z == "2" else None
 
     def compress(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        noisy = d + sigma * z_noise(d.shape, z, upload)
+        noisy = d + sigma * (z_noise(d.shape, z, upload) if whole is None else next(whole))
         return torch.tensor(sigma, dtype=torch.float64), noisy >= 0, noisy.abs() / sigma
 
     return _sign_upload(model, names, batches, lr, compress)

@@ -1,47 +1,58 @@
-"""The post-training sign baselines: each compressor against its formula, and its payload size."""
+"""The post-training sign baselines: each compressor against its formula, its payload size, and a group's
+compression in operations per tensor or per client, not per both."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 import torch
 
-from fedbat_mpi.client.algorithms import make_algorithm
+from fedbat_mpi.client.algorithms import LocalTask, LocalUpdate, make_algorithm, signs
 from fedbat_mpi.client.algorithms.signs import EFSignSGD, SignSGD, StochasticSign, ZSign
+from fedbat_mpi.client.algorithms.signs_classical import Z_EXPONENTS
+from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.wire import codec
 
 from .reference_steps import error_feedback
 from .test_binarize import _tiny_task
+from .test_grouped import CaptureUnsafeOperations, _client_streams
 
 
 def _update(seed: int = 0, size: int = 1000) -> torch.Tensor:
     return torch.randn(size, generator=torch.Generator().manual_seed(seed)) * 1e-2
 
 
+def _compress(compressor, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, positive)`` of one tensor's update ``d``: a group of one client with one tensor."""
+    scales, positive = compressor.compress(d[None], (len(d),), [generator])
+    return scales[0, 0], positive[0]
+
+
 def _mean_of_draws(compressor, d: torch.Tensor, draws: int = 4000) -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
     total = torch.zeros_like(d)
     for _ in range(draws):
-        scale, positive = compressor.compress(d, generator)
+        scale, positive = _compress(compressor, d, generator)
         total += scale * (positive.float() * 2 - 1)
     return total / draws
 
 
 def test_signsgd_is_mean_magnitude_times_sign():
     d = _update()
-    scale, positive = SignSGD().compress(d, torch.Generator())
+    scale, positive = _compress(SignSGD(), d, torch.Generator())
     assert scale.item() == pytest.approx(d.abs().mean().item())
     assert torch.equal(positive, d >= 0)
 
 
 def test_stochastic_sign_is_unbiased_with_the_max_as_bound():
     d = _update(size=200)
-    scale, _ = StochasticSign().compress(d, torch.Generator().manual_seed(0))
+    scale, _ = _compress(StochasticSign(), d, torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(d.abs().max().item())
     mean = _mean_of_draws(StochasticSign(), d)
     assert torch.all((mean - d).abs() <= 5 * scale / np.sqrt(4000))
     # the bound is the largest magnitude, also when it belongs to a negative entry
-    scale, _ = StochasticSign().compress(torch.tensor([0.1, -0.3, 0.2]), torch.Generator().manual_seed(0))
+    scale, _ = _compress(StochasticSign(), torch.tensor([0.1, -0.3, 0.2]), torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(0.3)
 
 
@@ -49,7 +60,7 @@ def test_zsign_uses_rms_scaled_noise_and_is_unbiased_inside_sigma():
     d = _update(size=200)
     compressor = ZSign(zsign_sigma=1.5)
     sigma = 1.5 * d.square().mean().sqrt()
-    scale, _ = compressor.compress(d, torch.Generator().manual_seed(0))
+    scale, _ = _compress(compressor, d, torch.Generator().manual_seed(0))
     assert scale.item() == pytest.approx(sigma.item(), rel=1e-6)
     mean = _mean_of_draws(compressor, d)
     inside = d.abs() <= sigma
@@ -113,3 +124,50 @@ def test_a_zero_update_is_sent_as_plus_ones(name):
     task, _ = _tiny_task(num_steps=2)
     [update] = make_algorithm(name).train([dataclasses.replace(task, lr=0.0)])
     assert update.body.dtype == torch.bool and bool(update.body.all())
+
+
+GROUP, TENSORS, PER_CLIENT = 64, 8, 6  # PER_CLIENT: operations a client may add (its draws, its rows of the results)
+SIGN_BASELINES = [("signsgd", {}), ("ef-signsgd", {}), ("stosign", {}), ("zsign", {}), ("signsgd-mv", {}),
+                  *(("z-signfedavg", {"z_exponent": z}) for z in Z_EXPONENTS)]  # fmt: skip
+
+
+def _trained_group(monkeypatch) -> list[LocalTask]:
+    """``GROUP`` clients of a model of ``TENSORS`` small binarized tensors, with error memories, whose
+    local training is replaced: client k's finished update is row k of fixed random ``deltas`` (a slice,
+    one operation whatever the group)."""
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4, bias=False) for _ in range(TENSORS)))
+    layout = ModelLayout(model, [f"{t}.weight" for t in range(TENSORS)])
+    random = torch.Generator().manual_seed(0)
+    deltas = torch.randn(GROUP, layout.update_size, generator=random) * 1e-2
+    memories = torch.randn(GROUP, layout.update_size, generator=random) * 1e-3
+
+    def finished(tasks: list[LocalTask], store) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        rows = slice(tasks[0].client_id, tasks[0].client_id + len(tasks))
+        return deltas[rows], deltas.new_zeros(len(tasks), 0), [0.0] * len(tasks)
+
+    monkeypatch.setattr(signs, "local_sgd", finished)
+    return [LocalTask(k, model, layout, lambda: iter(()), 0, 0.1, functools.partial(_client_streams, k), memories[k])
+            for k in range(GROUP)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,options", SIGN_BASELINES)
+def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(monkeypatch, name, options):
+    """A group's compression is one reduction per tensor over all the clients' rows, one draw per client
+    and whole-group operations: O(T + G) operations (on a GPU, kernel launches), not O(G x T), with
+    nothing read back to the host. Its uploads are those of each client compressed alone, bit for bit."""
+    tasks, trainer = _trained_group(monkeypatch), make_algorithm(name, **options)
+
+    def compressed(group: list[LocalTask]) -> tuple[list[LocalUpdate], int]:
+        with CaptureUnsafeOperations(random_draws=False) as seen:
+            updates = trainer.train(group)
+        assert seen.found == []
+        return updates, seen.dispatched
+
+    together, operations = compressed(tasks)
+    alone = [compressed([task]) for task in tasks]
+    assert operations <= alone[0][1] + PER_CLIENT * (GROUP - 1)
+    for update, (single, _) in zip(together, alone, strict=True):
+        assert torch.equal(update.scales, single[0].scales) and torch.equal(update.body, single[0].body)
+        assert (update.state is None) == (name != "ef-signsgd")
+        if update.state is not None:
+            assert single[0].state is not None and torch.equal(update.state, single[0].state)

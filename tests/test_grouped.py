@@ -235,14 +235,16 @@ FROM_PYTHON_DATA = torch.ops.aten.lift_fresh.default
 class CaptureUnsafeOperations(TorchDispatchMode):
     """Records every operation run inside it that a CUDA graph cannot hold (``CAPTURE_UNSAFE``, and
     ``FROM_PYTHON_DATA``), random draws only with ``random_draws``; indexing by integer tensors, whose
-    output shape is the index's, is safe."""
+    output shape is the index's, is safe. ``dispatched`` counts all operations (on a GPU, launches)."""
 
     def __init__(self, random_draws: bool = True) -> None:
         super().__init__()
         self.unsafe = CAPTURE_UNSAFE if random_draws else CAPTURE_UNSAFE - {torch.Tag.nondeterministic_seeded}
         self.found: list[str] = []
+        self.dispatched = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.dispatched += 1
         integer_indexing = func is torch.ops.aten.index.Tensor and all(
             i is None or i.dtype not in (torch.bool, torch.uint8) for i in args[1]
         )

@@ -47,12 +47,12 @@ class _StochasticBinarize(torch.autograd.Function):
     def forward(
         m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        per_entry = _per_entry(alpha, sizes)
-        x, v = _scaled(m, per_entry, u)
+        entries = per_entry(alpha, sizes)
+        x, v = _scaled(m, entries, u)
         # b = +1 where v >= 1, else -1: the sign of v - 1 (exact near 1, +0 at v = 1). On the CPU,
         # ``torch.where`` with a bool condition took 5x as long as this.
         b = torch.copysign(_one(m.dtype, m.device), v.sub_(1))
-        return per_entry * b, x, b
+        return entries * b, x, b
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
@@ -80,9 +80,10 @@ def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.ones((), dtype=dtype, device=device)
 
 
-def _per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    """``G x T`` step sizes repeated over their segments: ``G x sum(sizes)``, one concatenation of
-    broadcast views (on the CPU 2-8x faster than a gather by a segment index)."""
+def per_entry(alpha: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``G x T`` values (e.g. step sizes, one per row and segment) repeated over their segments:
+    ``G x sum(sizes)``, one concatenation of broadcast views (on the CPU 2-8x faster than a gather by
+    a segment index)."""
     return torch.cat([alpha[:, t : t + 1].expand(-1, size) for t, size in enumerate(sizes)], dim=1)
 
 
@@ -96,4 +97,4 @@ def sample_signs(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: t
     """A sample of the signs of ``B(m; alpha)`` for a group's flat updates (``G x P``, segments and step
     sizes as in ``binarize_segments``) from uniform noise ``u``: bool, True for +alpha."""
     with torch.no_grad():
-        return _scaled(m, _per_entry(alpha, sizes), u)[1] >= 1
+        return _scaled(m, per_entry(alpha, sizes), u)[1] >= 1

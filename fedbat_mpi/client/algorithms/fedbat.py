@@ -43,15 +43,11 @@ def trained_tensors(model: torch.nn.Module, layout: ModelLayout, size: int) -> t
     return frozen, params, buffers
 
 
-def _sizes(layout: ModelLayout) -> tuple[int, ...]:
-    return tuple(seg.size for seg in layout.binarized)
-
-
 def client_loss(model: torch.nn.Module, layout: ModelLayout, frozen: torch.Tensor, rho: float, phase: Hashable) -> GroupLoss:
     """A bucket's losses in ``phase``: the model at ``w + m`` (warm-up) or ``w + B(m; alpha)`` for each
     client, with the step sizes' ``alpha0`` (``G x T``) and the binarizer's noise (``G x P``) as the
     extras ``alpha0`` and ``noise``."""
-    grouped, sizes = grouped_model(model), _sizes(layout)
+    grouped, sizes = grouped_model(model), layout.binarized_sizes
 
     def loss(p: Stacked, b: Stacked, x: torch.Tensor, y: torch.Tensor, extras: Stacked) -> torch.Tensor:
         m = p[UPDATE]
@@ -85,7 +81,7 @@ class FedBAT(Algorithm):
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
-        sizes = _sizes(layout)
+        sizes = layout.binarized_sizes
         frozen, params, buffers = trained_tensors(model, layout, size)
         kept = None
         if tasks[0].graphs:  # a graph bakes in rho and the step size besides its tensors

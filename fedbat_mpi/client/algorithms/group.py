@@ -306,12 +306,12 @@ def plain_loss(model: torch.nn.Module) -> GroupLoss:
 
 def local_sgd(
     tasks: list[LocalTask], store: dict[Hashable, Kept]
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Plain local SGD on every parameter of each client of a group (FedAvg's client step); with CUDA
     graphs, its tensors kept in the algorithm's ``store``.
 
-    Returns each client's flat update of the binarized tensors (``w_end - w_start``, state_dict
-    order), its dense tensors after training, and its mean training loss.
+    Returns the clients' flat updates of the binarized tensors (``w_end - w_start``, state_dict
+    order; ``G x P``), their dense tensors after training (``G x D``), and their mean training losses.
     """
     model, layout, size = tasks[0].model, tasks[0].layout, len(tasks)
     params, buffers = stacked_state(model, size)
@@ -323,4 +323,4 @@ def local_sgd(
     names = layout.binarized_names
     start = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
     deltas = torch.cat([params[n].detach().reshape(size, -1) for n in names], dim=1) - start
-    return list(deltas), list(dense_rows(layout, {**params, **buffers}, size)), losses
+    return deltas, dense_rows(layout, {**params, **buffers}, size), losses

@@ -19,13 +19,20 @@ adds ``sum_k p_k scale_k sign_k`` like FedBAT's ``alpha * b``.
                sigma keep their sign deterministically; ``stosign`` is the case ``sigma = max|d|``.
 =============  ===============================================================================
 
-``sign(0)`` is sent as +1. Noise comes from the client's upload stream (seed, round, client id).
+``sign(0)`` is sent as +1. A group's uploads are computed together (``compress``): one reduction per
+binarized tensor over all the clients' rows, one draw of noise per client, then operations on the
+whole group; a group of one is one client alone. A client's noise is one ``uniform_`` over its whole
+update (binarized tensors in state_dict order), in the update's dtype, from its upload stream (seed,
+round, client id). On the CPU (mt19937, drawn entry by entry) these are the numbers that one draw per
+tensor in state_dict order gives; on a GPU (Philox) they are not, and the stream is the one described here.
 """
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 
+from fedbat_mpi.client.binarize import per_entry
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
@@ -33,36 +40,70 @@ from fedbat_mpi.wire.codec import BodyKind
 from .base import Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
 from .group import local_sgd
 
+Sizes = tuple[int, ...]  # the entries of each binarized tensor: the segments of an update's row
+Compressed = tuple[torch.Tensor, torch.Tensor]  # a group's scales (G x T) and bool signs (G x P)
 
-def _per_tensor(layout: ModelLayout, values: torch.Tensor) -> list[torch.Tensor]:
-    return [values[seg.offset : seg.offset + seg.size] for seg in layout.binarized]
+
+def _per_tensor(values: torch.Tensor, sizes: Sizes, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``G x T``: ``reduce`` (over dim 1) of each segment of the rows of ``values`` (``G x P``)."""
+    return torch.stack([reduce(part) for part in values.split(sizes, dim=1)], dim=1)
+
+
+def _mean_magnitudes(values: torch.Tensor, sizes: Sizes) -> torch.Tensor:
+    """``mean|values|`` per row and segment (``G x T``)."""
+    return _per_tensor(values.abs(), sizes, lambda part: part.mean(1))
+
+
+def fill_rows(rows: torch.Tensor, uploads: list[torch.Generator],
+              fill: Callable[..., torch.Tensor] = torch.Tensor.uniform_) -> torch.Tensor:  # fmt: skip
+    """``rows`` (``G x N``), row k filled with noise by one call of ``fill`` (``uniform_``, ``normal_``,
+    ``exponential_``) from ``uploads[k]``, client k's upload stream."""
+    for row, upload in zip(rows, uploads, strict=True):
+        fill(row, generator=upload)
+    return rows
+
+
+def _group_updates(kind: BodyKind, scales: torch.Tensor, signs: torch.Tensor, dense: torch.Tensor,
+                  losses: list[float], states: torch.Tensor | None = None) -> list[LocalUpdate]:  # fmt: skip
+    """Client k's update from row k of the group's scales (``G x T``), signs, dense tensors and states."""
+    scales = scales.float()
+    return [LocalUpdate(kind, scales[k], signs[k], dense[k], loss, None if states is None else states[k])
+            for k, loss in enumerate(losses)]  # fmt: skip
 
 
 class PostTrainingSign(Algorithm):
-    """Local SGD, then a per-tensor 1-bit compressor of each client's finished update."""
+    """Local SGD, then a per-tensor 1-bit compressor of the group's finished updates."""
 
     kind = BodyKind.SIGNS
 
     @abstractmethod
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, positive)`` for one tensor's update: the float scale and the bool signs."""
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        """``(scales, positive)`` for a group's updates ``d`` (``G x P``, rows cut into segments of
+        ``sizes``): ``G x T`` float scales and ``G x P`` bool signs; ``uploads[k]`` is row k's stream."""
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         deltas, dense, losses = local_sgd(tasks, self.kept)
-        updates = []
-        for task, delta, values, loss in zip(tasks, deltas, dense, losses):
-            upload = task.generator(Stream.UPLOAD)
-            scales, signs = zip(*(self.compress(d, upload) for d in _per_tensor(task.layout, delta)))
-            updates.append(LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), values, loss))
-        return updates
+        uploads = [task.generator(Stream.UPLOAD) for task in tasks]
+        scales, signs = self.compress(deltas, tasks[0].layout.binarized_sizes, uploads)
+        return _group_updates(self.kind, scales, signs, dense, losses)
 
 
 @register
 class SignSGD(PostTrainingSign):
     name = "signsgd"
 
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return d.abs().mean(), d >= 0
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        return _mean_magnitudes(d, sizes), d >= 0
+
+
+def _error_memories(tasks: list[LocalTask]) -> torch.Tensor | None:
+    """The group's error memories (``G x P``); None before any (a group's clients have one each or none)."""
+    memories = [task.state for task in tasks if task.state is not None]
+    if not memories:
+        return None
+    if len(memories) < len(tasks):
+        raise ValueError("EF-SignSGD: some clients of the group have an error memory, others none")
+    return torch.stack(memories)
 
 
 @register
@@ -76,30 +117,23 @@ class EFSignSGD(Algorithm):
 
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         deltas, dense, losses = local_sgd(tasks, self.kept)
-        updates = []
-        for task, delta, values, loss in zip(tasks, deltas, dense, losses):
-            corrected = delta if task.state is None else delta + task.state
-            scales, signs, memory = [], [], []
-            for p in _per_tensor(task.layout, corrected):
-                scale, positive = p.abs().mean(), p >= 0
-                scales.append(scale)
-                signs.append(positive)
-                memory.append(p - scale * (positive.to(p.dtype) * 2 - 1))
-            updates.append(LocalUpdate(self.kind, torch.stack(scales).float(), torch.cat(signs), values, loss,
-                                       torch.cat(memory)))  # fmt: skip
-        return updates
+        sizes, memory = tasks[0].layout.binarized_sizes, _error_memories(tasks)
+        corrected = deltas if memory is None else deltas + memory
+        scales, positive = _mean_magnitudes(corrected, sizes), corrected >= 0
+        error = corrected - per_entry(scales, sizes) * (positive.to(corrected.dtype) * 2 - 1)
+        return _group_updates(self.kind, scales, positive, dense, losses, error)
 
 
 @register
 class StochasticSign(PostTrainingSign):
     name = "stosign"
 
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        bound = d.abs().max()
-        u = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype)
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        bounds = _per_tensor(d.abs(), sizes, lambda part: part.amax(1))
+        bound, u = per_entry(bounds, sizes), fill_rows(torch.empty_like(d), uploads)
         # A select, not a Python test of bound > 0: nothing read back to the host (a GPU's queue would
-        # drain once per client and tensor). With bound = 0 the first branch is nan < x: unused.
-        return bound, torch.where(bound > 0, u < (1 + d / bound) / 2, d >= 0)
+        # drain). With bound = 0 the first branch is nan < x: unused.
+        return bounds, torch.where(bound > 0, u < (1 + d / bound) / 2, d >= 0)
 
 
 @register
@@ -111,7 +145,7 @@ class ZSign(PostTrainingSign):
     )  # fmt: skip
     zsign_sigma: float
 
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = self.zsign_sigma * d.square().mean().sqrt()
-        xi = torch.rand(d.shape, generator=generator, device=d.device, dtype=d.dtype) * 2 - 1
-        return sigma, d + sigma * xi >= 0
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        sigmas = self.zsign_sigma * _per_tensor(d.square(), sizes, lambda part: part.mean(1)).sqrt()
+        xi = fill_rows(torch.empty_like(d), uploads) * 2 - 1
+        return sigmas, d + per_entry(sigmas, sizes) * xi >= 0

@@ -29,20 +29,24 @@ here and applied by rank 0:
     ``E[sigma sign(d + sigma xi)] = d`` wherever ``|d| <= sigma``, so ``eta = 1`` is FedAvg's step in
     expectation there; Gaussian noise shrinks small entries by ``sqrt(2/pi)`` ≈ 0.80.
 
-``sign(0)`` is sent as +1. Noise is drawn per binarized tensor in state_dict order from the client's
-upload stream (seed, round, client id), in the update's dtype: z = inf ``2 * rand - 1``; z = 2
-``randn``; z = 1 the difference of two ``exponential_`` draws (first one for the whole tensor, then
-the other).
+``sign(0)`` is sent as +1. As in ``signs.py``, a group's uploads are computed together, and a client
+draws its noise in one call from its upload stream (seed, round, client id), in the update's dtype:
+z = inf ``2 * uniform_ - 1`` over its whole update (binarized tensors in state_dict order); z = 2
+``normal_`` over its whole update; z = 1 ``E1 - E2``, two exponential draws per entry, from one
+``exponential_`` over twice the update that holds, tensor by tensor, the tensor's ``E1`` then its ``E2``.
+On the CPU (mt19937) ``uniform_`` and ``exponential_`` draw entry by entry, so these are the numbers
+that draws per tensor in state_dict order give; ``normal_`` fills 16 entries at a time (and redraws the
+last 16 of a fill whose size is not a multiple of 16), so it gives them when every binarized tensor's
+size is a multiple of 16, as in every model here (``models.py``), not in general. On a GPU (Philox)
+the stream is this one.
 """
-
-from typing import Any
 
 import torch
 
 from fedbat_mpi.wire.rule import ServerRule
 
 from .base import HyperParameter, finite_at_least, register
-from .signs import PostTrainingSign
+from .signs import Compressed, PostTrainingSign, Sizes, fill_rows
 
 Z_EXPONENTS = ("1", "2", "inf")
 
@@ -65,8 +69,8 @@ class SignSGDMajorityVote(PostTrainingSign):
     def server_lr(self) -> float:
         return self.mv_server_lr
 
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.ones((), dtype=d.dtype, device=d.device), d >= 0
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        return d.new_ones(len(d), len(sizes)), d >= 0
 
 
 @register
@@ -89,16 +93,16 @@ class ZSignFedAvg(PostTrainingSign):
     def server_lr(self) -> float:
         return self.z_server_lr
 
-    def compress(self, d: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = torch.full((), self.z_sigma, dtype=d.dtype, device=d.device)  # no copy from host memory
-        return sigma, d + self.z_sigma * self.noise(d, generator) >= 0
+    def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
+        sigmas = d.new_full((len(d), len(sizes)), self.z_sigma)  # made on d's device: no copy from host memory
+        return sigmas, d + self.z_sigma * self.noise(d, sizes, uploads) >= 0
 
-    def noise(self, d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``xi`` from the z-distribution, shaped like ``d``."""
-        like: dict[str, Any] = dict(dtype=d.dtype, device=d.device)
+    def noise(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> torch.Tensor:
+        """``xi`` from the z-distribution, shaped like the group's updates ``d``."""
         if self.z_exponent == "inf":
-            return torch.rand(d.shape, generator=generator, **like) * 2 - 1
+            return fill_rows(torch.empty_like(d), uploads) * 2 - 1
         if self.z_exponent == "2":
-            return torch.randn(d.shape, generator=generator, **like)
-        first = torch.empty(d.shape, **like).exponential_(generator=generator)
-        return first - torch.empty(d.shape, **like).exponential_(generator=generator)
+            return fill_rows(torch.empty_like(d), uploads, torch.Tensor.normal_)
+        pairs = fill_rows(d.new_empty(len(d), 2 * d.shape[1]), uploads, torch.Tensor.exponential_)
+        parts = pairs.split([size for size in sizes for _ in range(2)], dim=1)  # E1, E2 of each tensor
+        return torch.cat(parts[0::2], dim=1) - torch.cat(parts[1::2], dim=1)
