@@ -10,7 +10,7 @@ A stop signal to the driver (SIGTERM, SIGINT, SIGUSR1, and SIGHUP: a closed term
 every running run as SIGUSR1 (its ranks finish their round, checkpoint and exit 75); the driver starts
 no more runs and exits 75 once they have ended: run the same command again to go on. A signal the
 driver was started with ignored stays ignored: under ``nohup`` a closed terminal stops nothing. The
-handlers are in place from the driver's first moment, before torch loads; ``--list`` and ``--count``
+handlers are in place before torch loads; ``--list`` and ``--count``
 keep the usual effects. A run that fails is reported on one line, its log's last line included, and
 the others go on.
 
@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from fedbat_mpi.errors import run_command
 
     args = sys.argv[1:] if argv is None else argv
-    return run_command("fedbat_mpi.study", lambda: study_driver.command(args, stops))
+    try:
+        return run_command("fedbat_mpi.study", lambda: study_driver.command(args, stops))
+    finally:  # a caller's own handlers back (main called in-process, as the tests do)
+        stops.uninstall()
 
 
 if __name__ == "__main__":

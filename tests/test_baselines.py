@@ -154,7 +154,8 @@ def _trained_group(monkeypatch) -> list[LocalTask]:
 def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(monkeypatch, name, options):
     """A group's compression is one reduction per tensor over all the clients' rows, one draw per client
     and whole-group operations: O(T + G) operations (on a GPU, kernel launches), not O(G x T), with
-    nothing read back to the host. Its uploads are those of each client compressed alone, bit for bit."""
+    nothing read back to the host. Its uploads are those of each client compressed alone, bit for bit (at
+    one thread: with several, a CPU reduction over many rows splits them by row, one row's sum otherwise)."""
     tasks, trainer = _trained_group(monkeypatch), make_algorithm(name, **options)
 
     def compressed(group: list[LocalTask]) -> tuple[list[LocalUpdate], int]:

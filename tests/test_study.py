@@ -20,7 +20,7 @@ from fedbat_mpi.config import PRESETS
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.grid import load_study
 from fedbat_mpi.rounds.out_lock import hold_out_dir
-from fedbat_mpi.rounds.signals import StopCount
+from fedbat_mpi.rounds.signals import DRIVER_STOP_SIGNALS, StopCount
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
@@ -114,6 +114,12 @@ def test_the_driver_catches_stop_signals_before_it_loads_torch():
                              "sys.modules if name.split('.')[0] in ('torch', 'numpy', 'h5py', 'yaml')))"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert loaded.stdout == "[]\n", loaded.stdout + loaded.stderr
+
+
+def test_the_driver_called_in_process_gives_the_callers_signal_handlers_back(tmp_path, capsys):
+    before = {number: signal.getsignal(number) for number in DRIVER_STOP_SIGNALS}
+    assert study.main([str(tmp_path / "missing.yaml")]) == 2
+    assert {number: signal.getsignal(number) for number in DRIVER_STOP_SIGNALS} == before
 
 
 def catches(pid: int, number: int) -> bool:

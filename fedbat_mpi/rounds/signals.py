@@ -68,12 +68,16 @@ class StopCount:
                 signal.signal(number, self._handle)
         return self
 
-    def restore(self) -> None:
-        """Put back the handlers ``install`` replaced; a signal counted so far then takes its usual
-        effect (for a command that turned out not to drive runs, e.g. a listing)."""
+    def uninstall(self) -> None:
+        """Put back the handlers ``install`` replaced."""
         for number, previous in self._replaced.items():
             signal.signal(number, previous)
         self._replaced.clear()
+
+    def restore(self) -> None:
+        """``uninstall``, then a signal counted so far takes its usual effect (for a command that turned
+        out not to drive runs, e.g. a listing)."""
+        self.uninstall()
         if self.count:
             signal.raise_signal(self.last)
 

@@ -133,7 +133,7 @@ class StochasticSign(PostTrainingSign):
         bound, u = per_entry(bounds, sizes), fill_rows(torch.empty_like(d), uploads)
         # A select, not a Python test of bound > 0: nothing read back to the host (a GPU's queue would
         # drain). With bound = 0 the first branch is nan < x: unused.
-        return bounds, torch.where(bound > 0, u < (1 + d / bound) / 2, d >= 0)
+        return bounds, torch.where(bound > 0, u < (d / bound).add_(1).div_(2), d >= 0)
 
 
 @register
@@ -147,5 +147,5 @@ class ZSign(PostTrainingSign):
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
         sigmas = self.zsign_sigma * _per_tensor(d.square(), sizes, lambda part: part.mean(1)).sqrt()
-        xi = fill_rows(torch.empty_like(d), uploads) * 2 - 1
+        xi = fill_rows(torch.empty_like(d), uploads).mul_(2).sub_(1)  # in place: fewer G x P temporaries
         return sigmas, d + per_entry(sigmas, sizes) * xi >= 0

@@ -95,12 +95,12 @@ class ZSignFedAvg(PostTrainingSign):
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
         sigmas = d.new_full((len(d), len(sizes)), self.z_sigma)  # made on d's device: no copy from host memory
-        return sigmas, d + self.z_sigma * self.noise(d, sizes, uploads) >= 0
+        return sigmas, self.noise(d, sizes, uploads).mul_(self.z_sigma).add_(d) >= 0  # d + sigma * xi, in place
 
     def noise(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> torch.Tensor:
         """``xi`` from the z-distribution, shaped like the group's updates ``d``."""
         if self.z_exponent == "inf":
-            return fill_rows(torch.empty_like(d), uploads) * 2 - 1
+            return fill_rows(torch.empty_like(d), uploads).mul_(2).sub_(1)
         if self.z_exponent == "2":
             return fill_rows(torch.empty_like(d), uploads, torch.Tensor.normal_)
         pairs = fill_rows(d.new_empty(len(d), 2 * d.shape[1]), uploads, torch.Tensor.exponential_)
