@@ -15,7 +15,7 @@ from collections.abc import Hashable
 import torch
 from torch.func import functional_call
 
-from fedbat_mpi.client.binarize import binarize_segments, sample_signs, step_size
+from fedbat_mpi.client.binarize import binarize_segments, per_segment, sample_signs, step_size
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_model
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
@@ -95,7 +95,7 @@ class FedBAT(Algorithm):
         def take_alpha0(members: list[int]) -> None:  # the clients' mean |m| per tensor, all at once
             index = member_index(tuple(members), frozen.device)
             magnitudes = params[UPDATE].detach()[index].abs()
-            alpha0[index] = torch.stack([part.mean(1) for part in magnitudes.split(sizes, dim=1)], dim=1)
+            alpha0[index] = per_segment(magnitudes, sizes, lambda part: part.mean(1))
 
         def phase_of(k: int, step: int) -> str:
             return WARM_UP if step <= warm_steps[k] else BINARIZED

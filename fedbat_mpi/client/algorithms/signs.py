@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from fedbat_mpi.client.binarize import per_entry
+from fedbat_mpi.client.binarize import per_entry, per_segment
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
@@ -44,14 +44,9 @@ Sizes = tuple[int, ...]  # the entries of each binarized tensor: the segments of
 Compressed = tuple[torch.Tensor, torch.Tensor]  # a group's scales (G x T) and bool signs (G x P)
 
 
-def _per_tensor(values: torch.Tensor, sizes: Sizes, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``G x T``: ``reduce`` (over dim 1) of each segment of the rows of ``values`` (``G x P``)."""
-    return torch.stack([reduce(part) for part in values.split(sizes, dim=1)], dim=1)
-
-
 def _mean_magnitudes(values: torch.Tensor, sizes: Sizes) -> torch.Tensor:
     """``mean|values|`` per row and segment (``G x T``)."""
-    return _per_tensor(values.abs(), sizes, lambda part: part.mean(1))
+    return per_segment(values.abs(), sizes, lambda part: part.mean(1))
 
 
 def fill_rows(rows: torch.Tensor, uploads: list[torch.Generator],
@@ -129,7 +124,7 @@ class StochasticSign(PostTrainingSign):
     name = "stosign"
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
-        bounds = _per_tensor(d.abs(), sizes, lambda part: part.amax(1))
+        bounds = per_segment(d.abs(), sizes, lambda part: part.amax(1))
         bound, u = per_entry(bounds, sizes), fill_rows(torch.empty_like(d), uploads)
         # A select, not a Python test of bound > 0: nothing read back to the host (a GPU's queue would
         # drain). With bound = 0 the first branch is nan < x: unused.
@@ -146,6 +141,6 @@ class ZSign(PostTrainingSign):
     zsign_sigma: float
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
-        sigmas = self.zsign_sigma * _per_tensor(d.square(), sizes, lambda part: part.mean(1)).sqrt()
+        sigmas = self.zsign_sigma * per_segment(d.square(), sizes, lambda part: part.mean(1)).sqrt()
         xi = fill_rows(torch.empty_like(d), uploads).mul_(2).sub_(1)  # in place: fewer G x P temporaries
         return sigmas, d + per_entry(sigmas, sizes) * xi >= 0
