@@ -22,6 +22,7 @@ def describe(path: str) -> str:
         f"  round {state.round} of {state.config.get('rounds')}",
         f"  model: {len(state.tensors)} tensors, {params:,} values ({4 * params:,} bytes float32)",
         f"  random state: {RANDOM_STATE}",
+        f"  data set SHA-256: {state.data_sha256 or 'not recorded (format 3 or older)'}",
     ]
     if state.metrics:
         last = state.metrics[-1]

@@ -1,6 +1,7 @@
 """HDF5 checkpoints: contents, atomic replacement, refusals, and the inspector."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -195,6 +196,26 @@ def test_a_checkpoint_of_format_2_from_before_the_digest_is_still_read(tmp_path)
         handle.attrs["format_version"] = 3
     with pytest.raises(UsageError, match="is damaged"):
         checkpoint.load(str(path))
+
+
+def test_the_data_sets_digest_is_kept_and_covered_and_a_format_3_file_without_it_is_read(tmp_path):
+    path = tmp_path / checkpoint.FILE_NAME
+    checkpoint.save(str(path), replace(_state(), data_sha256="d" * 64))
+    assert checkpoint.load(str(path)).data_sha256 == "d" * 64
+    with h5py.File(path, "r+") as handle:  # another data set's digest: the contents' SHA-256 no longer matches
+        handle.attrs[checkpoint.DATA_SHA256] = "e" * 64
+    with pytest.raises(UsageError, match="is damaged"):
+        checkpoint.load(str(path))
+    with h5py.File(path, "r+") as handle:  # as format 3 wrote it: no data digest, the rest covered
+        del handle.attrs[checkpoint.DATA_SHA256]
+        handle.attrs["format_version"] = 3
+        state = _state()
+        rows = [json.dumps(row) for row in state.metrics]
+        handle.attrs["content_sha256"] = checkpoint.content_sha256(
+            checkpoint._header(handle.attrs), state.tensors, rows, None)  # fmt: skip
+    loaded = checkpoint.load(str(path))
+    assert (loaded.format_version, loaded.data_sha256, loaded.metrics) == (3, "", state.metrics)
+    assert "data set SHA-256: not recorded" in describe(str(path))
 
 
 def test_resuming_may_change_only_what_does_not_change_results():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedbat_mpi.server import checkpoint, client_state
+from fedbat_mpi.testing.formats import write_fmnist
 
 from .launch import TINY, command, environment, launch, metrics, without_timings
 from .test_client_state import flip_a_bit_of_each_row
@@ -157,6 +158,28 @@ def test_a_new_or_resumed_run_never_overwrites_another_runs_checkpoint(tmp_path)
     done = launch(2, ["--resume", "--out", str(out), "--lr", "0.5"])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--lr" in done.stderr
     assert path.read_bytes() == before
+
+
+def test_a_resume_on_other_data_is_refused_and_on_a_copy_of_the_same_goes_on(tmp_path):
+    """--data-dir may move (a resumable change), but a folder of other images or labels is refused:
+    the checkpoint records the data set's SHA-256."""
+    first, other, moved = tmp_path / "first", tmp_path / "other", tmp_path / "moved"
+    write_fmnist(first, 64, 32, seed=0)
+    write_fmnist(other, 64, 32, seed=1)  # the same sizes and format, other contents
+    shutil.copytree(first, moved)
+    out = tmp_path / "run"
+    data = ["--dataset", "fmnist", "--num-clients", "4", "--clients-per-round", "2", "--local-epochs", "1"]
+    done = launch(2, [*data, "--data-dir", str(first), "--rounds", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    path = out / checkpoint.FILE_NAME
+    before = path.read_bytes()
+    done = launch(2, ["--resume", "--out", str(out), "--data-dir", str(other), "--rounds", "2"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"--data-dir: {other} holds other fmnist data than {path} was trained on" in done.stderr
+    assert path.read_bytes() == before and len(metrics(out)) == 1
+    done = launch(2, ["--resume", "--out", str(out), "--data-dir", str(moved), "--rounds", "2"])
+    assert done.returncode == 0, done.stderr
+    assert [row["round"] for row in metrics(out)] == [1, 2]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])

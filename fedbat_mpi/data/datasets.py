@@ -1,6 +1,8 @@
 """The data sets of docs/FEDBAT.md §2.1 in memory, plus their normalisation and CIFAR augmentation."""
 
 import functools
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,18 @@ class Dataset:
     test_std: tuple[float, ...]
     augment: bool  # random crop (pad 4) + horizontal flip during training
     default_model: str
+
+
+def data_sha256(dataset: Dataset) -> str:
+    """The SHA-256 of a data set as loaded: its name, then each split's images and labels (shape, dtype
+    and little-endian bytes); another folder of the same files gives the same digest."""
+    digest = hashlib.sha256(dataset.name.encode())
+    for array in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y):
+        values = array.numpy()
+        values = values.astype(values.dtype.newbyteorder("<"), copy=False)
+        digest.update(json.dumps([list(values.shape), values.dtype.str]).encode())
+        digest.update(np.ascontiguousarray(values).data)
+    return digest.hexdigest()
 
 
 def load_dataset(name: str, data_dir: str | None) -> Dataset:

@@ -16,7 +16,7 @@ from typing import TextIO
 import torch
 
 from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
-from fedbat_mpi.data import load_dataset
+from fedbat_mpi.data import data_sha256, load_dataset
 from fedbat_mpi.errors import FAILURE, EveryRankStops, UsageError
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import ClientStateStore
@@ -40,6 +40,7 @@ class Run:
     checkpoint_path: str
     resumed: checkpoint.RunState | None
     resumed_from: str  # the checkpoint's path ("" for a new run)
+    data_sha256: str  # rank 0: the data set's digest, which its checkpoints record ("" elsewhere)
     out_lock: TextIO | None = None  # rank 0's hold on the output folder (``out_lock.py``), for the run's life
 
 
@@ -63,12 +64,17 @@ def _set_up(argv: list[str], comm: Communicator) -> Run:
     torch.set_num_threads(config.threads)
     dataset = load_dataset(config.dataset, config.data_dir)
     config = replace(config, model=config.model or dataset.default_model)
+    digest = data_sha256(dataset) if comm.is_root else ""
+    if resumed is not None and digest and resumed.data_sha256 and digest != resumed.data_sha256:
+        raise UsageError(f"--data-dir: {config.data_dir} holds other {config.dataset} data than {path} was "
+                         f"trained on (data SHA-256 {digest[:12]}..., the checkpoint's "
+                         f"{resumed.data_sha256[:12]}...); resume with the data the run began with")  # fmt: skip
     engine = Engine(config, comm, dataset)
     if resumed is not None:
         engine.restore(resumed)
         if engine.state_size:
             _check_resumed_state(config, engine, resumed, path)
-    return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed, path)
+    return Run(config, engine, os.path.join(config.out_dir, checkpoint.FILE_NAME), resumed, path, digest)
 
 
 def _refuse_another_runs_checkpoint(out_dir: str, resumed_path: str) -> None:
@@ -154,7 +160,7 @@ def save_checkpoint(run: Run, report: Report | None, round_index: int, comm: Com
     every rank waits for it, so that no rank exits before the checkpoint is whole."""
     if report is not None:
         start = time.perf_counter()
-        state = run.engine.run_state(round_index, report.rows)
+        state = replace(run.engine.run_state(round_index, report.rows), data_sha256=run.data_sha256)
         checkpoint.save_committing(run.checkpoint_path, state, run.engine.states)
         report.saved(run.checkpoint_path, round_index, time.perf_counter() - start)
     comm.barrier()

@@ -1,10 +1,12 @@
 """HDF5 checkpoints: everything an exact resume needs, written atomically by rank 0.
 
-Layout (format version 3; version 2 lacked ``content_sha256``, version 1 held the rows themselves):
+Layout (format version 4; version 3 lacked ``data_sha256``, version 2 also ``content_sha256``, version 1
+held the rows themselves):
 
 - root attributes: ``format`` (``"fedbat_mpi checkpoint"``), ``format_version``, ``package_version``,
   ``round`` (the last finished round), ``num_ranks`` (of the run that wrote it), ``created`` (UTC),
-  ``config`` (the resolved configuration as JSON), ``random_state`` and ``content_sha256``. Every
+  ``config`` (the resolved configuration as JSON), ``random_state``, ``data_sha256`` (the data set's
+  digest, ``data.datasets.data_sha256``: a resume on other data is refused) and ``content_sha256``. Every
   random draw of a run is keyed by (seed, stream, round, client id) (``rng.py``), so there is no
   generator state to store; ``random_state`` records that scheme. ``content_sha256`` is the SHA-256 of
   everything else the checkpoint holds (:func:`content_sha256`): a file whose bits changed after it was
@@ -44,14 +46,15 @@ from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
 from fedbat_mpi.server.hdf5_read import read_checked
 
 FORMAT = "fedbat_mpi checkpoint"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # 2: written before content_sha256, read unchecked
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # 2: written before content_sha256, read unchecked; 2 and 3: before data_sha256
 FILE_NAME = "checkpoint.h5"
 PREVIOUS_FILE_NAME = "checkpoint.prev.h5"
 RANDOM_STATE = "none: every draw is keyed by (seed, stream, round, client id)"
 # The root attributes besides ``format`` and the digest, with their types.
 HEADER = {"format_version": int, "package_version": str, "round": int, "num_ranks": int, "created": str,
           "config": str, "random_state": str}  # fmt: skip
+DATA_SHA256 = "data_sha256"  # a root attribute from format 4 on, in the digest's header where present
 # What a resumed run's summary and the inspector read of each metrics row.
 METRICS_KEYS = frozenset({"round", "clients", "test_acc", "uplink_bytes", "downlink_bytes", "model_sha256"})
 
@@ -69,6 +72,7 @@ class RunState:
     package_version: str = __version__
     created: str = ""
     format_version: int = FORMAT_VERSION  # of the file it was read from
+    data_sha256: str = ""  # the digest of the data set the run trained and tested on; "" before format 4
 
 
 def content_sha256(
@@ -94,7 +98,10 @@ def content_sha256(
 
 def _header(attrs: Any) -> dict[str, Any]:
     """The root attributes a checkpoint's digest covers, as plain ints and strings."""
-    return {name: kind(attrs[name]) for name, kind in HEADER.items()}
+    header = {name: kind(attrs[name]) for name, kind in HEADER.items()}
+    if DATA_SHA256 in attrs:
+        header[DATA_SHA256] = str(attrs[DATA_SHA256])
+    return header
 
 
 def _write(handle: h5py.File, state: RunState) -> None:
@@ -104,6 +111,7 @@ def _write(handle: h5py.File, state: RunState) -> None:
         "format_version": FORMAT_VERSION, "package_version": state.package_version, "round": state.round,
         "num_ranks": state.num_ranks, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": json.dumps(state.config, sort_keys=True), "random_state": RANDOM_STATE,
+        DATA_SHA256: state.data_sha256,
     }))  # fmt: skip
     rows = [json.dumps(row) for row in state.metrics]
     attrs["content_sha256"] = content_sha256(_header(attrs), state.tensors, rows, state.client_state)
@@ -244,4 +252,5 @@ def _read(handle: h5py.File, rows: list[str]) -> RunState:
         package_version=str(attrs["package_version"]),
         created=str(attrs["created"]),
         format_version=int(attrs["format_version"]),
+        data_sha256=str(attrs.get(DATA_SHA256, "")),
     )
