@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
+from fedbat_mpi.errors import UsageError
+from fedbat_mpi.rounds import out_lock
 from fedbat_mpi.server import checkpoint, client_state
 from fedbat_mpi.testing.formats import write_fmnist
 
@@ -146,11 +148,12 @@ def test_a_new_or_resumed_run_never_overwrites_another_runs_checkpoint(tmp_path)
     for folder, seed in [(out, "0"), (other, "7")]:
         done = launch(None, [*TINY, "--rounds", "1", "--seed", seed, "--out", str(folder)])
         assert done.returncode == 0, done.stderr
-    path = out / checkpoint.FILE_NAME
+    path, lock = out / checkpoint.FILE_NAME, out / out_lock.FILE_NAME
     before = path.read_bytes()
+    lock.unlink()  # a folder written before the lock file existed: a refused run leaves none there either
     done = launch(2, [*TINY, "--rounds", "1", "--out", str(out)])
     assert done.returncode == 2 and "already holds a checkpoint" in done.stderr
-    assert path.read_bytes() == before
+    assert path.read_bytes() == before and not lock.exists()
     done = launch(2, ["--resume", str(other / checkpoint.FILE_NAME), "--out", str(out), "--rounds", "2"])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "already holds another run's checkpoint" in done.stderr
@@ -180,6 +183,22 @@ def test_a_resume_on_other_data_is_refused_and_on_a_copy_of_the_same_goes_on(tmp
     done = launch(2, ["--resume", "--out", str(out), "--data-dir", str(moved), "--rounds", "2"])
     assert done.returncode == 0, done.stderr
     assert [row["round"] for row in metrics(out)] == [1, 2]
+
+
+def test_a_lock_file_removed_by_a_refused_run_is_not_the_one_a_later_run_holds(tmp_path):
+    """A run that opened ``run.lock`` just before a refused run removed it locks the file there now."""
+    refused = out_lock.hold_out_dir(str(tmp_path))
+    assert refused is not None
+    opened_before_the_removal = open(tmp_path / out_lock.FILE_NAME, "a")
+    out_lock.release_out_dir(refused, remove=True)
+    assert not out_lock._still_named(opened_before_the_removal, str(tmp_path / out_lock.FILE_NAME))
+    opened_before_the_removal.close()
+    held = out_lock.hold_out_dir(str(tmp_path))
+    assert held is not None and out_lock._still_named(held, str(tmp_path / out_lock.FILE_NAME))
+    with pytest.raises(UsageError, match="another run is using"):
+        out_lock.hold_out_dir(str(tmp_path))
+    out_lock.release_out_dir(held, remove=False)
+    assert (tmp_path / out_lock.FILE_NAME).exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])

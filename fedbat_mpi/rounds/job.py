@@ -23,9 +23,9 @@ from fedbat_mpi.server.client_state import ClientStateStore
 from fedbat_mpi.server.report import Report
 from fedbat_mpi.wire.comm import Communicator
 
+from . import out_lock
 from .engine import Engine
 from .heap import keep_freed_heap
-from .out_lock import hold_out_dir
 from .signals import PREEMPTED, StopRequest
 
 ABORT_GRACE_S = 1.0  # seconds between a failing rank's traceback and MPI_Abort, which kills every rank
@@ -98,8 +98,13 @@ def _claim_out_dir(run: Run, comm: Communicator) -> Run:
     (resuming a run with per-client state) the client-state store, which opening updates; nothing is
     written before the lock is held."""
     if comm.is_root:
-        run.out_lock = hold_out_dir(run.config.out_dir)
-        _refuse_another_runs_checkpoint(run.config.out_dir, run.resumed_from)
+        had_lock_file = os.path.exists(os.path.join(run.config.out_dir, out_lock.FILE_NAME))
+        run.out_lock = out_lock.hold_out_dir(run.config.out_dir)
+        try:
+            _refuse_another_runs_checkpoint(run.config.out_dir, run.resumed_from)
+        except UsageError:
+            out_lock.release_out_dir(run.out_lock, remove=not had_lock_file)  # refused: nothing written
+            raise
         if run.resumed is not None and run.engine.state_size:
             folder, index = run.config.out_dir, run.resumed.client_state
             assert index is not None  # _check_resumed_state made sure

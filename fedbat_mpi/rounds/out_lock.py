@@ -20,19 +20,40 @@ def hold_out_dir(out_dir: str) -> TextIO | None:
     or the process ends; a UsageError naming ``--out`` if another run holds it. ``None`` where the file
     system offers no ``flock`` (the run goes on unguarded)."""
     path = os.path.join(out_dir, FILE_NAME)
+    while True:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            handle = open(path, "a")
+        except OSError as error:
+            raise UsageError(f"--out: cannot write to {out_dir}: {error.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UsageError(
+                f"--out: another run is using {out_dir} (it holds {path}); wait for it to end or choose another --out"
+            ) from None
+        except OSError:  # no flock on this file system
+            handle.close()
+            return None
+        if _still_named(handle, path):
+            return handle
+        handle.close()  # a refused run removed the file after this one opened it: lock the file there now
+
+
+def release_out_dir(handle: TextIO | None, remove: bool) -> None:
+    """Give the lock back; with ``remove``, delete the lock file first, while still holding it (a refused
+    run that made the file leaves the folder as it found it)."""
+    if handle is None:
+        return
+    if remove:
+        os.remove(handle.name)
+    handle.close()
+
+
+def _still_named(handle: TextIO, path: str) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open."""
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        handle = open(path, "a")
-    except OSError as error:
-        raise UsageError(f"--out: cannot write to {out_dir}: {error.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UsageError(
-            f"--out: another run is using {out_dir} (it holds {path}); wait for it to end or choose another --out"
-        ) from None
-    except OSError:  # no flock on this file system
-        handle.close()
-        return None
-    return handle
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
