@@ -128,3 +128,20 @@ def test_a_target_that_is_no_accuracy_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == (
         "fedbat_mpi.summary: error: --target: expected a test accuracy in (0, 1], got 80.0"
     )
+
+
+@pytest.mark.parametrize("out,expected", [
+    ("", "--out: expected a folder name, got ''"),
+    ("TMP/a-file", "--out: cannot make the folder TMP/a-file: File exists"),
+    ("TMP/a-file/png", "--out: cannot make the folder TMP/a-file/png: Not a directory"),
+    ("TMP/png", "--out: cannot write TMP/png/accuracy-fmnist-iid.png: Is a directory"),
+], ids=["empty", "a-file", "under-a-file", "a-folder-in-the-way"])  # fmt: skip
+def test_a_plot_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, out, expected):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5], 500_000)
+    (tmp_path / "a-file").write_text("kept\n")
+    (tmp_path / "png" / "accuracy-fmnist-iid.png").mkdir(parents=True)  # where the figure would go
+    out, expected = out.replace("TMP", str(tmp_path)), expected.replace("TMP", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.plot", str(run), "--out", out], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr == f"fedbat_mpi.plot: error: {expected}\n", done.stderr
+    assert (tmp_path / "a-file").read_text() == "kept\n" and not list(tmp_path.glob("*.png"))
