@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
@@ -268,9 +268,21 @@ def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
     return data
 
 
+def check_spelled_once(keys: Iterable[Any], where: str) -> None:
+    """A UsageError when two of a mapping's ``keys`` are one name, spelled with dashes and with
+    underscores (``local-epochs``, ``local_epochs``): one of the two values would go unused."""
+    spellings: dict[str, Any] = {}
+    for key in keys:
+        name = str(key).replace("-", "_")
+        if name in spellings:
+            raise UsageError(f"{where}: {name} given twice (as {spellings[name]} and {key})")
+        spellings[name] = key
+
+
 def load_yaml(path: str) -> dict[str, Any]:
-    """Options from a YAML mapping; keys may use dashes or underscores."""
+    """Options from a YAML mapping; keys may use dashes or underscores, not both for one option."""
     data = read_yaml_mapping(path, "--config", "a mapping of option names to values")
+    check_spelled_once(data, f"--config: {path}")
     options = {}
     for key, value in data.items():
         name = option_name(key)
