@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
-from fedbat_mpi.client.models import check_model_fits
+from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
 from fedbat_mpi.errors import OneLineParser, UsageError
@@ -102,6 +102,8 @@ class RunOptions:
         if self.weighting not in WEIGHTINGS:
             _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", self.weighting)
         parse_scheme(self.partition)
+        if self.model is not None and self.model not in MODEL_INPUT_SHAPES:  # "" too: not the default model
+            _fail("model", f"one of {', '.join(MODEL_INPUT_SHAPES)}", self.model)
         if self.model is not None and self.dataset in IMAGE_SHAPES:  # other names: load_dataset says
             check_model_fits(self.model, IMAGE_SHAPES[self.dataset], self.dataset)
         return self
