@@ -223,6 +223,16 @@ def test_a_run_killed_by_a_signal_ends_the_study_with_status_1(tmp_path):
     assert "seed0: killed by signal 9;" in done.stderr, done.stderr
 
 
+def test_a_launcher_that_starts_nothing_is_a_failed_run_and_the_others_go_on(tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), launcher="true", base=BASE,
+                      grid={"seed": [0, 1]})  # fmt: skip
+    assert study.main([str(grid)]) == 1
+    failures = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1].split(";")[0] for line in failures] == [
+        f"seed{seed}: the launcher exited with status 0, but the run did not finish (not started)" for seed in (0, 1)
+    ], failures
+
+
 @pytest.mark.parametrize("grid_file,expected", [
     ({"base": {"roundz": 3}}, "base: unknown option 'roundz'"),
     ({"base": {"out": "x"}}, "base: out: each run's folder is set by the study"),
