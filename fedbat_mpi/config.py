@@ -13,14 +13,14 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
-from fedbat_mpi.client.models import check_model_fits
+from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
 from fedbat_mpi.errors import OneLineParser, UsageError
@@ -102,6 +102,8 @@ class RunOptions:
         if self.weighting not in WEIGHTINGS:
             _fail("weighting", f"one of {', '.join(WEIGHTINGS)}", self.weighting)
         parse_scheme(self.partition)
+        if self.model is not None and self.model not in MODEL_INPUT_SHAPES:  # "" too: not the default model
+            _fail("model", f"one of {', '.join(MODEL_INPUT_SHAPES)}", self.model)
         if self.model is not None and self.dataset in IMAGE_SHAPES:  # other names: load_dataset says
             check_model_fits(self.model, IMAGE_SHAPES[self.dataset], self.dataset)
         return self
@@ -268,9 +270,21 @@ def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
     return data
 
 
+def check_spelled_once(keys: Iterable[Any], where: str) -> None:
+    """A UsageError when two of a mapping's ``keys`` are one name, spelled with dashes and with
+    underscores (``local-epochs``, ``local_epochs``): one of the two values would go unused."""
+    spellings: dict[str, Any] = {}
+    for key in keys:
+        name = str(key).replace("-", "_")
+        if name in spellings:
+            raise UsageError(f"{where}: {name} given twice (as {spellings[name]} and {key})")
+        spellings[name] = key
+
+
 def load_yaml(path: str) -> dict[str, Any]:
-    """Options from a YAML mapping; keys may use dashes or underscores."""
+    """Options from a YAML mapping; keys may use dashes or underscores, not both for one option."""
     data = read_yaml_mapping(path, "--config", "a mapping of option names to values")
+    check_spelled_once(data, f"--config: {path}")
     options = {}
     for key, value in data.items():
         name = option_name(key)

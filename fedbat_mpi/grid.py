@@ -15,8 +15,10 @@
 A run's options are its preset's, then ``base``'s, then its grid values (the same precedence as
 ``--preset``, ``--config`` and the command line). Runs are numbered in the order of the Cartesian
 product, the first grid option varying slowest, and each has a folder in the study folder named after
-its grid values alone, e.g. ``fedavg-seed0`` (``dir:0.3`` becomes ``dir0.3``). Every run's
-configuration is checked when the file is read, so that a typo fails at once, not hours later.
+its grid values alone, e.g. ``fedavg-seed0`` (``dir:0.3`` becomes ``dir0.3``), at most ``NAME_MAX``
+bytes; an absent or empty ``grid`` is one run, ``run``. A key may be written with dashes or
+underscores, not both. Every run's configuration is checked when the file is read, so that a typo
+fails at once, not hours later.
 """
 
 import itertools
@@ -25,12 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedbat_mpi.config import PRESETS, Config, coerce, option_name, read_yaml_mapping, resumed_config
+from fedbat_mpi.config import (
+    PRESETS,
+    Config,
+    check_spelled_once,
+    coerce,
+    option_name,
+    read_yaml_mapping,
+    resumed_config,
+)
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server.checkpoint import FILE_NAME, saved_round_and_config
 
 SETTINGS = ("out", "runs_at_once", "ranks_per_run", "launcher", "base", "grid")
 DEFAULT_LAUNCHER = "mpirun -n {ranks}"
+NAME_MAX = 255  # the longest file name, in bytes, of common file systems (ext4, XFS, tmpfs, Lustre)
 
 
 @dataclass(frozen=True)
@@ -99,9 +110,10 @@ def load_study(path: str, out: str | None = None) -> Study:
     for key in data:
         if str(key).replace("-", "_") not in SETTINGS:
             raise UsageError(f"{path}: unknown key {key!r} (expected {', '.join(SETTINGS)})")
+    check_spelled_once(data, path)
     data = {str(key).replace("-", "_"): value for key, value in data.items()}
-    base = _options(data.get("base") or {}, f"{path}: base")
-    grid = _grid(data.get("grid") or {}, f"{path}: grid")
+    base = _options(data.get("base"), f"{path}: base")
+    grid = _grid(data.get("grid"), f"{path}: grid")
     runs_at_once = _positive(data.get("runs_at_once", 1), f"{path}: runs_at_once")
     ranks_per_run = _positive(data.get("ranks_per_run", 1), f"{path}: ranks_per_run")
     launcher = data.get("launcher", DEFAULT_LAUNCHER)
@@ -112,7 +124,7 @@ def load_study(path: str, out: str | None = None) -> Study:
     runs = []
     for index, values in enumerate(itertools.product(*grid.values())):
         point = dict(zip(grid, values))
-        name = "-".join(_component(option, value) for option, value in point.items()) or "run"
+        name = _folder_name(point, f"{path}: grid: run {index}")
         options = _resolve({**base, **point})
         try:
             config = Config(**options).validate()
@@ -149,14 +161,22 @@ def _option(key: Any, value: Any, where: str) -> tuple[str, Any]:
 
 
 def _options(mapping: Any, where: str) -> dict[str, Any]:
+    """``base``'s options (None, an empty ``base:``, has none)."""
+    if mapping is None:
+        return {}
     if not isinstance(mapping, dict):
         raise UsageError(f"{where}: expected a mapping of option names to values, got {mapping!r}")
+    check_spelled_once(mapping, where)
     return dict(_option(key, value, where) for key, value in mapping.items())
 
 
 def _grid(mapping: Any, where: str) -> dict[str, list[Any]]:
+    """``grid``'s options and their values (None, an empty ``grid:``, has none)."""
+    if mapping is None:
+        return {}
     if not isinstance(mapping, dict):
         raise UsageError(f"{where}: expected a mapping of option names to lists of values, got {mapping!r}")
+    check_spelled_once(mapping, where)
     grid = {}
     for key, values in mapping.items():
         if not isinstance(values, list) or not values:
@@ -183,6 +203,18 @@ def _folder(value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where}: expected a folder name, got {value!r}")
     return Path(value)
+
+
+def _folder_name(point: dict[str, Any], where: str) -> str:
+    """The folder name of the run with grid values ``point`` (``run`` without any); a UsageError when
+    it is longer than a file name may be."""
+    components = {option: _component(option, value) for option, value in point.items()}
+    name = "-".join(components.values()) or "run"
+    if len(name) > NAME_MAX:  # in bytes: _component leaves ASCII alone
+        longest = max(components, key=lambda option: len(components[option]))
+        raise UsageError(f"{where}: its folder name would be {len(name)} bytes, more than a file name may be "
+                         f"({NAME_MAX}); shorten its {longest} value")  # fmt: skip
+    return name
 
 
 def _component(option: str, value: Any) -> str:

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedbat_mpi.client.algorithms import ALGORITHMS  # noqa: E402
-from fedbat_mpi.errors import OneLineParser, run_command  # noqa: E402
+from fedbat_mpi.errors import OneLineParser, UsageError, run_command  # noqa: E402
 from fedbat_mpi.records import RunRecord, read_run  # noqa: E402
 
 
@@ -39,8 +39,12 @@ def plot_setting(setting: str, runs: list[RunRecord], path: Path) -> None:
     for axes in (by_round, by_bytes):
         axes.grid(alpha=0.3)
     by_round.legend()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=110)
+    except OSError as error:
+        raise UsageError(f"--out: cannot write {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
 
 
 def plot_runs(folders: list[str], out: str) -> list[Path]:
@@ -49,13 +53,23 @@ def plot_runs(folders: list[str], out: str) -> list[Path]:
     for folder in folders:
         run = read_run(folder)
         groups[run.setting].append(run)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     paths = []
     for setting, runs in sorted(groups.items()):
         path = Path(out) / f"accuracy-{setting.replace(' ', '-').replace(':', '')}.png"
         plot_setting(setting, runs, path)
         paths.append(path)
     return paths
+
+
+def _make_folder(out: str) -> None:
+    """The ``--out`` folder, made if need be; a UsageError when it is no folder name or cannot be made."""
+    if not out:
+        raise UsageError(f"--out: expected a folder name, got {out!r}")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out: cannot make the folder {out}: {error.strerror or error}") from None
 
 
 def _command(argv: list[str] | None) -> None:

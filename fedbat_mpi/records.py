@@ -1,15 +1,23 @@
 """Reading finished runs back: a run folder's configuration and ``metrics.jsonl`` rows."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fedbat_mpi.errors import UsageError
 
-CONFIG_KEYS = ("algorithm", "dataset", "partition")  # what the readers of a run's configuration use
-ROW_KEYS = ("round", "clients", "test_acc", "uplink_bytes")  # and of each metrics row
+CONFIG_KEYS = ("algorithm", "dataset", "partition")  # what the readers of a run's configuration use (text)
+# What they use of each metrics row: what each value must be, and the check.
+ROW_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "round": ("an integer", lambda value: type(value) is int),
+    "clients": ("a non-empty list", lambda value: isinstance(value, list) and len(value) > 0),
+    "test_acc": ("a number", lambda value: type(value) in (int, float)),
+    "uplink_bytes": ("an integer", lambda value: type(value) is int),
+}
 
 
 @dataclass
@@ -39,7 +47,7 @@ class RunRecord:
 
 def read_run(folder: str) -> RunRecord:
     """The run in ``folder``; a UsageError if it has no configuration or no finished round, or either
-    lacks what a run writes."""
+    lacks what a run writes or holds a value of another type."""
     path = Path(folder)
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
@@ -48,9 +56,16 @@ def read_run(folder: str) -> RunRecord:
         raise UsageError(f"{folder}: not a run folder with config.yaml and metrics.jsonl ({error})") from None
     if not isinstance(config, dict) or not all(key in config for key in CONFIG_KEYS):
         raise UsageError(f"{folder}: config.yaml is not a run's configuration (needs {', '.join(CONFIG_KEYS)})")
+    for key in CONFIG_KEYS:
+        if not isinstance(config[key], str):
+            raise UsageError(f"{folder}: config.yaml is not a run's configuration ({key}: expected text, got {config[key]!r})")
     if not rows:
         raise UsageError(f"{folder}: metrics.jsonl has no rounds yet")
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not all(key in row for key in ROW_KEYS):
             raise UsageError(f"{folder}: metrics.jsonl row {number} is not a round's metrics (needs {', '.join(ROW_KEYS)})")
+        for key, (expected, valid) in ROW_KEYS.items():
+            if not valid(row[key]):
+                raise UsageError(f"{folder}: metrics.jsonl row {number} is not a round's metrics "
+                                 f"({key}: expected {expected}, got {row[key]!r})")  # fmt: skip
     return RunRecord(path, config, rows)

@@ -20,7 +20,7 @@ when it lists more than one) spreads the runs that run at once over them: each r
 
 Exit status: 0 when every run has finished; 75 when a stop signal ended the study or a run early; else
 2 when every failed run failed on a mistake in its input (e.g. a missing data set), or 1 (a run's
-traceback, a run killed by a signal).
+traceback, a run killed by a signal, a launcher that exited 0 before its run finished).
 """
 
 import sys

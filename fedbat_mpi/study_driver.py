@@ -133,17 +133,19 @@ class Driver:
                 continue
             del self.running[name]
             self.gpu_of.pop(name, None)
-            if status == 0:
+            standing = run.standing()
+            if status == 0 and standing.done:
                 self.done += 1
                 self._say(
                     f"{name}: finished, test accuracy {100 * read_run(str(run.folder)).rows[-1]['test_acc']:.2f} %"
                 )
             elif status == PREEMPTED or (name in self.asked_to_stop and status != UsageError.exit_status):
                 self.stopped += 1
-                self._say(f"{name}: {run.standing()}")
+                self._say(f"{name}: {standing}")
             else:
-                self.failed.append(status)
-                how = f"killed by signal {-status}" if status < 0 else f"failed with exit status {status}"
+                self.failed.append(status or 1)
+                how = (f"the launcher exited with status 0, but the run did not finish ({standing})" if status == 0
+                       else f"killed by signal {-status}" if status < 0 else f"failed with exit status {status}")  # fmt: skip
                 self._say(f"{name}: {how}; {run.folder / 'run.log'}: {_last_line(run)}", stream=sys.stderr)
 
     def _say(self, event: str, stream: TextIO = sys.stdout) -> None:

@@ -82,6 +82,19 @@ def test_an_empty_out_is_refused():
         Config(**parse_command_line(["--out", ""]).options).validate()
 
 
+def test_an_empty_model_is_refused():
+    with pytest.raises(UsageError, match="^--model: expected one of cnn4-mnist, cnn4, resnet10, got ''$"):
+        Config(**parse_command_line(["--model", ""]).options).validate()
+
+
+def test_an_option_spelled_two_ways_in_a_config_file_is_refused(tmp_path):
+    path = tmp_path / "options.yaml"
+    path.write_text("local-epochs: 1\nlocal_epochs: 3\n")
+    expected = f"--config: {path}: local_epochs given twice (as local-epochs and local_epochs)"
+    with pytest.raises(UsageError, match=f"^{re.escape(expected)}$"):
+        load_yaml(str(path))
+
+
 def test_a_usage_error_is_one_line_whatever_it_quotes():
     assert str(UsageError("--data-dir: expected a directory, got /no\nsuch\r")) == (
         "--data-dir: expected a directory, got /no\\nsuch\\r"

@@ -153,3 +153,14 @@ def test_impossible_partitions() -> None:
         partition(BALANCED, 100, "dir:0.3", 0, min_samples=61)  # 6,000 samples < 61 x 100
     with pytest.raises(UsageError, match="--min-samples: expected a positive integer, got 0"):
         partition(BALANCED, 100, "dir:0.3", 0, min_samples=0)
+
+
+def test_a_beta_beyond_what_a_draw_can_sum_asks_for_a_smaller_one_and_a_tiny_one_for_a_larger() -> None:
+    """numpy's Dirichlet draw divides N gamma(β) draws by their sum, about Nβ: past the largest float
+    it is inf and every share 0. A tiny β puts each class on one client, in time one holding its share."""
+    expected = r"^--partition dir:1e\+307: BETA is too large for 10 clients: .+; use a smaller BETA"
+    with pytest.raises(UsageError, match=expected):
+        partition(BALANCED, 10, "dir:1e+307", 0)
+    assert len(partition(BALANCED, 10, "dir:1e306", 0)) == 10
+    with pytest.raises(UsageError, match=r"^--partition dir:1e-300: .+; use a larger BETA$"):
+        partition(np.repeat(np.arange(100), 80), 5, "dir:1e-300", 0, min_samples=1)

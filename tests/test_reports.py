@@ -128,3 +128,43 @@ def test_a_target_that_is_no_accuracy_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == (
         "fedbat_mpi.summary: error: --target: expected a test accuracy in (0, 1], got 80.0"
     )
+
+
+@pytest.mark.parametrize("out,expected", [
+    ("", "--out: expected a folder name, got ''"),
+    ("TMP/a-file", "--out: cannot make the folder TMP/a-file: File exists"),
+    ("TMP/a-file/png", "--out: cannot make the folder TMP/a-file/png: Not a directory"),
+    ("TMP/png", "--out: cannot write TMP/png/accuracy-fmnist-iid.png: Is a directory"),
+], ids=["empty", "a-file", "under-a-file", "a-folder-in-the-way"])  # fmt: skip
+def test_a_plot_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, out, expected):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5], 500_000)
+    (tmp_path / "a-file").write_text("kept\n")
+    (tmp_path / "png" / "accuracy-fmnist-iid.png").mkdir(parents=True)  # where the figure would go
+    out, expected = out.replace("TMP", str(tmp_path)), expected.replace("TMP", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "fedbat_mpi.plot", str(run), "--out", out], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr == f"fedbat_mpi.plot: error: {expected}\n", done.stderr
+    assert (tmp_path / "a-file").read_text() == "kept\n" and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("file,change,expected", [
+    ("metrics.jsonl", {"test_acc": "x"}, "metrics.jsonl row 2 is not a round's metrics (test_acc: expected a number, got 'x')"),
+    ("metrics.jsonl", {"clients": 5}, "metrics.jsonl row 2 is not a round's metrics (clients: expected a non-empty list, got 5)"),
+    ("metrics.jsonl", {"clients": []}, "metrics.jsonl row 2 is not a round's metrics (clients: expected a non-empty list, got [])"),
+    ("metrics.jsonl", {"uplink_bytes": None}, "metrics.jsonl row 2 is not a round's metrics (uplink_bytes: expected an integer, got None)"),
+    ("metrics.jsonl", {"round": True}, "metrics.jsonl row 2 is not a round's metrics (round: expected an integer, got True)"),
+    ("config.yaml", {"algorithm": 5}, "config.yaml is not a run's configuration (algorithm: expected text, got 5)"),
+], ids=["accuracy-text", "clients-number", "clients-empty", "uplink-null", "round-boolean", "algorithm-number"])  # fmt: skip
+@pytest.mark.parametrize("command", ["summary", "plot"])
+def test_a_value_of_the_wrong_type_is_one_line_and_exit_2(tmp_path, capsys, command, file, change, expected):
+    run = _fake_run(tmp_path / "a", "fedbat", "iid", [0.5, 0.6], 500_000)
+    if file == "config.yaml":
+        config = yaml.safe_load((run / file).read_text())
+        (run / file).write_text(yaml.safe_dump({**config, **change}))
+    else:
+        first, second = (json.loads(line) for line in (run / file).read_text().splitlines())
+        (run / file).write_text(json.dumps(first) + "\n" + json.dumps({**second, **change}) + "\n")
+    main = {"summary": summary.main, "plot": plot.main}[command]
+    assert main([str(run), *(["--out", str(tmp_path / "png")] if command == "plot" else [])]) == 2
+    assert capsys.readouterr().err == f"fedbat_mpi.{command}: error: {run}: {expected}\n"
+    assert not (tmp_path / "png").exists()

@@ -223,6 +223,16 @@ def test_a_run_killed_by_a_signal_ends_the_study_with_status_1(tmp_path):
     assert "seed0: killed by signal 9;" in done.stderr, done.stderr
 
 
+def test_a_launcher_that_starts_nothing_is_a_failed_run_and_the_others_go_on(tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), launcher="true", base=BASE,
+                      grid={"seed": [0, 1]})  # fmt: skip
+    assert study.main([str(grid)]) == 1
+    failures = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1].split(";")[0] for line in failures] == [
+        f"seed{seed}: the launcher exited with status 0, but the run did not finish (not started)" for seed in (0, 1)
+    ], failures
+
+
 @pytest.mark.parametrize("grid_file,expected", [
     ({"base": {"roundz": 3}}, "base: unknown option 'roundz'"),
     ({"base": {"out": "x"}}, "base: out: each run's folder is set by the study"),
@@ -236,8 +246,19 @@ def test_a_run_killed_by_a_signal_ends_the_study_with_status_1(tmp_path):
     ({"ranks_per_run": 0}, "ranks_per_run: expected a positive integer, got 0"),
     ({"base": {"lr": None}}, "base: --lr: expected float, got null"),
     ({"grid": {"lr": [None]}}, "grid: --lr: expected float, got null"),
+    ({"grid": []}, "grid: expected a mapping of option names to lists of values, got []"),
+    ({"grid": 0}, "grid: expected a mapping of option names to lists of values, got 0"),
+    ({"base": []}, "base: expected a mapping of option names to values, got []"),
+    ({"base": False}, "base: expected a mapping of option names to values, got False"),
+    ({"grid": {"local-epochs": [1, 2, 3], "local_epochs": [5]}},
+     "grid: local_epochs given twice (as local-epochs and local_epochs)"),
+    ({"base": {"local-epochs": 1, "local_epochs": 3}}, "base: local_epochs given twice (as local-epochs and local_epochs)"),
+    ({"runs-at-once": 2, "runs_at_once": 3}, "runs_at_once given twice (as runs-at-once and runs_at_once)"),
+    ({"grid": {"seed": [0], "data_dir": ["/" + "x" * 279]}},
+     "grid: run 0: its folder name would be 286 bytes, more than a file name may be (255); shorten its data_dir value"),
 ], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "model-for-other-images",
-        "unknown-key", "ranks", "null-in-base", "null-in-grid"])  # fmt: skip
+        "unknown-key", "ranks", "null-in-base", "null-in-grid", "grid-a-list", "grid-a-number", "base-a-list",
+        "base-false", "grid-option-twice", "base-option-twice", "key-twice", "folder-name-too-long"])  # fmt: skip
 def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_path, capsys, grid_file, expected):
     folder = tmp_path / "study"
     grid = write_grid(tmp_path / "grid.yaml", out=str(folder), **grid_file)
@@ -277,6 +298,13 @@ def test_run_folders_stay_in_the_study_folder_and_ordinary_names_are_kept(tmp_pa
     grid = write_grid(tmp_path / "grid.yaml", grid={"partition": ["iid", "dir:0.3"], "seed": [0, 1]})
     names = [run.name for run in load_study(str(grid)).runs]
     assert names == ["iid-seed0", "iid-seed1", "dir0.3-seed0", "dir0.3-seed1"]
+
+
+def test_an_empty_grid_and_base_are_one_run_of_the_default_options(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base:\ngrid:\n")
+    (run,) = load_study(str(grid)).runs
+    assert (run.name, run.options) == ("run", {})
 
 
 def test_an_on_off_option_may_be_written_unquoted(tmp_path):

@@ -6,6 +6,7 @@ clients) and stored flat (:class:`Partition`), so that 100,000+ clients take sec
 per sample, not a Python object per client.
 """
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -103,6 +104,11 @@ def _dirichlet(
 ) -> np.ndarray:
     """Per class, Dir(β) shares over the clients not yet holding n/N samples; redraw until all hold
     ≥ ``min_samples``, or, when redraws cannot get there, top up the clients left short."""
+    if math.isinf(2 * beta * num_clients):  # numpy divides N gamma(β) draws by their sum, about Nβ
+        raise UsageError(
+            f"--partition {scheme}: BETA is too large for {num_clients} clients: a Dirichlet draw's sum "
+            "(about BETA x clients) overflows a float; use a smaller BETA (a large one is close to iid already)"
+        )
     if len(labels) < min_samples * num_clients:
         raise UsageError(
             f"--partition {scheme}: needs {min_samples} samples per client (--min-samples), "
@@ -121,7 +127,10 @@ def _dirichlet(
         if short >= _DIRICHLET_HOPELESS:
             break
     if drawn is None:
-        raise UsageError(f"--partition {scheme}: every draw gave all samples to no client; use a larger BETA")
+        raise UsageError(  # a tiny β puts each class on one client, in time on one already holding n/N
+            f"--partition {scheme}: every draw put a class wholly on clients already holding their share; "
+            "use a larger BETA"
+        )
     return _top_up(drawn, num_clients, min_samples, rng)
 
 
