@@ -10,7 +10,6 @@ checkpoint's configuration instead of the defaults, and may change only what doe
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
+from fedbat_mpi.client.algorithms.base import POSITIVE, finite_at_least
 from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
@@ -82,8 +82,8 @@ class RunOptions:
             _fail("out", "a folder name", self.out)
         if self.algorithm not in ALGORITHMS:
             _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            _fail("lr", "a positive finite number", self.lr)
+        if not finite_at_least(0.0, inclusive=False)(self.lr):
+            _fail("lr", POSITIVE, self.lr)
         for option in hyperparameters():
             if not option.valid(getattr(self, option.name)):
                 _fail(option.name, option.expected, getattr(self, option.name))

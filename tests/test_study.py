@@ -238,7 +238,7 @@ def test_a_launcher_that_starts_nothing_is_a_failed_run_and_the_others_go_on(tmp
     ({"base": {"out": "x"}}, "base: out: each run's folder is set by the study"),
     ({"grid": {"seed": []}}, "grid: seed: expected a non-empty list of values, got []"),
     ({"grid": {"seed": ["zero"]}}, "grid: --seed: expected int, got 'zero'"),
-    ({"grid": {"lr": [0.1, -1]}}, "run lr-1.0: --lr: expected a positive finite number, got -1.0"),
+    ({"grid": {"lr": [0.1, -1]}}, "run lr-1.0: --lr: expected a positive number up to 3.40e+38, got -1.0"),
     ({"grid": {"preset": ["fmnist-iid", "fmnist-dirichlet"]}}, "preset: expected one of embedded, fmnist-iid"),
     ({"grid": {"model": ["cnn4-mnist", "cnn4"]}},
      "run cnn4: --model: cnn4 takes 3x32x32 images, but --dataset embedded holds 1x28x28"),

@@ -1,7 +1,6 @@
 """The interface every federated algorithm implements, its options, and the registry of algorithms."""
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,9 +84,14 @@ class HyperParameter:
     resumable: bool = False  # whether a resumed run may change it (only if results do not change)
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # training computes in float32: a larger value overflows
+POSITIVE = f"a positive number up to {FLOAT32_MAX:.2e}"  # what finite_at_least(0, inclusive=False) accepts
+NON_NEGATIVE = f"a number in [0, {FLOAT32_MAX:.2e}]"  # and finite_at_least(0)
+
+
 def finite_at_least(low: float, inclusive: bool = True) -> Callable[[float], bool]:
-    """A check for a finite number above ``low`` (or equal to it when ``inclusive``)."""
-    return lambda value: math.isfinite(value) and (value >= low if inclusive else value > low)
+    """A check for a number above ``low`` (or equal to it when ``inclusive``) that float32 holds."""
+    return lambda value: abs(value) <= FLOAT32_MAX and (value >= low if inclusive else value > low)
 
 
 class Algorithm(ABC):

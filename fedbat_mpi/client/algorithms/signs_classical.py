@@ -45,14 +45,14 @@ import torch
 
 from fedbat_mpi.wire.rule import ServerRule
 
-from .base import HyperParameter, finite_at_least, register
+from .base import POSITIVE, HyperParameter, finite_at_least, register
 from .signs import Compressed, PostTrainingSign, Sizes, fill_rows
 
 Z_EXPONENTS = ("1", "2", "inf")
 
 
 def _positive(name: str, default: float, help: str) -> HyperParameter:
-    return HyperParameter(name, float, default, help, "a positive finite number", finite_at_least(0.0, inclusive=False))
+    return HyperParameter(name, float, default, help, POSITIVE, finite_at_least(0.0, inclusive=False))
 
 
 @register
