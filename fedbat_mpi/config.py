@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
@@ -255,14 +255,37 @@ def coerce(name: str, value: Any) -> Any:
         raise refused from None
 
 
+class _KeyGivenTwice(yaml.YAMLError):
+    """A YAML mapping that holds one key twice."""
+
+
+class _DistinctKeysLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that holds one key twice (it would keep the last value)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):  # an unhashable key is the safe loader's own error
+                if key in lines:
+                    raise _KeyGivenTwice(f"{key} given twice (lines {lines[key]} and {key_node.start_mark.line + 1})")
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str, source: str, expected: str) -> dict:
     """The mapping YAML file ``path`` holds (empty for an empty file); a one-line UsageError naming
-    ``source`` (the option or file kind) when it cannot be read, is not YAML or holds no mapping."""
+    ``source`` (the option or file kind) when it cannot be read, is not YAML, holds a key twice or
+    holds no mapping."""
     try:
         with open(path, "rb") as handle:  # bytes: a file that is not UTF-8 is a YAMLError, not a traceback
-            data = yaml.safe_load(handle) or {}
+            data = yaml.load(handle, Loader=_DistinctKeysLoader) or {}
     except OSError as error:
         raise UsageError(f"{source}: cannot read {path}: {error.strerror}") from None
+    except _KeyGivenTwice as error:
+        raise UsageError(f"{source}: {path}: {error}") from None
     except yaml.YAMLError as error:
         raise UsageError(f"{source}: {path} is not valid YAML ({type(error).__name__})") from None
     if not isinstance(data, dict):

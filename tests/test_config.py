@@ -14,6 +14,7 @@ from fedbat_mpi.config import (
     coerce,
     load_yaml,
     parse_command_line,
+    read_yaml_mapping,
     resumed_config,
 )
 from fedbat_mpi.errors import UsageError
@@ -93,6 +94,24 @@ def test_an_option_spelled_two_ways_in_a_config_file_is_refused(tmp_path):
     expected = f"--config: {path}: local_epochs given twice (as local-epochs and local_epochs)"
     with pytest.raises(UsageError, match=f"^{re.escape(expected)}$"):
         load_yaml(str(path))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("rounds: 1\nlr: 0.1\nrounds: 3\n", "rounds given twice (lines 1 and 3)"),
+    ("rounds: 1\nrounds: 1\n", "rounds given twice (lines 1 and 2)"),
+])  # fmt: skip
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, text, expected):
+    """YAML itself would keep the last value and drop the other without a word."""
+    path = tmp_path / "options.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=f"^{re.escape(f'--config: {path}: {expected}')}$"):
+        load_yaml(str(path))
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "options.yaml"
+    path.write_text("defaults: &defaults {rounds: 1, lr: 0.2}\nrun:\n  <<: *defaults\n  rounds: 3\n")
+    assert read_yaml_mapping(str(path), "--config", "a mapping")["run"] == {"rounds": 3, "lr": 0.2}
 
 
 def test_a_usage_error_is_one_line_whatever_it_quotes():

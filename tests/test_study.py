@@ -277,7 +277,8 @@ def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_p
     (b"", ["--out", "TMP/a-file", "--launcher", "true"],
      "out: cannot make the study folder TMP/a-file: File exists"),
     (b"launcher: 'false'\n", ["--out", "TMP/study", "--launcher", ""], "--launcher: expected a command"),
-], ids=["not-utf-8", "out-number", "out-list", "out-empty", "out-a-file", "launcher-empty"])  # fmt: skip
+    (b"grid:\n  seed: [0]\n  seed: [1]\n", ["--out", "TMP/study"], "grid file: TMP/grid.yaml: seed given twice (lines 2 and 3)"),
+], ids=["not-utf-8", "out-number", "out-list", "out-empty", "out-a-file", "launcher-empty", "key-twice"])  # fmt: skip
 def test_a_bad_study_folder_grid_file_or_launcher_is_one_line(tmp_path, capsys, text, args, expected):
     grid = tmp_path / "grid.yaml"
     grid.write_bytes(text)
