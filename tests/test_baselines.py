@@ -151,12 +151,18 @@ def _trained_group(monkeypatch) -> list[LocalTask]:
 
 
 @pytest.mark.parametrize("name,options", SIGN_BASELINES)
-def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(monkeypatch, name, options):
+@pytest.mark.parametrize("chunk_rows", [GROUP, 5])
+def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(monkeypatch, one_thread, name, options,
+                                                                                chunk_rows):
     """A group's compression is one reduction per tensor over all the clients' rows, one draw per client
     and whole-group operations: O(T + G) operations (on a GPU, kernel launches), not O(G x T), with
     nothing read back to the host. Its uploads are those of each client compressed alone, bit for bit (at
-    one thread: with several, a CPU reduction over many rows splits them by row, one row's sum otherwise)."""
+    one thread: with several, a CPU reduction over many rows splits them by row, one row's sum otherwise).
+    At one thread the CPU compresses chunks of rows (``signs.by_row_chunks``): here one chunk of the whole
+    group (as on a GPU), and chunks of 5 rows (the last one short), each O(T) more operations, same bits."""
     tasks, trainer = _trained_group(monkeypatch), make_algorithm(name, **options)
+    monkeypatch.setattr(signs, "CPU_CHUNK_BYTES", chunk_rows * tasks[0].layout.update_size * 4)  # float32 rows
+    chunks = -(-GROUP // chunk_rows)
 
     def compressed(group: list[LocalTask]) -> tuple[list[LocalUpdate], int]:
         with CaptureUnsafeOperations(random_draws=False) as seen:
@@ -166,7 +172,8 @@ def test_a_groups_uploads_take_operations_per_tensor_or_per_client_not_per_both(
 
     together, operations = compressed(tasks)
     alone = [compressed([task]) for task in tasks]
-    assert operations <= alone[0][1] + PER_CLIENT * (GROUP - 1)
+    concatenations = 0 if chunks == 1 else 3  # one per result (scales, signs, EF's error)
+    assert operations <= chunks * alone[0][1] + PER_CLIENT * (GROUP - chunks) + concatenations
     for update, (single, _) in zip(together, alone, strict=True):
         assert torch.equal(update.scales, single[0].scales) and torch.equal(update.body, single[0].body)
         assert (update.state is None) == (name != "ef-signsgd")

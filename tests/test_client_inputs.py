@@ -34,15 +34,6 @@ def dataset():
     return load_dataset("embedded", None)
 
 
-@pytest.fixture
-def one_thread():
-    """A run's one thread a rank, which decides the CPU's order of float sums (channels-last convolutions)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _engine(dataset, **options) -> Engine:
     return Engine(Config(**{**TINY, **options}).validate(), Communicator(MPI.COMM_SELF), dataset)
 

@@ -21,10 +21,12 @@ adds ``sum_k p_k scale_k sign_k`` like FedBAT's ``alpha * b``.
 
 ``sign(0)`` is sent as +1. A group's uploads are computed together (``compress``): one reduction per
 binarized tensor over all the clients' rows, one draw of noise per client, then operations on the
-whole group; a group of one is one client alone. A client's noise is one ``uniform_`` over its whole
-update (binarized tensors in state_dict order), in the update's dtype, from its upload stream (seed,
-round, client id). On the CPU (mt19937, drawn entry by entry) these are the numbers that one draw per
-tensor in state_dict order gives; on a GPU (Philox) they are not, and the stream is the one described here.
+whole group; a group of one is one client alone. On the CPU at one thread the group is cut into
+chunks of rows, each computed so, with the same bits (``by_row_chunks``). A client's noise is one
+``uniform_`` over its whole update (binarized tensors in state_dict order), in the update's dtype, from
+its upload stream (seed, round, client id). On the CPU (mt19937, drawn entry by entry) these are the
+numbers that one draw per tensor in state_dict order gives; on a GPU (Philox) they are not, and the
+stream is the one described here.
 """
 
 from abc import abstractmethod
@@ -42,6 +44,7 @@ from .group import local_sgd
 
 Sizes = tuple[int, ...]  # the entries of each binarized tensor: the segments of an update's row
 Compressed = tuple[torch.Tensor, torch.Tensor]  # a group's scales (G x T) and bool signs (G x P)
+Rows = tuple[torch.Tensor, ...]  # results with a row per client of a group
 
 
 def _mean_magnitudes(values: torch.Tensor, sizes: Sizes) -> torch.Tensor:
@@ -66,6 +69,30 @@ def _group_updates(kind: BodyKind, scales: torch.Tensor, signs: torch.Tensor, de
             for k, loss in enumerate(losses)]  # fmt: skip
 
 
+CPU_CHUNK_BYTES = 4 * 2**20  # the updates' bytes in a chunk of rows on the CPU at one thread (by_row_chunks)
+
+
+def by_row_chunks(d: torch.Tensor, compute: Callable[[slice], Rows]) -> Rows:
+    """``compute(rows)`` for all the rows of ``d``, a group's updates (``G x P``).
+
+    On the CPU at one thread (a rank's default) it runs on chunks of as many rows as fit in
+    ``CPU_CHUNK_BYTES`` of ``d`` (at least one) and concatenates their results: a whole group's ``G x P``
+    temporaries miss the cache and, above glibc's 32 MiB mmap threshold (``rounds/heap.py``), fault in
+    fresh pages at every call. For 100 CNN4-MNIST clients, chunks of 2 to 32 MiB measured alike, 1.6-2.7x
+    faster than the whole group (BENCHMARKS.md §12); 4 MiB keeps z = 1's doubled draws under that
+    threshold too. Every operation is per row, so the bits are the whole group's. With several threads
+    each operation also synchronises them, and chunks multiplied that cost (2-5x slower on a busy
+    machine); there, and off the CPU (where each is a kernel launch), one call over the whole group.
+    """
+    rows = len(d)
+    if d.is_cpu and torch.get_num_threads() == 1 and d.nbytes > CPU_CHUNK_BYTES:
+        rows = max(1, CPU_CHUNK_BYTES * rows // d.nbytes)
+    if rows >= len(d):
+        return compute(slice(None))
+    chunks = [compute(slice(start, start + rows)) for start in range(0, len(d), rows)]
+    return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+
 class PostTrainingSign(Algorithm):
     """Local SGD, then a per-tensor 1-bit compressor of the group's finished updates."""
 
@@ -79,7 +106,8 @@ class PostTrainingSign(Algorithm):
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         deltas, dense, losses = local_sgd(tasks, self.kept)
         uploads = [task.generator(Stream.UPLOAD) for task in tasks]
-        scales, signs = self.compress(deltas, tasks[0].layout.binarized_sizes, uploads)
+        sizes = tasks[0].layout.binarized_sizes
+        scales, signs = by_row_chunks(deltas, lambda rows: self.compress(deltas[rows], sizes, uploads[rows]))
         return _group_updates(self.kind, scales, signs, dense, losses)
 
 
@@ -113,9 +141,14 @@ class EFSignSGD(Algorithm):
     def train(self, tasks: list[LocalTask]) -> list[LocalUpdate]:
         deltas, dense, losses = local_sgd(tasks, self.kept)
         sizes, memory = tasks[0].layout.binarized_sizes, _error_memories(tasks)
-        corrected = deltas if memory is None else deltas + memory
-        scales, positive = _mean_magnitudes(corrected, sizes), corrected >= 0
-        error = corrected - per_entry(scales, sizes) * (positive.to(corrected.dtype) * 2 - 1)
+
+        def feedback(rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            corrected = deltas[rows] if memory is None else deltas[rows] + memory[rows]
+            scales, positive = _mean_magnitudes(corrected, sizes), corrected >= 0
+            error = corrected - per_entry(scales, sizes) * (positive.to(corrected.dtype) * 2 - 1)
+            return scales, positive, error
+
+        scales, positive, error = by_row_chunks(deltas, feedback)
         return _group_updates(self.kind, scales, positive, dense, losses, error)
 
 

@@ -29,7 +29,8 @@ here and applied by rank 0:
     ``E[sigma sign(d + sigma xi)] = d`` wherever ``|d| <= sigma``, so ``eta = 1`` is FedAvg's step in
     expectation there; Gaussian noise shrinks small entries by ``sqrt(2/pi)`` ≈ 0.80.
 
-``sign(0)`` is sent as +1. As in ``signs.py``, a group's uploads are computed together, and a client
+``sign(0)`` is sent as +1. As in ``signs.py``, a group's uploads are computed together (on the CPU in
+chunks of rows, ``signs.by_row_chunks``), and a client
 draws its noise in one call from its upload stream (seed, round, client id), in the update's dtype:
 z = inf ``2 * uniform_ - 1`` over its whole update (binarized tensors in state_dict order); z = 2
 ``normal_`` over its whole update; z = 1 ``E1 - E2``, two exponential draws per entry, from one
