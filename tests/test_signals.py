@@ -34,18 +34,15 @@ def test_repeats_are_one_request_and_a_later_signal_ends_the_process(first, seco
 
 
 COUNT_SCRIPT = """
-import os, signal, time
+import os, signal
 from fedbat_mpi.rounds.signals import StopCount
 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+# SIGINT as an interactive start leaves it: a background job of a shell without job control inherits it
+# ignored, and then it is rightly not counted (how a loaded clean-clone run found 3 here, not 4)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 stops = StopCount().install()
 for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM):
     os.kill(os.getpid(), number)
-# Python runs a handler at its next check between bytecodes, which the loop's end need not reach before
-# the count is read: wait for the handlers of the signals sent (a fifth, SIGHUP's, would be a failure).
-deadline = time.monotonic() + 5
-while stops.count < 4 and time.monotonic() < deadline:
-    time.sleep(0.01)
-time.sleep(0.1)
 print("counted", stops.count, "last", signal.Signals(stops.last).name, flush=True)
 assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 stops.restore()  # the last signal counted now takes its usual effect
