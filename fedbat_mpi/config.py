@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
-from fedbat_mpi.client.algorithms.base import POSITIVE, finite_at_least
+from fedbat_mpi.client.algorithms.base import POSITIVE, is_positive
 from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
@@ -82,7 +82,7 @@ class RunOptions:
             _fail("out", "a folder name", self.out)
         if self.algorithm not in ALGORITHMS:
             _fail("algorithm", f"one of {', '.join(ALGORITHMS)}", self.algorithm)
-        if not finite_at_least(0.0, inclusive=False)(self.lr):
+        if not is_positive(self.lr):
             _fail("lr", POSITIVE, self.lr)
         for option in hyperparameters():
             if not option.valid(getattr(self, option.name)):

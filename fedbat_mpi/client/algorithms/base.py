@@ -84,14 +84,25 @@ class HyperParameter:
     resumable: bool = False  # whether a resumed run may change it (only if results do not change)
 
 
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # training computes in float32: a larger value overflows
-POSITIVE = f"a positive number up to {FLOAT32_MAX:.2e}"  # what finite_at_least(0, inclusive=False) accepts
-NON_NEGATIVE = f"a number in [0, {FLOAT32_MAX:.2e}]"  # and finite_at_least(0)
+# Training computes in float32: a larger option overflows. Each check with its words for the error message.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+POSITIVE = f"a positive number up to {FLOAT32_MAX:.2e}"
+NON_NEGATIVE = f"a number in [0, {FLOAT32_MAX:.2e}]"
 
 
-def finite_at_least(low: float, inclusive: bool = True) -> Callable[[float], bool]:
-    """A check for a number above ``low`` (or equal to it when ``inclusive``) that float32 holds."""
-    return lambda value: abs(value) <= FLOAT32_MAX and (value >= low if inclusive else value > low)
+def is_positive(value: float) -> bool:
+    """Whether ``value`` is ``POSITIVE`` (nan and infinities are not)."""
+    return 0 < value <= FLOAT32_MAX
+
+
+def is_non_negative(value: float) -> bool:
+    """Whether ``value`` is ``NON_NEGATIVE``."""
+    return 0 <= value <= FLOAT32_MAX
+
+
+def positive_option(name: str, default: float, help: str) -> HyperParameter:
+    """A float option that must be ``POSITIVE`` (a step size, a noise scale)."""
+    return HyperParameter(name, float, default, help, POSITIVE, is_positive)
 
 
 class Algorithm(ABC):

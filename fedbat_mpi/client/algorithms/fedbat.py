@@ -21,7 +21,7 @@ from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
-from .base import NON_NEGATIVE, Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
+from .base import NON_NEGATIVE, Algorithm, HyperParameter, LocalTask, LocalUpdate, is_non_negative, register
 from .group import GroupLoss, Stacked, dense_rows, keep, member_index, stacked_state, train_group
 
 WARM_UP, BINARIZED = "warm-up", "binarized"
@@ -68,7 +68,7 @@ class FedBAT(Algorithm):
     kind = BodyKind.SIGNS
     hyperparameters = (
         HyperParameter("rho", float, 6.0, "FedBAT's step-size learning factor ρ (0: a fixed step size)",
-                       NON_NEGATIVE, finite_at_least(0.0)),
+                       NON_NEGATIVE, is_non_negative),
         HyperParameter("warmup", float, 0.5, "FedBAT's warm-up fraction φ of the local steps",
                        "a fraction in [0, 1]", lambda value: 0 <= value <= 1),
     )  # fmt: skip

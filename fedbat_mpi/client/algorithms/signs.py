@@ -39,7 +39,7 @@ from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
 
-from .base import POSITIVE, Algorithm, HyperParameter, LocalTask, LocalUpdate, finite_at_least, register
+from .base import Algorithm, LocalTask, LocalUpdate, positive_option, register
 from .group import local_sgd
 
 Sizes = tuple[int, ...]  # the entries of each binarized tensor: the segments of an update's row
@@ -168,8 +168,7 @@ class StochasticSign(PostTrainingSign):
 class ZSign(PostTrainingSign):
     name = "zsign"
     hyperparameters = (
-        HyperParameter("zsign_sigma", float, 1.0, "z-SignFedAvg's noise scale, in units of the update's RMS per "
-                       "tensor", POSITIVE, finite_at_least(0.0, inclusive=False)),
+        positive_option("zsign_sigma", 1.0, "z-SignFedAvg's noise scale, in units of the update's RMS per tensor"),
     )  # fmt: skip
     zsign_sigma: float
 

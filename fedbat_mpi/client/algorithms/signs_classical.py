@@ -46,14 +46,10 @@ import torch
 
 from fedbat_mpi.wire.rule import ServerRule
 
-from .base import POSITIVE, HyperParameter, finite_at_least, register
+from .base import HyperParameter, positive_option, register
 from .signs import Compressed, PostTrainingSign, Sizes, fill_rows
 
 Z_EXPONENTS = ("1", "2", "inf")
-
-
-def _positive(name: str, default: float, help: str) -> HyperParameter:
-    return HyperParameter(name, float, default, help, POSITIVE, finite_at_least(0.0, inclusive=False))
 
 
 @register
@@ -61,8 +57,8 @@ class SignSGDMajorityVote(PostTrainingSign):
     name = "signsgd-mv"
     server_rule = ServerRule.MAJORITY_VOTE
     hyperparameters = (
-        _positive("mv_server_lr", 3e-3, "SignSGD with majority vote: the server step size (each weight moves by "
-                  "this much, or not at all on a tie)"),
+        positive_option("mv_server_lr", 3e-3, "SignSGD with majority vote: the server step size (each weight moves "
+                        "by this much, or not at all on a tie)"),
     )  # fmt: skip
     mv_server_lr: float
 
@@ -79,12 +75,12 @@ class ZSignFedAvg(PostTrainingSign):
     name = "z-signfedavg"
     server_rule = ServerRule.MEAN_OF_SIGNS
     hyperparameters = (
-        _positive("z_sigma", 1e-2, "z-SignFedAvg: the noise scale sigma, one for every weight (units of the weights)"),
+        positive_option("z_sigma", 1e-2, "z-SignFedAvg: the noise scale sigma, one for every weight (units of the weights)"),
         HyperParameter("z_exponent", str, "inf", "z-SignFedAvg: the noise's z, density ~ exp(-|x|^z / z): 1 (Laplace), "
                        "2 (Gaussian) or inf (uniform on [-1, 1])", f"one of {', '.join(Z_EXPONENTS)}",
                        lambda value: value in Z_EXPONENTS),
-        _positive("z_server_lr", 1.0, "z-SignFedAvg: the server learning rate applied to the clients' mean of "
-                  "sigma * sign (dimensionless)"),
+        positive_option("z_server_lr", 1.0, "z-SignFedAvg: the server learning rate applied to the clients' mean "
+                        "of sigma * sign (dimensionless)"),
     )  # fmt: skip
     z_sigma: float
     z_exponent: str
