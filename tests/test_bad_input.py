@@ -5,15 +5,17 @@ Each case is a real 2-rank ``mpirun`` run, so the line must come from the rank t
 mistake while the other rank leaves quietly.
 """
 
+import os
 from pathlib import Path
 
 import h5py
 import pytest
 import torch
 
+from fedbat_mpi.rounds import out_lock
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.formats import write_fmnist
-from fedbat_mpi.testing.launch import launch
+from fedbat_mpi.testing.launch import TINY, launch
 
 # (id, options, the start of the expected stderr line after "fedbat_mpi: error: ")
 OPTION_CASES = [
@@ -117,6 +119,33 @@ def test_a_data_set_with_an_empty_split_is_refused_at_load(tmp_path, empty):
     done = launch(2, options, timeout=120)
     _assert_one_line_exit_2(done, f"{tmp_path}/fashion-mnist/{empty}-images-idx3-ubyte and ")
     assert "expected at least one image, got none" in done.stderr and not out.exists()
+
+
+def _folder_of_length(root: Path, length: int) -> Path:
+    """A folder path under ``root`` (not made) whose absolute path is ``length`` bytes long."""
+    parts, left = [], length - len(str(root.resolve()))
+    while left > 0:
+        part = min(200, left - 1) if left > 201 else left - 1  # each part costs its "/" too
+        parts.append("d" * part)
+        left -= part + 1
+    folder = root.resolve().joinpath(*parts)
+    assert len(str(folder)) == length
+    return folder
+
+
+def test_an_out_path_too_long_for_the_files_in_it_is_refused_at_start_up(tmp_path):
+    """The longest ``--out`` accepted holds every file a run writes (client state and checkpoints
+    replaced); one byte more is one line at start-up, nothing made (was a traceback at the first checkpoint)."""
+    longest = os.pathconf(tmp_path, "PC_PATH_MAX") - 2 - out_lock.LONGEST_NAME
+    runs = ["--algorithm", "ef-signsgd", *TINY, "--checkpoint-every", "1"]
+    accepted = _folder_of_length(tmp_path / "accepted", longest)
+    done = launch(2, [*runs, "--out", str(accepted)], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME, "client_state.h5"} <= set(os.listdir(accepted))
+    refused = _folder_of_length(tmp_path / "refused", longest + 1)
+    done = launch(2, [*runs, "--out", str(refused)], timeout=120)
+    _assert_one_line_exit_2(done, f"--out: {refused} is too long a path ({longest + 1} bytes")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_resume_from_a_missing_file_is_one_line_and_exit_2(tmp_path):

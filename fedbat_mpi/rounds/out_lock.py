@@ -4,6 +4,9 @@ A second run on the same ``--out`` (a resubmitted job while the first still runs
 array beside a local driver) would write its metrics, checkpoints and client state over the first's.
 The lock is an ``flock``: the kernel releases it however the holder ends, ``kill -9`` included, so a
 stale lock file never blocks a later run.
+
+Rank 0 also checks here that the folder's path leaves room for the longest name a run writes in it,
+so that a too long ``--out`` is refused at start-up, not at the first checkpoint.
 """
 
 import fcntl
@@ -13,12 +16,15 @@ from typing import TextIO
 from fedbat_mpi.errors import UsageError
 
 FILE_NAME = "run.lock"
+LONGEST_NAME = len(".client_state.h5.tmp-") + 10  # a client state store's temporary name, with its writer's pid
+DEFAULT_PATH_MAX = 4096  # Linux's, where the file system does not say
 
 
 def hold_out_dir(out_dir: str) -> TextIO | None:
     """Take ``out_dir``'s lock (making the folder if needed) and keep it until the returned file is closed
     or the process ends; a UsageError naming ``--out`` if another run holds it. ``None`` where the file
     system offers no ``flock`` (the run goes on unguarded)."""
+    _check_path_length(out_dir)
     path = os.path.join(out_dir, FILE_NAME)
     while True:
         try:
@@ -49,6 +55,26 @@ def release_out_dir(handle: TextIO | None, remove: bool) -> None:
     if remove:
         os.remove(handle.name)
     handle.close()
+
+
+def _check_path_length(out_dir: str) -> None:
+    """A UsageError naming ``--out`` if a file that a run writes in ``out_dir`` would have a path longer
+    than the file system allows (checkpoints are written by absolute path)."""
+    folder = os.path.abspath(out_dir)
+    existing = folder
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    try:
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        path_max = -1
+    if path_max <= 0:
+        path_max = DEFAULT_PATH_MAX
+    longest = len(os.fsencode(folder)) + 1 + LONGEST_NAME  # plus the terminating NUL within PATH_MAX
+    if longest >= path_max:
+        raise UsageError(f"--out: {out_dir} is too long a path ({len(os.fsencode(folder))} bytes as an absolute "
+                         f"path; at most {path_max - 2 - LONGEST_NAME} leave room for the files a run writes "
+                         "there); choose a shorter --out")  # fmt: skip
 
 
 def _still_named(handle: TextIO, path: str) -> bool:
