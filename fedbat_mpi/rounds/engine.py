@@ -98,7 +98,7 @@ class Engine:
         coefficients, finish = rule_of(self.algorithm.server_rule, self.algorithm.server_lr)
         self.aggregator = (
             Aggregator(self.layout, self.payload_shape, self.device, config.threads, coefficients=coefficients,
-                       finish=finish)
+                       finish=finish, step_sizes=self.algorithm.step_size_options)
             if comm.is_root else None
         )  # fmt: skip
         self.memory_limit = config.clients_per_round  # the largest group the device had memory for
@@ -312,7 +312,7 @@ class Engine:
             if comm.is_root:
                 assert self.aggregator is not None and received is not None
                 try:
-                    payloads = read_round(received, self.payload_shape)
+                    payloads = read_round(received, self.payload_shape, self.algorithm.step_size_options)
                     sent = payloads.sorted_ids
                     if sent != clients.tolist():
                         raise codec.PayloadError(f"round {round_index}: payloads came from clients {sent}, "

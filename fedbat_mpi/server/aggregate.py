@@ -87,7 +87,7 @@ class Aggregator:
 
     ``engine``: ``"table"`` (the default for sign bodies on the CPU; sign bodies only) or ``"torch"`` (the
     default otherwise; it runs on the CPU too). ``coefficients`` and ``finish``: the rule, as the module
-    docstring says.
+    docstring says. ``step_sizes``: the run's step-size options, named when the new model is not finite.
     """
 
     def __init__(
@@ -101,9 +101,10 @@ class Aggregator:
         finish: Finish | None = None,
         engine: str | None = None,
         clients_per_chunk: int = 256,
+        step_sizes: tuple[str, ...] = ("--lr",),
     ):
         self.layout, self.shape, self.device = layout, shape, torch.device(device)
-        self.coefficients, self.finish = coefficients, finish
+        self.coefficients, self.finish, self.step_sizes = coefficients, finish, step_sizes
         self.signs = shape.kind is BodyKind.SIGNS
         self.engine = engine or ("table" if self.device.type == "cpu" and self.signs else "torch")
         if self.engine not in ENGINES:
@@ -140,7 +141,7 @@ class Aggregator:
         for seg in self.layout.dense:
             new[seg.global_offset : seg.global_offset + seg.size] = dense[seg.offset : seg.offset + seg.size]
         if not np.isfinite(new).all():
-            raise non_finite_error(payloads)
+            raise non_finite_error(payloads, self.step_sizes)
         return new
 
     def receive_buffer(self, size: int) -> np.ndarray:

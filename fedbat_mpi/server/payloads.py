@@ -25,8 +25,11 @@ HEADER = np.dtype(
     ]
 )  # fmt: skip
 assert HEADER.itemsize == codec.HEADER_SIZE
-# What a non-finite value in a payload most often means.
-DIVERGED = " (training diverged? a lower --lr may help)"
+
+
+def diverged_hint(step_sizes: tuple[str, ...]) -> str:
+    """What a non-finite value in a payload most often means, naming the run's step-size options."""
+    return f" (training diverged? a lower {' or '.join(step_sizes)} may help)"
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,12 @@ class RoundPayloads:
         return float(np.dot(weights / weights.sum(), self.train_losses[self.order]))
 
 
-def read_round(buffer: np.ndarray, shape: codec.PayloadShape) -> RoundPayloads:
+def read_round(
+    buffer: np.ndarray, shape: codec.PayloadShape, step_sizes: tuple[str, ...] = ("--lr",)
+) -> RoundPayloads:
     """The payloads of a round's buffer of concatenated payloads, checked as the module docstring says;
-    ``codec.PayloadError`` naming the first bad payload in buffer order."""
+    ``codec.PayloadError`` naming the first bad payload in buffer order (and, for a non-finite scale,
+    the run's ``step_sizes`` options)."""
     size = shape.size
     count = buffer.size // size
     rows = buffer[: count * size].reshape(count, size)
@@ -106,7 +112,7 @@ def read_round(buffer: np.ndarray, shape: codec.PayloadShape) -> RoundPayloads:
         row = int(np.flatnonzero(~valid.all(axis=1))[0])
         index = int(np.argmin(valid[row]))
         value = scales[row, index]
-        hint = DIVERGED if not np.isfinite(value) else ""
+        hint = diverged_hint(step_sizes) if not np.isfinite(value) else ""
         raise codec.PayloadError(f"payload at byte {row * size} (client {ids[row]}): scale {index} is {value}, "
                                  f"expected a finite number >= 0{hint}")  # fmt: skip
     return RoundPayloads(
@@ -114,7 +120,7 @@ def read_round(buffer: np.ndarray, shape: codec.PayloadShape) -> RoundPayloads:
     )
 
 
-def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
+def non_finite_error(payloads: RoundPayloads, step_sizes: tuple[str, ...] = ("--lr",)) -> codec.PayloadError:
     """Why a round's new global model is not finite: the first client (in id order) with a non-finite
     dense or update value (weights and scales were checked by :func:`read_round`), else overflow. Row
     by row: run only after the cheap check failed."""
@@ -129,6 +135,6 @@ def non_finite_error(payloads: RoundPayloads) -> codec.PayloadError:
                 index = int(bad[0])
                 cause = f"{name} {index} is {values[index]}"
                 return codec.PayloadError(f"{where}: {cause}; the new global model would not be finite"
-                                          + DIVERGED)  # fmt: skip
+                                          + diverged_hint(step_sizes))  # fmt: skip
     return codec.PayloadError("the new global model is not finite though every payload's values are: overflow"
-                              + DIVERGED)  # fmt: skip
+                              + diverged_hint(step_sizes))  # fmt: skip

@@ -121,11 +121,18 @@ class Algorithm(ABC):
     hyperparameters: ClassVar[tuple[HyperParameter, ...]] = ()
     state_name: ClassVar[str | None] = None  # per-client state kept between rounds (and in checkpoints)
     server_rule: ClassVar[ServerRule] = ServerRule.WEIGHTED_SUM
+    server_lr_option: ClassVar[str | None] = None  # the hyper-parameter holding server_rule's step size
 
     @property
     def server_lr(self) -> float:
-        """The server step size of ``server_rule`` (``WEIGHTED_SUM`` has none: 1)."""
-        return 1.0
+        """The server step size of ``server_rule``: its ``server_lr_option``'s value (without one, 1)."""
+        return 1.0 if self.server_lr_option is None else float(getattr(self, self.server_lr_option))
+
+    @property
+    def step_size_options(self) -> tuple[str, ...]:
+        """The command-line options that set how far a round moves the model (named when it diverges)."""
+        server = () if self.server_lr_option is None else ("--" + self.server_lr_option.replace("_", "-"),)
+        return ("--lr", *server)
 
     def __init__(self, **options: Any):
         for option in self.hyperparameters:

@@ -56,15 +56,12 @@ Z_EXPONENTS = ("1", "2", "inf")
 class SignSGDMajorityVote(PostTrainingSign):
     name = "signsgd-mv"
     server_rule = ServerRule.MAJORITY_VOTE
+    server_lr_option = "mv_server_lr"
     hyperparameters = (
         positive_option("mv_server_lr", 3e-3, "SignSGD with majority vote: the server step size (each weight moves "
                         "by this much, or not at all on a tie)"),
     )  # fmt: skip
     mv_server_lr: float
-
-    @property
-    def server_lr(self) -> float:
-        return self.mv_server_lr
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
         return d.new_ones(len(d), len(sizes)), d >= 0
@@ -74,6 +71,7 @@ class SignSGDMajorityVote(PostTrainingSign):
 class ZSignFedAvg(PostTrainingSign):
     name = "z-signfedavg"
     server_rule = ServerRule.MEAN_OF_SIGNS
+    server_lr_option = "z_server_lr"
     hyperparameters = (
         positive_option("z_sigma", 1e-2, "z-SignFedAvg: the noise scale sigma, one for every weight (units of the weights)"),
         HyperParameter("z_exponent", str, "inf", "z-SignFedAvg: the noise's z, density ~ exp(-|x|^z / z): 1 (Laplace), "
@@ -85,10 +83,6 @@ class ZSignFedAvg(PostTrainingSign):
     z_sigma: float
     z_exponent: str
     z_server_lr: float
-
-    @property
-    def server_lr(self) -> float:
-        return self.z_server_lr
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
         sigmas = d.new_full((len(d), len(sizes)), self.z_sigma)  # made on d's device: no copy from host memory
