@@ -135,13 +135,15 @@ def _folder_of_length(root: Path, length: int) -> Path:
 
 def test_an_out_path_too_long_for_the_files_in_it_is_refused_at_start_up(tmp_path):
     """The longest ``--out`` accepted holds every file a run writes (client state and checkpoints
-    replaced); one byte more is one line at start-up, nothing made (was a traceback at the first checkpoint)."""
+    replaced); one byte more is one line at start-up, nothing made (was a traceback at the first
+    checkpoint)."""
     longest = os.pathconf(tmp_path, "PC_PATH_MAX") - 2 - out_lock.LONGEST_NAME
     runs = ["--algorithm", "ef-signsgd", *TINY, "--checkpoint-every", "1"]
     accepted = _folder_of_length(tmp_path / "accepted", longest)
     done = launch(2, [*runs, "--out", str(accepted)], timeout=120)
     assert done.returncode == 0, done.stderr
-    assert {checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME, "client_state.h5"} <= set(os.listdir(accepted))
+    written = set(os.listdir(accepted))
+    assert {checkpoint.FILE_NAME, checkpoint.PREVIOUS_FILE_NAME, "client_state.h5"} <= written
     refused = _folder_of_length(tmp_path / "refused", longest + 1)
     done = launch(2, [*runs, "--out", str(refused)], timeout=120)
     _assert_one_line_exit_2(done, f"--out: {refused} is too long a path ({longest + 1} bytes")

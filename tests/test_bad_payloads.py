@@ -53,11 +53,11 @@ def test_a_run_that_diverges_ends_every_rank_with_one_line_naming_the_client(tmp
 
 
 def test_a_run_diverging_under_a_server_step_size_names_that_option_too(tmp_path):
-    """z-SignFedAvg's server step ``--z-server-lr`` moves the model as far as ``--lr`` does: both are named."""
-    options = [*TINY, "--algorithm", "z-signfedavg", "--z-server-lr", "1e38", "--rounds", "3", "--out", str(tmp_path)]
-    done = launch(2, options, timeout=120)
+    """z-SignFedAvg's server step ``--z-server-lr`` moves the model as far as ``--lr`` does: both named."""
+    options = ["--algorithm", "z-signfedavg", "--z-server-lr", "1e38", "--rounds", "3"]
+    done = launch(2, [*TINY, *options, "--out", str(tmp_path)], timeout=120)
     assert done.returncode == 1
     [error] = done.stderr.splitlines()
-    assert re.fullmatch(r"fedbat_mpi: error: PayloadError: client \d+: dense value \d+ is (nan|inf|-inf); the new "
-                        r"global model would not be finite \(training diverged\? a lower --lr or --z-server-lr may "
-                        r"help\)", error), error  # fmt: skip
+    assert re.fullmatch(r"fedbat_mpi: error: PayloadError: client \d+: dense value \d+ is (nan|inf|-inf); "
+                        r"the new global model would not be finite "
+                        r"\(training diverged\? a lower --lr or --z-server-lr may help\)", error), error  # fmt: skip

@@ -82,5 +82,6 @@ def test_the_classical_baselines_declare_their_rule_and_step_size():
     assert (vote.server_rule, vote.server_lr) == (ServerRule.MAJORITY_VOTE, 0.002)
     assert (mean.server_rule, mean.server_lr) == (ServerRule.MEAN_OF_SIGNS, 1.5)
     assert make_algorithm("signsgd").server_rule is ServerRule.WEIGHTED_SUM
-    assert vote.step_size_options == ("--lr", "--mv-server-lr") and mean.step_size_options == ("--lr", "--z-server-lr")
+    assert vote.step_size_options == ("--lr", "--mv-server-lr")
+    assert mean.step_size_options == ("--lr", "--z-server-lr")
     assert make_algorithm("fedbat").step_size_options == ("--lr",)

@@ -16,7 +16,8 @@ from typing import TextIO
 from fedbat_mpi.errors import UsageError
 
 FILE_NAME = "run.lock"
-LONGEST_NAME = len(".client_state.h5.tmp-") + 10  # a client state store's temporary name, with its writer's pid
+# The longest name a run writes in its folder: a client state store's temporary name, with a pid.
+LONGEST_NAME = len(".client_state.h5.tmp-") + 10
 DEFAULT_PATH_MAX = 4096  # Linux's, where the file system does not say
 
 
@@ -70,11 +71,11 @@ def _check_path_length(out_dir: str) -> None:
         path_max = -1
     if path_max <= 0:
         path_max = DEFAULT_PATH_MAX
-    longest = len(os.fsencode(folder)) + 1 + LONGEST_NAME  # plus the terminating NUL within PATH_MAX
-    if longest >= path_max:
-        raise UsageError(f"--out: {out_dir} is too long a path ({len(os.fsencode(folder))} bytes as an absolute "
-                         f"path; at most {path_max - 2 - LONGEST_NAME} leave room for the files a run writes "
-                         "there); choose a shorter --out")  # fmt: skip
+    length = len(os.fsencode(folder))
+    if length + 1 + LONGEST_NAME >= path_max:  # PATH_MAX counts the terminating NUL
+        raise UsageError(f"--out: {out_dir} is too long a path ({length} bytes as an absolute path; at most "
+                         f"{path_max - 2 - LONGEST_NAME} leave room for the files a run writes there); "
+                         "choose a shorter --out")  # fmt: skip
 
 
 def _still_named(handle: TextIO, path: str) -> bool:
