@@ -79,12 +79,13 @@ def _points(axes: Axes, label: str) -> tuple[list[float], list[float]]:
 def test_a_runs_summary_sums_the_bytes_and_names_the_earliest_best_round(tmp_path):
     rows = [{"round": r, "clients": [0, 1], "test_acc": acc, "uplink_bytes": 100, "downlink_bytes": 200,
              "model_sha256": "ab" * 32} for r, acc in enumerate([0.5, 0.7, 0.7], start=1)]  # fmt: skip
-    report = Report(Config(out=str(tmp_path)), 1000, rows, stream=io.StringIO())
+    report = Report(Config(out=f"{tmp_path}/"), 1000, rows, stream=io.StringIO())
     text = report.summary(wall_s=1.0)
     report.close()
     assert "final test accuracy 70.00%, best 70.00% (round 2)" in text
     assert "uplink 300 B (50 B per client per round), downlink 600 B" in text
     assert "float32 FedAvg would have sent 6.0 kB up: 20.0x more" in text
+    assert text.endswith(f"outputs in {tmp_path}/")  # one slash, though --out ended with one
 
 
 def test_plots_are_written_per_setting_and_are_png(tmp_path):

@@ -71,7 +71,7 @@ class Report:
             f"  uplink {_size(up)} ({_size(up / uploads)} per client per round), downlink {_size(down)}",
             f"  float32 FedAvg would have sent {_size(float32_up)} up: {float32_up / up:.1f}x more",
             f"  model_sha256 {rows[-1]['model_sha256']}",
-            f"  outputs in {self.config.out_dir}/",
+            f"  outputs in {os.path.join(self.config.out_dir, '')}",  # one slash, also after / or x/
         ])  # fmt: skip
 
     def close(self) -> None:
