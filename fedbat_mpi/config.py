@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 import yaml
 
 from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
-from fedbat_mpi.client.algorithms.base import POSITIVE, is_positive
+from fedbat_mpi.client.algorithms.base import POSITIVE, flag, is_positive
 from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
 from fedbat_mpi.data.partition import DIRICHLET_MIN_SAMPLES, parse_scheme
@@ -146,7 +146,7 @@ SHOWN_DEFAULTS = {"data_dir": "none", "model": "the paper's model for the data s
 
 def _refusal(option: str, expected: str, got: Any) -> UsageError:
     shown = "null" if got is None else repr(got)
-    return UsageError(f"--{option.replace('_', '-')}: expected {expected}, got {shown}")
+    return UsageError(f"{flag(option)}: expected {expected}, got {shown}")
 
 
 def _fail(option: str, expected: str, got: Any) -> NoReturn:
@@ -195,9 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from a checkpoint (default: checkpoint.h5 in --out)")  # fmt: skip
     defaults = Config()
     for field in fields(Config):
-        flag = "--" + field.name.replace("_", "-")
         about = f"{HELP[field.name]} " if field.name in HELP else ""
-        parser.add_argument(flag, type=_option_type(field.name), metavar=field.name.upper(),
+        parser.add_argument(flag(field.name), type=_option_type(field.name), metavar=field.name.upper(),
                             help=f"{about}(default: {SHOWN_DEFAULTS.get(field.name, getattr(defaults, field.name))})")  # fmt: skip
     return parser
 
@@ -361,7 +360,7 @@ def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_roun
         made_with = saved.get(name, defaults.get(name))
         if name not in RESUMABLE_CHANGES and value != made_with:
             raise UsageError(
-                f"--{name.replace('_', '-')}: the checkpoint was made with {made_with!r}, got {value!r} "
+                f"{flag(name)}: the checkpoint was made with {made_with!r}, got {value!r} "
                 "(resuming must not change results)"
             )
     config = Config(**{**saved, **options}).validate()

@@ -70,6 +70,11 @@ def pack_sign_rows(signs: torch.Tensor) -> torch.Tensor:
     return bits.bitwise_left_shift_(shifts).sum(-1, dtype=torch.uint8)  # distinct bits: the sum is their or
 
 
+def flag(name: str) -> str:
+    """The command-line option of a configuration field: ``--NAME``, dashes for underscores."""
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class HyperParameter:
     """An option an algorithm declares: it becomes ``--NAME`` (dashes for underscores), a field of the
@@ -131,7 +136,7 @@ class Algorithm(ABC):
     @property
     def step_size_options(self) -> tuple[str, ...]:
         """The command-line options that set how far a round moves the model (named when it diverges)."""
-        server = () if self.server_lr_option is None else ("--" + self.server_lr_option.replace("_", "-"),)
+        server = () if self.server_lr_option is None else (flag(self.server_lr_option),)
         return ("--lr", *server)
 
     def __init__(self, **options: Any):
