@@ -41,7 +41,7 @@ from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.wire.codec import BodyKind, PayloadShape
 from fedbat_mpi.wire.rule import ServerRule
 
-from .payloads import RoundPayloads, non_finite_error
+from .payloads import LR_ONLY, RoundPayloads, non_finite_error
 from .sign_tables import GROUP, SignTables, take_rows, touched
 
 Coefficients = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -101,7 +101,7 @@ class Aggregator:
         finish: Finish | None = None,
         engine: str | None = None,
         clients_per_chunk: int = 256,
-        step_sizes: tuple[str, ...] = ("--lr",),
+        step_sizes: tuple[str, ...] = LR_ONLY,
     ):
         self.layout, self.shape, self.device = layout, shape, torch.device(device)
         self.coefficients, self.finish, self.step_sizes = coefficients, finish, step_sizes

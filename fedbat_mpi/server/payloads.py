@@ -25,6 +25,8 @@ HEADER = np.dtype(
     ]
 )  # fmt: skip
 assert HEADER.itemsize == codec.HEADER_SIZE
+# The step-size options of a run without a server step size (``Algorithm.step_size_options``).
+LR_ONLY = ("--lr",)
 
 
 def diverged_hint(step_sizes: tuple[str, ...]) -> str:
@@ -64,7 +66,7 @@ class RoundPayloads:
 
 
 def read_round(
-    buffer: np.ndarray, shape: codec.PayloadShape, step_sizes: tuple[str, ...] = ("--lr",)
+    buffer: np.ndarray, shape: codec.PayloadShape, step_sizes: tuple[str, ...] = LR_ONLY
 ) -> RoundPayloads:
     """The payloads of a round's buffer of concatenated payloads, checked as the module docstring says;
     ``codec.PayloadError`` naming the first bad payload in buffer order (and, for a non-finite scale,
@@ -120,7 +122,7 @@ def read_round(
     )
 
 
-def non_finite_error(payloads: RoundPayloads, step_sizes: tuple[str, ...] = ("--lr",)) -> codec.PayloadError:
+def non_finite_error(payloads: RoundPayloads, step_sizes: tuple[str, ...] = LR_ONLY) -> codec.PayloadError:
     """Why a round's new global model is not finite: the first client (in id order) with a non-finite
     dense or update value (weights and scales were checked by :func:`read_round`), else overflow. Row
     by row: run only after the cheap check failed."""
