@@ -100,13 +100,12 @@ def group_step(problem: Problem, graphs: bool = False, compiled: bool = False) -
     if compiled:
         loss = torch.compile(loss, mode="reduce-overhead" if device.type == "cuda" else None)
     step = GroupStep(problem.params, problem.buffers, LR, lambda phase: loss, graphs)
-    members = tuple(range(problem.clients))
-    index = member_index(members, device)
+    index = member_index(tuple(range(problem.clients)), device)
 
     def run(inputs: dict[str, torch.Tensor]) -> None:
         extras = {n: t for n, t in inputs.items() if n not in ("x", "y")}
         x = grouped_inputs(list(inputs["x"].unbind(0)))
-        step([Bucket(None, members, index, True, x, inputs["y"], extras)])
+        step([Bucket(None, index, True, x, inputs["y"], extras)])
 
     return run
 

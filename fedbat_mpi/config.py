@@ -214,8 +214,8 @@ def client_group(value: str | int) -> str | int:
 def _option_type(name: str) -> Callable[[Any], Any]:
     if name == "client_group":
         return client_group
-    kind = {f.name: f.type for f in fields(Config)}[name]
-    return {int: int, float: float, "int": int, "float": float}.get(kind, str)
+    kind: Any = {f.name: f.type for f in fields(Config)}[name]  # a class: no string annotations here
+    return {int: int, float: float}.get(kind, str)
 
 
 def option_name(key: Any) -> str | None:
@@ -233,7 +233,8 @@ def _expected_type(name: str) -> str:
 def coerce(name: str, value: Any) -> Any:
     """A value from a YAML file converted to the option's type, as the command line would read it: a
     number's option refuses ``true``/``false``, a whole number's refuses fractions (``2.7``), every option
-    refuses lists and mappings, and only one without a default (``model``, ``out``) takes null. An
+    refuses lists and mappings, and only one without a default (``NULLABLE``: ``data_dir``, ``model``,
+    ``out``) takes null. An
     on/off option (``ON_OFF``) takes ``false``/``true``, as YAML 1.1 reads an unquoted off/on."""
     convert = _option_type(name)
     if value is None and name in NULLABLE:

@@ -144,7 +144,7 @@ def load_study(path: str, out: str | None = None) -> Study:
 def _option(key: Any, value: Any, where: str) -> tuple[str, Any]:
     """An option of a run as a configuration field and a typed value; ``preset`` is one too."""
     if key == "preset":
-        if value not in PRESETS:
+        if not isinstance(value, str) or value not in PRESETS:
             raise UsageError(f"{where}: preset: expected one of {', '.join(PRESETS)}, got {value!r}")
         return key, value
     name = option_name(key)

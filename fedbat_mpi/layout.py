@@ -64,6 +64,10 @@ class ModelLayout:
         """The binarized tensors' numbers of entries: the segments of an update, in order."""
         return tuple(seg.size for seg in self.binarized)
 
+    def binarized_vector(self, model: torch.nn.Module) -> torch.Tensor:
+        """The model's binarized tensors as one flat vector, in update order, on their device."""
+        return torch.cat([model.get_parameter(name).detach().reshape(-1) for name in self.binarized_names])
+
     def global_vector(self, model: torch.nn.Module) -> np.ndarray:
         """The model's full state as one float32 vector (on the host)."""
         return np.concatenate(

@@ -24,7 +24,6 @@ ROW_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 class RunRecord:
     """One run's configuration and metrics, as written to its ``--out`` folder."""
 
-    path: Path
     config: dict
     rows: list[dict]
 
@@ -68,4 +67,4 @@ def read_run(folder: str) -> RunRecord:
             if not valid(row[key]):
                 raise UsageError(f"{folder}: metrics.jsonl row {number} is not a round's metrics "
                                  f"({key}: expected {expected}, got {row[key]!r})")  # fmt: skip
-    return RunRecord(path, config, rows)
+    return RunRecord(config, rows)

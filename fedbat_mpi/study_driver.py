@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,9 +49,14 @@ def write_manifest(study: Study) -> None:
     manifest = {"grid": os.path.abspath(study.path), "runs": [
         {"index": run.index, "name": run.name, "options": run.options} for run in study.runs
     ]}  # fmt: skip
-    temporary = study.folder / f".study.json.tmp-{os.getpid()}"  # array tasks may write it together
-    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(temporary, study.folder / "study.json")
+    # Array tasks may write it together, on nodes whose process ids may be equal.
+    temporary = study.folder / f".study.json.tmp-{socket.gethostname()}-{os.getpid()}"
+    try:
+        temporary.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(temporary, study.folder / "study.json")
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"out: cannot write {study.folder / 'study.json'}: {error.strerror}") from None
 
 
 class Driver:
@@ -72,14 +78,18 @@ class Driver:
         self.started = time.monotonic()
 
     def run(self) -> int:
-        """Run every pending run; the exit status (module docstring)."""
+        """Run every pending run; the exit status (module docstring). Should the driver itself fail, the
+        runs it started are stopped (each checkpoints) and waited for, never left running unwatched."""
         self._say(f"study {self.study.folder}: {self.done + len(self.pending)} runs")
-        while self.running or (self.pending and not self.stops.count):
-            while self.pending and len(self.running) < self.runs_at_once and not self.stops.count:
-                self._start(self.pending.pop(0))
-            self._pass_on_stops()
-            self._reap()
-            time.sleep(POLL_S)
+        try:
+            while self.running or (self.pending and not self.stops.count):
+                while self.pending and len(self.running) < self.runs_at_once and not self.stops.count:
+                    self._start(self.pending.pop(0))
+                self._pass_on_stops()
+                self._reap()
+                time.sleep(POLL_S)
+        finally:
+            self._stop_and_wait()
         if self.stopped or self.pending:  # the runs not started count as stopped too
             self._say("stopped; run the same command again to go on")
             return PREEMPTED
@@ -99,22 +109,29 @@ class Driver:
             probe.close()  # the run takes the lock itself
         standing = run.standing()
         options_file = run.folder / "options.yaml"
-        options_file.write_text("# written by python -m fedbat_mpi.study: this run's options (--config)\n"
-                                + yaml.safe_dump(run.options, sort_keys=False))  # fmt: skip
         command = [*self.launcher, sys.executable, "-m", "fedbat_mpi.run", "--config", str(options_file),
                    "--out", str(run.folder), *(["--resume"] if run.checkpoint.exists() else [])]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS=str(run.config.threads))
         seen = ""
         if self.gpus:
-            self.gpu_of[run.name] = env["CUDA_VISIBLE_DEVICES"] = least_used(self.gpus, self.gpu_of.values())
+            env["CUDA_VISIBLE_DEVICES"] = least_used(self.gpus, self.gpu_of.values())
             seen = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
-        with open(run.folder / "run.log", "a") as log:  # the child keeps its own descriptor
-            log.write(f"[{datetime.now():%F %T}] fedbat_mpi.study: {seen}{shlex.join(command)}\n")
-            log.flush()
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # a Ctrl-C reaches the driver alone, which passes it on as a stop
-            )  # fmt: skip
+        try:  # a full disk or a file in the way fails this run alone
+            options_file.write_text("# written by python -m fedbat_mpi.study: this run's options (--config)\n"
+                                    + yaml.safe_dump(run.options, sort_keys=False))  # fmt: skip
+            with open(run.folder / "run.log", "a") as log:  # the child keeps its own descriptor
+                log.write(f"[{datetime.now():%F %T}] fedbat_mpi.study: {seen}{shlex.join(command)}\n")
+                log.flush()
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,  # a Ctrl-C reaches the driver alone, which passes it on as a stop
+                )  # fmt: skip
+        except OSError as error:
+            self.failed.append(1)
+            self._say(f"{run.name}: not started: {error}", stream=sys.stderr)
+            return
+        if self.gpus:
+            self.gpu_of[run.name] = env["CUDA_VISIBLE_DEVICES"]
         self.running[run.name] = (run, process)
         self._say(
             f"{run.name}: " + (f"resuming after round {standing.round}" if standing.round else "started")
@@ -136,9 +153,7 @@ class Driver:
             standing = run.standing()
             if status == 0 and standing.done:
                 self.done += 1
-                self._say(
-                    f"{name}: finished, test accuracy {100 * read_run(str(run.folder)).rows[-1]['test_acc']:.2f} %"
-                )
+                self._say(f"{name}: finished, {_final_accuracy(run)}")
             elif status == PREEMPTED or (name in self.asked_to_stop and status != UsageError.exit_status):
                 self.stopped += 1
                 self._say(f"{name}: {standing}")
@@ -147,6 +162,14 @@ class Driver:
                 how = (f"the launcher exited with status 0, but the run did not finish ({standing})" if status == 0
                        else f"killed by signal {-status}" if status < 0 else f"failed with exit status {status}")  # fmt: skip
                 self._say(f"{name}: {how}; {run.folder / 'run.log'}: {_last_line(run)}", stream=sys.stderr)
+
+    def _stop_and_wait(self) -> None:
+        """The runs still running (after an error of the driver's) asked to stop, then waited for."""
+        for name, (_, process) in self.running.items():
+            if not self.asked_to_stop.get(name):
+                process.send_signal(signal.SIGUSR1)
+        for _, process in self.running.values():
+            process.wait()
 
     def _say(self, event: str, stream: TextIO = sys.stdout) -> None:
         elapsed = int(time.monotonic() - self.started)
@@ -175,10 +198,19 @@ def gpus_to_spread(option: str | None) -> list[str]:
     return gpus if option is not None or len(gpus) > 1 else []
 
 
+def _final_accuracy(run: GridRun) -> str:
+    try:
+        return f"test accuracy {100 * read_run(str(run.folder)).rows[-1]['test_acc']:.2f} %"
+    except UsageError as error:  # a record changed under the driver: the run's checkpoint says it is done
+        return f"but its metrics cannot be read: {error}"
+
+
 def _last_line(run: GridRun) -> str:
-    lines = [
-        line for line in (run.folder / "run.log").read_text(errors="replace").splitlines() if line.strip()
-    ]
+    try:
+        text = (run.folder / "run.log").read_text(errors="replace")
+    except OSError as error:
+        return f"(cannot be read: {error.strerror})"
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(empty log)"
 
 

@@ -72,6 +72,14 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
+def test_without_the_data_filter_nothing_is_fetched_and_one_line_says_why(tmp_path, monkeypatch):
+    archive = _cifar10_archive(tmp_path)
+    monkeypatch.delattr(tarfile, "data_filter")  # as in Python before 3.10.12 and 3.11.4
+    with pytest.raises(UsageError, match=r"cifar10's archive is unpacked with tarfile's 'data' filter, which this Python"):
+        download("cifar10", str(tmp_path / "data"), _sources(archive, md5_of(archive)))
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
     archive, blocker = _cifar10_archive(tmp_path), tmp_path / "file"
     blocker.write_text("not a folder\n")

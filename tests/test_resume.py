@@ -255,7 +255,13 @@ def test_ef_signsgd_error_memory_survives_checkpoint_and_resume(tmp_path):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "the checkpoint is of round 1" in done.stderr and "resume the newest checkpoint" in done.stderr
     assert {path.name: path.read_bytes() for path in part.glob("*.h5")} == before
-    done = launch(2, ["--resume", "--out", str(part), "--rounds", "4"])
+    # Its client_state.h5 is updated in place: the run goes on in the checkpoint's folder, under any name.
+    done = launch(None, ["--resume", str(part / checkpoint.FILE_NAME), "--out", str(tmp_path / "elsewhere")])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--out: a run with per-client state continues in its checkpoint's folder" in done.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    (tmp_path / "link").symlink_to(part)
+    done = launch(2, ["--resume", str(part / checkpoint.FILE_NAME), "--out", str(tmp_path / "link"), "--rounds", "4"])
     assert done.returncode == 0, done.stderr
     assert without_timings(metrics(part)) == without_timings(metrics(whole))
     assert _committed_rows(part).keys() == _committed_rows(whole).keys()

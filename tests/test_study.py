@@ -240,6 +240,8 @@ def test_a_launcher_that_starts_nothing_is_a_failed_run_and_the_others_go_on(tmp
     ({"grid": {"seed": ["zero"]}}, "grid: --seed: expected int, got 'zero'"),
     ({"grid": {"lr": [0.1, -1]}}, "run lr-1.0: --lr: expected a positive number up to 3.40e+38, got -1.0"),
     ({"grid": {"preset": ["fmnist-iid", "fmnist-dirichlet"]}}, "preset: expected one of embedded, fmnist-iid"),
+    ({"base": {"preset": ["fmnist-iid", "svhn-iid"]}}, "base: preset: expected one of embedded, fmnist-iid"),
+    ({"grid": {"preset": [["fmnist-iid"]]}}, "grid: preset: expected one of embedded, fmnist-iid"),
     ({"grid": {"model": ["cnn4-mnist", "cnn4"]}},
      "run cnn4: --model: cnn4 takes 3x32x32 images, but --dataset embedded holds 1x28x28"),
     ({"runs-at-onse": 2}, "unknown key 'runs-at-onse'"),
@@ -256,7 +258,8 @@ def test_a_launcher_that_starts_nothing_is_a_failed_run_and_the_others_go_on(tmp
     ({"runs-at-once": 2, "runs_at_once": 3}, "runs_at_once given twice (as runs-at-once and runs_at_once)"),
     ({"grid": {"seed": [0], "data_dir": ["/" + "x" * 279]}},
      "grid: run 0: its folder name would be 286 bytes, more than a file name may be (255); shorten its data_dir value"),
-], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "model-for-other-images",
+], ids=["unknown-option", "out", "empty-list", "wrong-type", "bad-value", "unknown-preset", "preset-a-list",
+        "preset-value-a-list", "model-for-other-images",
         "unknown-key", "ranks", "null-in-base", "null-in-grid", "grid-a-list", "grid-a-number", "base-a-list",
         "base-false", "grid-option-twice", "base-option-twice", "key-twice", "folder-name-too-long"])  # fmt: skip
 def test_a_bad_grid_file_is_one_line_naming_the_key_and_nothing_is_written(tmp_path, capsys, grid_file, expected):
@@ -382,3 +385,38 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly():
     command.stdout.close()  # before the command writes: its first write meets a closed pipe
     stderr = command.stderr.read()
     assert command.wait(timeout=60) == 0 and stderr == b"", stderr.decode()
+
+
+def test_a_run_whose_options_cannot_be_written_fails_alone_and_the_others_finish(tmp_path, capsys):
+    folder = tmp_path / "study"
+    grid = write_grid(tmp_path / "grid.yaml", out=str(folder), base={**BASE, "rounds": 1}, grid={"seed": [0, 1]})
+    (folder / "seed0" / "options.yaml").mkdir(parents=True)  # in the way of the file the driver writes
+    done = run_study(str(grid))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.endswith(f"seed0: not started: [Errno 21] Is a directory: '{folder / 'seed0' / 'options.yaml'}' "
+                         "| 0 done, 0 running, 1 left, 1 failed"), line  # fmt: skip
+    assert standings(grid, capsys) == {"seed0": "not started", "seed1": "done at round 1"}
+
+
+def test_a_driver_that_fails_stops_its_running_runs_and_waits_for_them(tmp_path, monkeypatch):
+    run = tmp_path / "run.sh"  # the launcher stands in for a run: it stops on SIGUSR1 as a run does
+    run.write_text("#!/bin/sh\ntrap 'echo stopped > \"$0.stopped\"; exit 3' USR1\nwhile :; do sleep 0.05; done\n")
+    run.chmod(0o755)
+    grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
+    plan = load_study(str(grid))
+    driver = study_driver.Driver(plan, plan.runs, 1, [str(run)], [], StopCount())
+
+    def fail_once_started() -> None:
+        time.sleep(0.5)  # the shell has set its trap
+        raise OSError("the driver's own failure")
+
+    monkeypatch.setattr(driver, "_reap", fail_once_started)
+    try:
+        with pytest.raises(OSError, match="the driver's own failure"):
+            driver.run()
+        [(_, process)] = driver.running.values()
+        assert process.returncode == 3 and (tmp_path / "run.sh.stopped").read_text() == "stopped\n"
+    finally:  # should the test fail, no endless loop left behind
+        for _, started in driver.running.values():
+            started.kill()

@@ -94,6 +94,12 @@ def per_segment(values: torch.Tensor, sizes: tuple[int, ...], reduce: Callable[[
     return torch.stack([reduce(part) for part in values.split(sizes, dim=1)], dim=1)
 
 
+def mean_magnitudes(values: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``mean|values|`` of each row and segment (``G x T``): FedBAT's initial step sizes, the sign
+    baselines' scales."""
+    return per_segment(values.abs(), sizes, lambda part: part.mean(1))
+
+
 def binarize_segments(m: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """``B(m; alpha)`` of a group's flat updates ``m`` (``G x P``), segment ``t`` of each row with step
     size ``alpha[:, t]``, for given uniform noise ``u`` (``G x P``)."""

@@ -7,6 +7,7 @@ Fashion-MNIST's MD5s are those of its repository's README; SVHN's and CIFAR's th
 
 import hashlib
 import os
+import platform
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -90,4 +91,7 @@ def download(name: str, data_dir: str, sources: dict[str, tuple[Source, ...]] = 
     """Fetch every file of data set ``name`` into ``data_dir``."""
     if name not in sources:
         raise UsageError(f"download: expected one of {', '.join(sources)}, got {name!r}")
+    if any(source.unpack for source in sources[name]) and not hasattr(tarfile, "data_filter"):
+        raise UsageError(f"download: {name}'s archive is unpacked with tarfile's 'data' filter, which this "
+                         f"Python {platform.python_version()} lacks (3.10.12, 3.11.4, 3.12 or later have it)")  # fmt: skip
     return [fetch(source, Path(data_dir)) for source in sources[name]]

@@ -221,7 +221,8 @@ class Engine:
 
     def group_size(self, hosted: int) -> int:
         """How many clients train at once: ``--client-group N``, or for ``auto`` all of the rank's
-        clients of the round on a GPU and one at a time on the CPU, where grouping measured no faster;
+        ``hosted`` clients (of the round, or of its wave for an algorithm with per-client state) on a
+        GPU and one at a time on the CPU, where grouping measured no faster;
         either at most the largest group the device had memory for (``train_within_memory``)."""
         if isinstance(self.config.client_group, int):  # else "auto"
             return min(self.config.client_group, self.memory_limit)

@@ -120,7 +120,7 @@ def _check_resumed_state(config: Config, engine: Engine, resumed: checkpoint.Run
         found = None if index is None else (index.name, index.row_size)
         raise UsageError(f"--resume: {path} holds client state {found}; --algorithm {config.algorithm} needs {expected}")
     folder = os.path.dirname(os.path.abspath(path))
-    if folder != os.path.abspath(config.out_dir):
+    if not (os.path.isdir(config.out_dir) and os.path.samefile(folder, config.out_dir)):  # links included
         raise UsageError(f"--out: a run with per-client state continues in its checkpoint's folder {folder}, "
                          f"whose client_state.h5 it updates; got {config.out_dir}")  # fmt: skip
 

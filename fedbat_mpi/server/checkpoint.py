@@ -18,7 +18,8 @@ held the rows themselves):
   ``row_size``, ``slots``, one int8 per client: which slot of ``client_state.h5`` beside the
   checkpoint holds the client's committed row (-1: none), and ``sums``, one uint64 per client: the
   row's sum, which reading it checks (absent in format 2: unchecked). The rows stay in that file
-  (``server/client_state.py``), so a checkpoint holds one byte per client, not the rows.
+  (``server/client_state.py``), so a checkpoint holds nine bytes per client before compression, not
+  the rows.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over
 ``checkpoint.h5``; the checkpoint it replaces stays as ``checkpoint.prev.h5``. A crash or kill at any
@@ -27,7 +28,6 @@ point leaves either the old or the new checkpoint whole.
 ``python -m fedbat_mpi.checkpoint PATH`` prints a checkpoint's contents (no MPI needed).
 """
 
-import glob
 import hashlib
 import json
 import os
@@ -43,7 +43,7 @@ import numpy as np
 from fedbat_mpi import __version__
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.server.client_state import ClientStateStore, StateIndex
-from fedbat_mpi.server.hdf5_read import read_checked
+from fedbat_mpi.server.hdf5_files import read_checked, write_aside
 
 FORMAT = "fedbat_mpi checkpoint"
 FORMAT_VERSION = 4
@@ -131,27 +131,12 @@ def _write(handle: h5py.File, state: RunState) -> None:
 
 def save(path: str, state: RunState) -> None:
     """Write ``state`` to ``path`` atomically, keeping the checkpoint it replaces beside it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp-"
-    for stale in glob.glob(os.path.join(glob.escape(folder), prefix + "*")):  # left by a killed writer
-        os.remove(stale)
-    temporary = os.path.join(folder, f"{prefix}{os.getpid()}")
-    try:
-        with h5py.File(temporary, "w") as handle:
-            _write(handle, state)
-        with open(temporary, "rb+") as raw:
-            os.fsync(raw.fileno())
+
+    def keep_previous() -> None:
         if os.path.exists(path):
-            _keep_previous(path, os.path.join(folder, PREVIOUS_FILE_NAME))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+            _keep_previous(path, os.path.join(os.path.dirname(os.path.abspath(path)), PREVIOUS_FILE_NAME))
+
+    write_aside(path, lambda handle: _write(handle, state), keep_previous)
 
 
 def save_committing(path: str, state: RunState, store: ClientStateStore | None) -> None:

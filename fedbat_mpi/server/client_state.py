@@ -1,6 +1,7 @@
 """Per-client state between rounds (EF-SignSGD's error memory) in ``OUT/client_state.h5``, on rank 0's disk.
 
-Rank 0's memory holds the round's rows and two bytes per client, never the rows of all clients.
+Rank 0's memory holds the round's rows and ten bytes per client (two slot numbers and a row's sum,
+below), never the rows of all clients.
 
 File layout (format version 1): root attributes ``format`` (``"fedbat_mpi client state"``),
 ``format_version``, ``store_id`` (random, named by the checkpoints that commit this file) and ``name``
@@ -13,11 +14,11 @@ no HDF5 metadata changes: writing a row puts its bytes at that slot's fixed plac
 touches nothing else (the chunk cache is off), so a kill at any moment can damage at most the slot
 being written.
 
-Double buffering: a checkpoint commits one slot per client (a :class:`StateIndex`, one byte per client
-in the checkpoint). A round writes a client's new row into the other slot, the same one however often
-the client trains before the next checkpoint, so committed rows are never written over until the
-next checkpoint commits newer ones. A checkpoint costs the fsync of the rows written since the last
-one, not a copy of every row:
+Double buffering: a checkpoint commits one slot per client (a :class:`StateIndex`: a slot number and a
+row's sum per client in the checkpoint). A round writes a client's new row into the other slot, the
+same one however often the client trains before the next checkpoint, so committed rows are never
+written over until the next checkpoint commits newer ones. A checkpoint costs the fsync of the rows
+written since the last one, not a copy of every row:
 
 1. :meth:`ClientStateStore.prepare` flushes and fsyncs the store and returns the index of the latest rows;
 2. the checkpoint holding that index is written and renamed into place (``checkpoint.save``);
@@ -35,7 +36,6 @@ UsageError when the round reads it, not an update built on it. A sum, not a CRC:
 (``zlib.crc32``) a 1.56 MB row, and a round reads and writes hundreds of rows.
 """
 
-import glob
 import os
 import uuid
 from collections.abc import Sequence
@@ -45,7 +45,7 @@ import h5py
 import numpy as np
 
 from fedbat_mpi.errors import UsageError
-from fedbat_mpi.server.hdf5_read import read_checked
+from fedbat_mpi.server.hdf5_files import read_checked, write_aside
 
 FORMAT = "fedbat_mpi client state"
 FORMAT_VERSION = 1
@@ -86,23 +86,15 @@ class ClientStateStore:
     def create(cls, folder: str, name: str, num_clients: int, row_size: int) -> "ClientStateStore":
         """A new, empty store in ``folder``, replacing any store there (written aside, then renamed)."""
         path = os.path.join(folder, FILE_NAME)
-        prefix = f".{FILE_NAME}.tmp-"
-        for stale in glob.glob(os.path.join(glob.escape(folder), prefix + "*")):  # left by a killed creator
-            os.remove(stale)
-        temporary = os.path.join(folder, f"{prefix}{os.getpid()}")
         store_id = uuid.uuid4().hex
-        try:
-            with h5py.File(temporary, "w") as handle:
-                handle.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, store_id=store_id, name=name)
-                _create_fixed(handle, "rows", (num_clients, 2, row_size), "<f4", chunks=(1, 2, row_size))
-                _create_fixed(handle, "committed_round", (1,), "<i8")
-                handle["committed_round"][0] = 0
-            _fsync_file(temporary)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        _fsync_file(folder)
+
+        def write(handle: h5py.File) -> None:
+            handle.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, store_id=store_id, name=name)
+            _create_fixed(handle, "rows", (num_clients, 2, row_size), "<f4", chunks=(1, 2, row_size))
+            _create_fixed(handle, "committed_round", (1,), "<i8")
+            handle["committed_round"][0] = 0
+
+        write_aside(path, write)
         empty = np.full(num_clients, NO_ROW, np.int8)
         index = StateIndex(name, store_id, row_size, empty, np.zeros(num_clients, np.uint64))
         return cls(path, _open_for_writing(path), index)
@@ -122,7 +114,11 @@ class ClientStateStore:
         except OSError as error:
             raise UsageError(f"{option}: {path} cannot be opened for writing (another run using it?): {error}") from None
         store = cls(path, handle, index)
-        store.commit(round_index)  # rows written after that checkpoint are not committed: their slots are free
+        try:
+            store.commit(round_index)  # rows written after that checkpoint are not committed: their slots are free
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def read(self, clients: Sequence[int]) -> np.ndarray:
@@ -188,14 +184,6 @@ def _create_fixed(handle: h5py.File, name: str, shape: tuple, dtype: str, chunks
 
 def _open_for_writing(path: str) -> h5py.File:
     return h5py.File(path, "r+", rdcc_nbytes=0)  # no chunk cache: a write goes straight to its slot
-
-
-def _fsync_file(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _check(handle: h5py.File, path: str, index: StateIndex, round_index: int, option: str) -> None:

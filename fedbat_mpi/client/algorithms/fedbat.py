@@ -15,7 +15,7 @@ from collections.abc import Hashable
 import torch
 from torch.func import functional_call
 
-from fedbat_mpi.client.binarize import binarize_segments, per_segment, sample_signs, step_size
+from fedbat_mpi.client.binarize import binarize_segments, mean_magnitudes, sample_signs, step_size
 from fedbat_mpi.client.grouped_layers import group_cross_entropy, grouped_model
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
@@ -33,7 +33,7 @@ def trained_tensors(model: torch.nn.Module, layout: ModelLayout, size: int) -> t
     flat in the layout's update order), each client's ``m`` (flat) and ``s`` (one per binarized tensor),
     both zeros, and copy of the other parameters, and each client's copy of the buffers."""
     names = layout.binarized_names
-    frozen = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
+    frozen = layout.binarized_vector(model)
     others, buffers = stacked_state(model, size, exclude=frozenset(names))
     params = {
         UPDATE: frozen.new_zeros(size, frozen.numel()).requires_grad_(True),
@@ -94,8 +94,7 @@ class FedBAT(Algorithm):
 
         def take_alpha0(members: list[int]) -> None:  # the clients' mean |m| per tensor, all at once
             index = member_index(tuple(members), frozen.device)
-            magnitudes = params[UPDATE].detach()[index].abs()
-            alpha0[index] = per_segment(magnitudes, sizes, lambda part: part.mean(1))
+            alpha0[index] = mean_magnitudes(params[UPDATE].detach()[index], sizes)
 
         def phase_of(k: int, step: int) -> str:
             return WARM_UP if step <= warm_steps[k] else BINARIZED

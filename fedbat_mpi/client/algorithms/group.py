@@ -65,11 +65,10 @@ def dense_rows(layout: ModelLayout, tensors: Stacked, size: int) -> torch.Tensor
 @dataclass
 class Bucket:
     """Clients of a group that take the same kind of step together: their phase, their positions in the
-    group (also as an index tensor on the device), whether they are the whole group, their grouped
-    inputs (``grouped_inputs``), ``G x N`` labels and stacked extras."""
+    group (an index tensor on the device), whether they are the whole group, their grouped inputs
+    (``grouped_inputs``), ``G x N`` labels and stacked extras."""
 
     phase: Hashable
-    members: tuple[int, ...]
     index: torch.Tensor
     whole: bool
     x: torch.Tensor
@@ -84,7 +83,7 @@ class Bucket:
         return [self.index, self.x, self.y, *self.extras.values()]
 
     def clone(self) -> "Bucket":
-        return Bucket(self.phase, self.members, self.index.clone(), self.whole, self.x.clone(), self.y.clone(),
+        return Bucket(self.phase, self.index.clone(), self.whole, self.x.clone(), self.y.clone(),
                       {n: t.clone() for n, t in self.extras.items()})  # fmt: skip
 
 
@@ -278,7 +277,7 @@ def side_stream(device: torch.device) -> Iterator[None]:
 def _bucket(phase: Hashable, entries: list[tuple[int, Batch]], extras: Stacked, size: int) -> Bucket:
     members = tuple(k for k, _ in entries)
     x, y = read_batches([batch for _, batch in entries])
-    return Bucket(phase, members, member_index(members, x.device), len(members) == size, x, y, extras)
+    return Bucket(phase, member_index(members, x.device), len(members) == size, x, y, extras)
 
 
 def _bucket_losses(loss: GroupLoss, params: Stacked, buffers: Stacked, bucket: Bucket) -> tuple[torch.Tensor, Stacked]:
@@ -320,7 +319,6 @@ def local_sgd(
         params, buffers = kept.tensors
     loss = plain_loss(model)
     losses = train_group(tasks, params, buffers, lambda k, step: None, lambda phase: loss, _no_extras, kept)
-    names = layout.binarized_names
-    start = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
-    deltas = torch.cat([params[n].detach().reshape(size, -1) for n in names], dim=1) - start
+    start = layout.binarized_vector(model)
+    deltas = torch.cat([params[n].detach().reshape(size, -1) for n in layout.binarized_names], dim=1) - start
     return deltas, dense_rows(layout, {**params, **buffers}, size), losses

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from fedbat_mpi.client.binarize import per_entry, per_segment
+from fedbat_mpi.client.binarize import mean_magnitudes, per_entry, per_segment
 from fedbat_mpi.layout import ModelLayout
 from fedbat_mpi.rng import Stream
 from fedbat_mpi.wire.codec import BodyKind
@@ -45,11 +45,6 @@ from .group import local_sgd
 Sizes = tuple[int, ...]  # the entries of each binarized tensor: the segments of an update's row
 Compressed = tuple[torch.Tensor, torch.Tensor]  # a group's scales (G x T) and bool signs (G x P)
 Rows = tuple[torch.Tensor, ...]  # results with a row per client of a group
-
-
-def _mean_magnitudes(values: torch.Tensor, sizes: Sizes) -> torch.Tensor:
-    """``mean|values|`` per row and segment (``G x T``)."""
-    return per_segment(values.abs(), sizes, lambda part: part.mean(1))
 
 
 def fill_rows(rows: torch.Tensor, uploads: list[torch.Generator],
@@ -116,7 +111,7 @@ class SignSGD(PostTrainingSign):
     name = "signsgd"
 
     def compress(self, d: torch.Tensor, sizes: Sizes, uploads: list[torch.Generator]) -> Compressed:
-        return _mean_magnitudes(d, sizes), d >= 0
+        return mean_magnitudes(d, sizes), d >= 0
 
 
 def _error_memories(tasks: list[LocalTask]) -> torch.Tensor | None:
@@ -144,7 +139,7 @@ class EFSignSGD(Algorithm):
 
         def feedback(rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             corrected = deltas[rows] if memory is None else deltas[rows] + memory[rows]
-            scales, positive = _mean_magnitudes(corrected, sizes), corrected >= 0
+            scales, positive = mean_magnitudes(corrected, sizes), corrected >= 0
             error = corrected - per_entry(scales, sizes) * (positive.to(corrected.dtype) * 2 - 1)
             return scales, positive, error
 
