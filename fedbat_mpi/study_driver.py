@@ -27,14 +27,20 @@ POLL_S = 0.2
 DESCRIPTION = "Every run of a grid (fedbat_mpi.grid) under one folder: started, resumed or skipped."
 
 
+def find_program(name: str) -> str | None:
+    """The executable ``name`` beside this Python (a virtual environment's ``mpirun``), else on PATH;
+    a path is taken as it is. None when there is none."""
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    return shutil.which(name, path=search)
+
+
 def launcher_command(study: Study, launcher: str) -> list[str]:
     """The launcher's words with ``{ranks}`` filled in, its program found beside this Python (a
     virtual environment's ``mpirun``) or on PATH."""
     words = [word.replace("{ranks}", str(study.ranks_per_run)) for word in launcher.split()]
     if not words:
         raise UsageError("--launcher: expected a command, e.g. mpirun -n {ranks}, got ''")
-    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    found = shutil.which(words[0], path=search)
+    found = find_program(words[0])
     if found is None:
         raise UsageError(f"launcher: {words[0]} is neither beside {sys.executable} nor on PATH")
     return [found, *words[1:]]

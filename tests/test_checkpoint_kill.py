@@ -19,9 +19,9 @@ import pytest
 
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import StateIndex
+from fedbat_mpi.testing.launch import TINY, command, environment, launch, metrics, without_timings
 
 from .forked import Writer
-from .launch import TINY, command, environment, launch, metrics, without_timings
 
 SEED = int(os.environ.get("FEDBAT_KILL_SEED", "20240611"))
 ROUNDS = 3

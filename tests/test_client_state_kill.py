@@ -14,9 +14,9 @@ import numpy as np
 
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.server.client_state import FILE_NAME
+from fedbat_mpi.testing.launch import environment
 
 from .forked import Writer
-from .launch import environment
 
 SEED = int(os.environ.get("FEDBAT_KILL_SEED", "20261127"))
 SCRIPT = Path(__file__).with_name("state_writer.py")

@@ -16,8 +16,8 @@ from fedbat_mpi.errors import UsageError
 from fedbat_mpi.rounds import out_lock
 from fedbat_mpi.server import checkpoint, client_state
 from fedbat_mpi.testing.formats import write_fmnist
+from fedbat_mpi.testing.launch import TINY, command, environment, launch, metrics, without_timings
 
-from .launch import TINY, command, environment, launch, metrics, without_timings
 from .test_client_state import flip_a_bit_of_each_row
 
 ROUNDS = 6

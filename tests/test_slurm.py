@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedbat_mpi.testing.launch import command, environment, metrics, without_timings
+
 from . import slurm_cluster
-from .launch import command, environment, metrics, without_timings
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 6

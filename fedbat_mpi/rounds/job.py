@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from typing import TextIO
 
@@ -196,12 +196,15 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
     run = _agreed_set_up(argv, comm)
     if run is None:
         return UsageError.exit_status
-    with closing(run.engine):  # the aggregator's threads end with the run, however it ends
+    # The aggregator's threads and rank 0's metrics.jsonl end with the run, however it ends.
+    with closing(run.engine), ExitStack() as closes:
         if comm.any(stop.requested):  # a signal during start-up: nothing new to save
             if comm.is_root:
                 print(f"stop signal received before the first round; exit status {PREEMPTED}", flush=True)
             return PREEMPTED
         report = open_report(run, comm)
+        if report is not None:
+            closes.callback(report.close)
         first = run.resumed.round + 1 if run.resumed else 1
         for round_index in range(first, run.config.rounds + 1):
             result = run.engine.run_round(round_index)
@@ -213,13 +216,11 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
                 save_checkpoint(run, report, round_index, comm)
             if stopping:
                 if report is not None:
-                    report.close()
                     print(f"stop signal received: checkpoint after round {round_index} in "
                           f"{run.checkpoint_path}; continue with --resume (exit status {PREEMPTED})",
                           flush=True)  # fmt: skip
                 return PREEMPTED
         if report is not None:
-            report.close()
             print(report.summary(time.perf_counter() - start), flush=True)
         return 0
 

@@ -2,10 +2,11 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from fedbat_mpi.study_driver import find_program
 
 # A small run of the embedded default: 40 clients, 8 per round, 1 local epoch (about 1 s a round).
 TINY = ["--num-clients", "40", "--clients-per-round", "8", "--local-epochs", "1", "--rounds", "2",
@@ -20,8 +21,7 @@ def program(name: str, hint: str) -> str:
 
     Raises FileNotFoundError, ending with ``hint`` (how to install it), when there is neither.
     """
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
+    found = find_program(name)
     if found is None:
         raise FileNotFoundError(f"no {name} beside {sys.executable} or on PATH: {hint}")
     return found
