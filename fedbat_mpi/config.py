@@ -130,11 +130,28 @@ else:
     )
     Config.__doc__ = "Every option of a run: the engine's (``RunOptions``) and each algorithm's declared ones."
 HELP = {
+    "algorithm": ", ".join(ALGORITHMS),
+    "dataset": f"{', '.join(IMAGE_SHAPES)} (embedded: a Fashion-MNIST sample shipped in the package)",
     "data_dir": "the folder holding the data set's files (every --dataset but embedded)",
-    "model": "the network: cnn4-mnist, cnn4, resnet10",
-    "out": "the output folder",
-    "threads": f"torch threads per rank (at most {MAX_THREADS})",
+    "model": f"the network: {', '.join(MODEL_INPUT_SHAPES)}",
+    "num_clients": "clients in all",
+    "clients_per_round": "clients sampled each round (at least the number of ranks)",
+    "rounds": "rounds in all (a resumed run may raise it)",
+    "local_epochs": "passes of local SGD over a client's data each round (the paper's E)",
+    "batch_size": "local SGD's batch size",
+    "lr": "local SGD's learning rate (momentum 0, no weight decay)",
+    "partition": "iid, dir:BETA (Dirichlet label skew) or labels:FRACTION (each client holds that share "
+    "of the classes)",
     "min_samples": "with --partition dir:BETA: the fewest samples a client may hold",
+    "weighting": f"a client's aggregation weight, the number of its {' or '.join(WEIGHTINGS)}",
+    "seed": "every random draw derives from (seed, round, client id), never from the rank",
+    "out": "the output folder",
+    "checkpoint_every": "write OUT/checkpoint.h5 every this many rounds (0: only at the end)",
+    "device": "auto (a GPU when CUDA works, else the CPU), cpu, cuda or cuda:N",
+    "threads": f"torch threads per rank (at most {MAX_THREADS})",
+    "client_group": "a rank's clients trained at once: auto (on a GPU the rank's whole share, halved while "
+    "memory runs out; 1 on a CPU) or a number",
+    "eval_batch_size": "the batch size of evaluation on the test set",
     "cuda_graphs": "on: a GPU replays each repeated training step as a CUDA graph (same results, less host "
     "time; off until measured to pay)",
     **{option.name: option.help for option in hyperparameters()},

@@ -130,7 +130,8 @@ def test_client_groups_are_runs_of_the_hosted_clients_in_id_order(dataset):
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
-                                   RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")])  # fmt: skip
+                                   RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+                                   RuntimeError("GET was unable to find an engine to execute this computation")])  # fmt: skip
 def test_a_group_the_device_has_no_memory_for_is_halved_for_the_rest_of_the_run(dataset, monkeypatch, error):
     """Run here on the CPU with the error a GPU raises (or cuDNN's instead of it) for groups of more than
     two clients: the round trains in halves, to the same model as groups of two, and later rounds start
@@ -166,6 +167,16 @@ def test_a_group_the_device_has_no_memory_for_is_halved_for_the_rest_of_the_run(
     monkeypatch.setattr(GroupStep, "__call__", broken)
     with pytest.raises(RuntimeError, match="another failure"):  # not the device's memory: no halving
         halved.run_round(3)
+
+    def never_enough(self: GroupStep, buckets):
+        failed.append(self.totals.numel())
+        raise error
+
+    monkeypatch.setattr(GroupStep, "__call__", never_enough)
+    failed.clear()
+    with pytest.raises(RuntimeError) as raised:  # one client that does not fit ends the run: no empty halves
+        halved.run_round(3)
+    assert raised.value is error and failed == [2, 1] and halved.memory_limit == 1
 
 
 @pytest.mark.parametrize("algorithm", ["fedbat", "fedavg"])

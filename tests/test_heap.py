@@ -57,6 +57,9 @@ def test_without_it_glibc_hands_a_step_back_to_the_kernel():
     assert faults > PAGES // 2
 
 
-def test_the_users_own_malloc_settings_are_kept():
-    tuned, _ = faults_of_a_step("tune", MALLOC_TRIM_THRESHOLD_="1048576")
+@pytest.mark.parametrize("setting", [{"MALLOC_TRIM_THRESHOLD_": "1048576"}, {"MALLOC_MMAP_THRESHOLD_": "131072"},
+                                     {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}])  # fmt: skip
+def test_the_users_own_malloc_settings_are_kept(setting):
+    assert set(setting) <= set(heap.USER_SETTINGS)
+    tuned, _ = faults_of_a_step("tune", **setting)
     assert not tuned

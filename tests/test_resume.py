@@ -22,6 +22,7 @@ from .test_client_state import flip_a_bit_of_each_row
 
 ROUNDS = 6
 RUN = [*TINY, "--rounds", str(ROUNDS)]
+SIGNAL_IN_ROUND = [str(Path(__file__).with_name("signal_in_round.py"))]
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +94,38 @@ def test_a_stop_signal_to_one_rank_checkpoints_and_the_resumed_run_is_the_same(t
     assert without_timings(metrics(out)) == uninterrupted
 
 
-def test_a_stop_signal_in_the_last_round_ends_the_run_as_complete(tmp_path, uninterrupted):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_stop_signal_in_the_last_round_ends_the_run_as_complete(tmp_path, uninterrupted, rank):
     out = tmp_path / "run"
-    process = _start_and_wait_for_rows(out, ROUNDS - 1, ["--checkpoint-every", "0"])
-    time.sleep(0.3)  # past round ROUNDS - 1's stop check: the signal comes in the last round (or after it)
-    os.kill(_rank_pids(out)[0], signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    assert "final test accuracy" in stdout and without_timings(metrics(out)) == uninterrupted
+    done = launch(2, [*RUN, "--out", str(out), "--checkpoint-every", "0"], script=SIGNAL_IN_ROUND,
+                  SIGNAL_ROUND=str(ROUNDS), SIGNAL_RANK=str(rank))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stop signal received" not in done.stdout and "final test accuracy" in done.stdout
+    assert without_timings(metrics(out)) == uninterrupted
     assert checkpoint.load(str(out / checkpoint.FILE_NAME)).round == ROUNDS
+
+
+def test_a_grouped_run_stopped_and_resumed_on_its_rank_count_equals_the_uninterrupted_one(tmp_path):
+    """``--client-group 4``: the guarantee for grouped training (README, "What is guaranteed")."""
+    grouped = [*RUN, "--client-group", "4", "--checkpoint-every", "0"]
+    whole = launch(2, [*grouped, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "stopped"
+    done = launch(2, [*grouped, "--out", str(out)], script=SIGNAL_IN_ROUND, SIGNAL_ROUND="3", SIGNAL_RANK="0")
+    assert done.returncode == 75, done.stderr
+    done = launch(2, ["--resume", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "resuming after round 3" in done.stdout
+    assert without_timings(metrics(out)) == without_timings(metrics(tmp_path / "whole"))
+
+
+def test_a_stop_signal_in_the_round_before_the_last_stops_after_it(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    done = launch(2, [*RUN, "--out", str(out), "--checkpoint-every", "0"], script=SIGNAL_IN_ROUND,
+                  SIGNAL_ROUND=str(ROUNDS - 1), SIGNAL_RANK="1")  # fmt: skip
+    assert done.returncode == 75, done.stderr
+    assert f"checkpoint after round {ROUNDS - 1}" in done.stdout
+    assert without_timings(metrics(out)) == uninterrupted[: ROUNDS - 1]
 
 
 def test_a_second_run_in_the_folder_of_a_running_one_is_refused_and_the_first_goes_on(tmp_path):
@@ -294,3 +318,4 @@ def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr
     assert "stop signal received before the first round" in stdout
+    assert not (out / checkpoint.FILE_NAME).exists() and not (out / "metrics.jsonl").exists()

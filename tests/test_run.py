@@ -2,11 +2,15 @@
 
 Bad input (exit 2, one line) is tested option by option in test_bad_input.py."""
 
+import re
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from fedbat_mpi.client.algorithms.base import flag
+from fedbat_mpi.config import Config
 from fedbat_mpi.testing.launch import TINY, launch, metrics, without_timings
 
 
@@ -74,9 +78,14 @@ def test_bad_input_seen_by_one_rank_alone_is_one_line_from_that_rank_and_every_r
     assert not (tmp_path / "run").exists()
 
 
-def test_help_lists_every_option_with_its_default():
+def test_help_explains_every_option_and_shows_its_default():
     done = launch(None, ["--help"], timeout=60)
     assert done.returncode == 0
-    for option in ("--algorithm", "--rho", "--warmup", "--partition", "--device", "--seed", "--preset", "--config"):
-        assert option in done.stdout
-    assert "(default: fedbat)" in done.stdout
+    assert "--preset" in done.stdout and "--config" in done.stdout and "--resume" in done.stdout
+    described = re.findall(r"^  (--[a-z-]+) [A-Z_]+\s+(.*?)(?=^  --|\Z)", done.stdout, re.MULTILINE | re.DOTALL)
+    said = {option: " ".join(text.split()) for option, text in described}
+    assert set(said) >= {flag(field.name) for field in fields(Config)}
+    for field in fields(Config):
+        text = said[flag(field.name)]
+        assert re.fullmatch(r".+ \(default: .+\)", text), f"{flag(field.name)} says only: {text}"
+    assert said["--algorithm"].endswith("(default: fedbat)") and "ef-signsgd" in said["--algorithm"]

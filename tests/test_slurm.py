@@ -34,10 +34,12 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def no_job_left_behind(cluster):
-    """A test that fails mid-job leaves no job running into the next test."""
+def no_job_left_behind(request):
+    """A test of the cluster that fails mid-job leaves no job running into the next test; a test
+    without the cluster does not start (or skip for the lack of) one."""
     yield
-    cluster.cancel_jobs()
+    if "cluster" in request.fixturenames:
+        request.getfixturevalue("cluster").cancel_jobs()
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,13 @@ def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path,
     stood = standings(grid, capsys)
     assert stood["seed0"] == f"done at round {ROUNDS}"
     assert stood["seed2"].startswith("checkpoint refused (--seed: the checkpoint was made with 0, got 2"), stood
+    copied = plan.runs[1].checkpoint.read_bytes()
+    done = run_study(str(grid))
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert "] seed2: failed with exit status 2;" in line and "--seed: the checkpoint was made with 0, got 2" in line, line
+    assert "2 runs | 1 done, 0 running, 1 left" in done.stdout and "seed0" not in done.stdout, done.stdout
+    assert plan.runs[1].checkpoint.read_bytes() == copied
     edited = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base={**BASE, "rounds": ROUNDS - 1},
                         grid={"seed": [0, 2]})  # fmt: skip
     assert "already finished round 3, got 2" in standings(edited, capsys)["seed0"]
@@ -401,14 +408,17 @@ def test_a_run_whose_options_cannot_be_written_fails_alone_and_the_others_finish
 
 def test_a_driver_that_fails_stops_its_running_runs_and_waits_for_them(tmp_path, monkeypatch):
     run = tmp_path / "run.sh"  # the launcher stands in for a run: it stops on SIGUSR1 as a run does
-    run.write_text("#!/bin/sh\ntrap 'echo stopped > \"$0.stopped\"; exit 3' USR1\nwhile :; do sleep 0.05; done\n")
+    run.write_text("#!/bin/sh\ntrap 'echo stopped > \"$0.stopped\"; exit 3' USR1\ntouch \"$0.ready\"\n"
+                   "while :; do sleep 0.05; done\n")
     run.chmod(0o755)
     grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0]})
     plan = load_study(str(grid))
     driver = study_driver.Driver(plan, plan.runs, 1, [str(run)], [], StopCount())
 
     def fail_once_started() -> None:
-        time.sleep(0.5)  # the shell has set its trap
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "run.sh.ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the shell has set its trap
         raise OSError("the driver's own failure")
 
     monkeypatch.setattr(driver, "_reap", fail_once_started)
