@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in one short script (a few minutes):
 #   1. 1, 2 and 4 ranks sharing one GPU give the same model_sha256 and metrics (determinism on CUDA,
-#      one client at a time: groups of a rank's clients depend on the number of ranks), and a grouped
-#      run gives the same with --cuda-graphs on as off (a replayed step is the eager step);
+#      one client at a time: groups of a rank's clients depend on the number of ranks), and so does a
+#      run resumed on 4 ranks from a checkpoint written on 2; a grouped run gives the same with
+#      --cuda-graphs on as off (a replayed step is the eager step), and resumed on its rank count;
 #      the script exits 1 at the end when they differ or a run failed (everything else still runs);
 #   2. wall time of the embedded default on 8 ranks sharing the GPU, and on 1 rank;
 #   3. client updates per second with 1, 2, 4 and 8 ranks sharing the GPU (bench/scaling.py).
 # Usage: bench/gpu_check.sh [OUT_DIR] [determinism] (environment: bench/gpu_env.sh); with
-# "determinism", step 1 alone (under a minute).
+# "determinism", step 1 alone (about a minute).
 set -euo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-check}}
 only=${2:-}
@@ -22,11 +23,20 @@ for ranks in 1 2 4; do  # a failed run is reported, and the rest still runs
         || { echo "the run on $ranks rank(s) failed"; status=1; }
 done
 "$py" bench/same_runs.py "$out"/tiny-{1,2,4} || status=1  # determinism on CUDA
+# A resume on CUDA: 2 rounds on 2 ranks continued on 4 (one client at a time), equal to tiny-1.
+"$mpirun" -n 2 "$py" -m fedbat_mpi.run "${tiny[@]}" --rounds 2 --out "$out/resumed" | tail -n 1 \
+    && "$mpirun" -n 4 "$py" -m fedbat_mpi.run --resume --out "$out/resumed" --rounds 3 | tail -n 1 \
+    || { echo "the run stopped after round 2 or its resume failed"; status=1; }
+"$py" bench/same_runs.py "$out"/tiny-1 "$out/resumed" || status=1
 for graphs in off on; do  # a failed run is reported, and the rest still runs
     "$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs "$graphs" --out "$out/graphs-$graphs" \
         | tail -n 1 || { echo "the grouped run with --cuda-graphs $graphs failed"; status=1; }
 done
-"$py" bench/same_runs.py "$out"/graphs-{off,on} || status=1  # CUDA graphs change nothing
+# A grouped run resumed on its rank count, graphs on: equal to the grouped run without either.
+"$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs on --rounds 2 --out "$out/graphs-resumed" \
+    | tail -n 1 && "$py" -m fedbat_mpi.run --resume --out "$out/graphs-resumed" --rounds 3 | tail -n 1 \
+    || { echo "the grouped run stopped after round 2 or its resume failed"; status=1; }
+"$py" bench/same_runs.py "$out"/graphs-{off,on,resumed} || status=1  # CUDA graphs and resumes change nothing
 [ "$only" = determinism ] && exit "$status"
 for ranks in 8 1; do
     start=$(date +%s.%N)
