@@ -6,9 +6,11 @@ from dataclasses import fields
 
 import pytest
 
+from fedbat_mpi.client.algorithms.base import flag
 from fedbat_mpi.config import (
     MAX_THREADS,
     NULLABLE,
+    RESUMABLE_CHANGES,
     Config,
     build_parser,
     coerce,
@@ -118,3 +120,20 @@ def test_a_usage_error_is_one_line_whatever_it_quotes():
     assert str(UsageError("--data-dir: expected a directory, got /no\nsuch\r")) == (
         "--data-dir: expected a directory, got /no\\nsuch\\r"
     )
+
+
+# A changed value of every option a resumed run may change (README, "Checkpoints and resume").
+RESUMABLE = {"rounds": 20, "out": "elsewhere", "checkpoint_every": 1, "device": "cpu", "threads": 2,
+             "data_dir": "/moved", "cuda_graphs": "on"}  # fmt: skip
+
+
+def test_a_resumed_run_may_change_where_and_how_it_runs_and_nothing_else():
+    assert set(RESUMABLE) == RESUMABLE_CHANGES
+    saved = Config(rounds=10, model="cnn4-mnist", data_dir="/data").as_dict()
+    for name, value in RESUMABLE.items():
+        assert getattr(resumed_config(saved, {name: value}, finished_round=3), name) == value
+    others = {"seed": 1, "lr": 0.05, "client_group": 2, "partition": "dir:0.3", "eval_batch_size": 100,
+              "rho": 3.0, "weighting": "samples", "local_epochs": 1}  # fmt: skip
+    for name, value in others.items():
+        with pytest.raises(UsageError, match=f"^{flag(name)}: the checkpoint was made with"):
+            resumed_config(saved, {name: value}, finished_round=3)

@@ -43,7 +43,9 @@ def test_metrics_rows_have_every_field_and_plausible_values(fedbat_runs):
         assert row["downlink_bytes"] == len(row["clients"]) * global_model_bytes
         assert set(row["phase_s"]) == {"train", "pack", "gather", "aggregate", "broadcast", "eval"}
         assert 0 <= row["test_acc"] <= 1 and len(row["model_sha256"]) == 64
-    assert (out / "config.yaml").exists()
+    # What a run without per-client state writes: no client_state.h5 (nor anything else unlisted).
+    written = {path.name for path in out.iterdir()}
+    assert written == {"config.yaml", "metrics.jsonl", "checkpoint.h5", "run.lock"}, written
     assert "float32 FedAvg would have sent" in done.stdout and done.stdout.count("round ") >= 2
 
 
