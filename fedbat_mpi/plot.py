@@ -73,8 +73,10 @@ def _make_folder(out: str) -> None:
 
 
 def _command(argv: list[str] | None) -> None:
-    parser = OneLineParser(prog="python -m fedbat_mpi.plot", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser = OneLineParser(prog="python -m fedbat_mpi.plot", description="Accuracy curves of runs as PNG files: "
+                           "one figure per data set and partition, test accuracy against the round and "
+                           "against the uplink sent, one line per algorithm.")  # fmt: skip
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's --out folder (config.yaml, metrics.jsonl)")
     parser.add_argument("--out", default="plots", help="folder for the PNG files (default: plots)")
     args = parser.parse_args(argv)
     for path in plot_runs(args.runs, args.out):
