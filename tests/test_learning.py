@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mpi4py import MPI
 
 from fedbat_mpi.client.algorithms import ALGORITHMS
+from fedbat_mpi.client.evaluate import evaluate
 from fedbat_mpi.client.models import build_model
 from fedbat_mpi.data import load_dataset
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import launch, metrics
+from fedbat_mpi.wire.comm import Communicator
 
 RUN = ["--num-clients", "8", "--clients-per-round", "4", "--local-epochs", "1", "--rounds", "3",
        "--batch-size", "32", "--eval-batch-size", "700"]  # fmt: skip
@@ -76,3 +79,24 @@ def test_reported_accuracy_and_loss_equal_a_direct_computation(runs):
     top_two = logits.topk(2, dim=1).values
     near_ties = int(((top_two[:, 0] - top_two[:, 1]) < 1e-4).sum())  # float32 may order these otherwise
     assert abs(round(rows[-1]["test_acc"] * labels.numel()) - correct) <= near_ties
+
+
+def test_evaluation_uses_the_running_statistics_and_changes_none():
+    """A model left in training mode is evaluated as in eval mode, and its BatchNorm statistics stay as
+    they were: here a BatchNorm no convolution precedes, which folding (``client/folding.py``) keeps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 3))  # fmt: skip
+    batchnorm = model[2]
+    batchnorm.running_mean.uniform_(-1, 1)
+    batchnorm.running_var.uniform_(0.5, 2)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    images, labels = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (10,))
+    model.train()
+    result = evaluate(model, images, labels, [0.5], [0.25], 4, Communicator(MPI.COMM_SELF))
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        logits = model((images / 255 - 0.5) / 0.25)
+    expected = (F.cross_entropy(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item())
+    assert result == pytest.approx(expected, rel=1e-6)
