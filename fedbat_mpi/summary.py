@@ -38,7 +38,7 @@ def _command(argv: list[str] | None) -> None:
                            "best and final test accuracy, the first round at the target accuracy and the "
                            "uplink sent until then, the uplink per client per round.")  # fmt: skip
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run's --out folder (config.yaml, metrics.jsonl)")
-    parser.add_argument("--target", type=float, default=0.8, help="target test accuracy, 0 to 1 (default: 0.8)")
+    parser.add_argument("--target", type=float, default=0.8, help="target test accuracy, in (0, 1] (default: 0.8)")
     args = parser.parse_args(argv)
     if not 0 < args.target <= 1:
         raise UsageError(f"--target: expected a test accuracy in (0, 1], got {args.target}")
