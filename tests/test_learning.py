@@ -85,11 +85,11 @@ def test_evaluation_uses_the_running_statistics_and_changes_none():
     """A model left in training mode is evaluated as in eval mode, and its BatchNorm statistics stay as
     they were: here a BatchNorm no convolution precedes, which folding (``client/folding.py``) keeps."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
-                                torch.nn.ReLU(), torch.nn.Linear(8, 3))  # fmt: skip
-    batchnorm = model[2]
-    batchnorm.running_mean.uniform_(-1, 1)
-    batchnorm.running_var.uniform_(0.5, 2)
+    batchnorm = torch.nn.BatchNorm1d(8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), batchnorm, torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3))  # fmt: skip
+    statistics = {"running_mean": torch.empty(8).uniform_(-1, 1), "running_var": torch.empty(8).uniform_(0.5, 2)}
+    batchnorm.load_state_dict({**batchnorm.state_dict(), **statistics})
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     images, labels = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (10,))
     model.train()
