@@ -111,8 +111,10 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def write_json(path: str | Path, benchmark: str, settings: dict, results: list[dict], **extra) -> Path:
-    """Write one benchmark's results with the machine and the command line that produced them."""
+def write_json(path: str | Path, benchmark: str, settings: dict, results: list[dict], *, announce: bool = True,
+               **extra: object) -> Path:  # fmt: skip
+    """Write one benchmark's results with the machine and the command line that produced them (and say
+    where, unless ``announce`` is False: a record rewritten as results come in)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -124,7 +126,8 @@ def write_json(path: str | Path, benchmark: str, settings: dict, results: list[d
         **extra,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    if announce:
+        print(f"\nwrote {path}")
     return path
 
 

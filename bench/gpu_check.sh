@@ -13,7 +13,7 @@ set -euo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-check}}
 only=${2:-}
 mkdir -p "$out"
-source bench/gpu_env.sh
+source bench/gpu_env.sh || exit 1
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__)"
 
 tiny=(--num-clients 40 --clients-per-round 8 --local-epochs 1 --rounds 3 --device cuda --client-group 1)
@@ -28,12 +28,14 @@ done
     && "$mpirun" -n 4 "$py" -m fedbat_mpi.run --resume --out "$out/resumed" --rounds 3 | tail -n 1 \
     || { echo "the run stopped after round 2 or its resume failed"; status=1; }
 "$py" bench/same_runs.py "$out"/tiny-1 "$out/resumed" || status=1
+# Grouped runs over unequal clients (dir:0.3): buckets that end part full, the captured index paths.
+grouped=("${tiny[@]}" --client-group auto --partition dir:0.3)
 for graphs in off on; do  # a failed run is reported, and the rest still runs
-    "$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs "$graphs" --out "$out/graphs-$graphs" \
+    "$py" -m fedbat_mpi.run "${grouped[@]}" --cuda-graphs "$graphs" --out "$out/graphs-$graphs" \
         | tail -n 1 || { echo "the grouped run with --cuda-graphs $graphs failed"; status=1; }
 done
 # A grouped run resumed on its rank count, graphs on: equal to the grouped run without either.
-"$py" -m fedbat_mpi.run "${tiny[@]}" --client-group auto --cuda-graphs on --rounds 2 --out "$out/graphs-resumed" \
+"$py" -m fedbat_mpi.run "${grouped[@]}" --cuda-graphs on --rounds 2 --out "$out/graphs-resumed" \
     | tail -n 1 && "$py" -m fedbat_mpi.run --resume --out "$out/graphs-resumed" --rounds 3 | tail -n 1 \
     || { echo "the grouped run stopped after round 2 or its resume failed"; status=1; }
 "$py" bench/same_runs.py "$out"/graphs-{off,on,resumed} || status=1  # CUDA graphs and resumes change nothing

@@ -5,7 +5,7 @@
 set -euo pipefail
 out=${1:-${OUT:-/tmp/fedbat-gpu-group}}
 mkdir -p "$out"
-source bench/gpu_env.sh
+source bench/gpu_env.sh || exit 1
 for algorithm in fedbat fedavg; do
     for group in 1 4 8 16; do
         run=$out/$algorithm-$group

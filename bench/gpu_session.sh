@@ -21,7 +21,7 @@
 #              the grid on a node of 8 GPUs, about 4 minutes;
 #   check      bench/gpu_check.sh: determinism on CUDA (fails when 1/2/4-rank runs differ), the default
 #              on 8 and 1 ranks and client updates/s with 1-8 ranks sharing the GPU, 2 minutes;
-#   determinism  the first of those alone, under a minute.
+#   determinism  the first of those alone (1/2/4 ranks, a resume, grouped graphs on against off), about a minute.
 # Usage: bench/gpu_session.sh OUT_DIR [PART...] (default: smoke aggregate graphs grouping cost check).
 # Parts joined by "+" run at the same time (e.g. smoke+determinism+agreement): only for parts whose
 # results are not timings (smoke, determinism, agreement), whose small-model runs leave the GPU mostly
@@ -45,7 +45,7 @@ for group in "${parts[@]}"; do
 done
 mkdir -p "$out"
 scratch=$(mktemp -d)
-source bench/gpu_env.sh
+source bench/gpu_env.sh || exit 1
 "$py" -c "import torch, mpi4py; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'mpi4py', mpi4py.__version__, 'cudnn tf32', torch.backends.cudnn.allow_tf32)"
 real_fmnist=(${FEDBAT_FMNIST_DIR:+--fmnist-dir "$FEDBAT_FMNIST_DIR"})
 

@@ -141,12 +141,15 @@ def main() -> None:
                 print(f"  {label}: FAILED {failure}", flush=True)
                 continue
             print(f"  {label}: {results[-1]['round_s']:.3f} s/round", flush=True)
+            # The record so far: a lease cut short keeps the runs done.
+            benchlib.write_json(options.json, "grouping", vars(options), with_speedups(results), announce=False,
+                                runs_left=len(runs) - index - 1)  # fmt: skip
     benchlib.print_table(with_speedups(results), [
         ("case", "case", ""), ("algorithm", "algorithm", ""), ("group", "group", ""), ("graphs", "graphs", ""),
         ("clients", "clients_per_round", "d"), ("s/round", "round_s", ".3f"), ("train s", "train_s", ".3f"),
         ("train TFLOP/s", "train_tflops", ".2f"), ("speed-up", "speedup", ".2f"), ("test acc", "final_test_acc", ".4f"),
     ])  # fmt: skip
-    benchlib.write_json(options.json, "grouping", vars(options), results)
+    benchlib.write_json(options.json, "grouping", vars(options), results, runs_left=0)
     if failed:
         sys.exit(f"grouping: {len(failed)} runs failed: {'; '.join(failed)}")
 

@@ -98,6 +98,12 @@ def group_step(problem: Problem, graphs: bool = False, compiled: bool = False) -
     device = problem.inputs[0]["x"].device
     loss = problem.loss
     if compiled:
+        if device.type == "cuda":  # the trained tensors and BatchNorm statistics the loss updates in place
+            # are the same tensors at every call: static, so that the CUDA graphs need not be skipped;
+            # a skip would still be said in the output (perf hints).
+            for tensor in [*problem.params.values(), *problem.buffers.values()]:
+                torch._dynamo.mark_static_address(tensor)
+            torch._logging.set_logs(perf_hints=True)
         loss = torch.compile(loss, mode="reduce-overhead" if device.type == "cuda" else None)
     step = GroupStep(problem.params, problem.buffers, LR, lambda phase: loss, graphs)
     index = member_index(tuple(range(problem.clients)), device)

@@ -86,13 +86,11 @@ def main() -> None:
         ("data set", "dataset", ""), ("algorithm", "algorithm", ""), ("s/round", "round_s", ".3f"),
         ("train s", "train_s", ".3f"), ("eval s", "eval_s", ".3f"),
     ])  # fmt: skip
-    extra = {}
-    if not options.quick:
-        extra["projection"] = projection(results, options.gpus)
-        p = extra["projection"]
+    p = None if options.quick else projection(results, options.gpus)  # the grid's cost
+    if p is not None:
         print(f"the grid: {p['runs']} runs, {p['gpu_hours']:.1f} GPU hours, {p['wall_hours']:.1f} h on {p['gpus']} GPUs "
               f"(one run per GPU at a time)")  # fmt: skip
-    benchlib.write_json(options.json, "study_cost", vars(options), results, **extra)
+    benchlib.write_json(options.json, "study_cost", vars(options), results, projection=p)
 
 
 if __name__ == "__main__":

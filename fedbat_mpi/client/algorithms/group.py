@@ -154,9 +154,14 @@ class GroupStep:
         """``step`` as a CUDA graph's replay (on the CPU: ``step`` itself). Captured on the current
         stream (``train_group``'s side stream) with ``capture_begin``/``capture_end``, not the
         ``torch.cuda.graph`` context, which synchronises and empties the allocator's cache at every
-        capture; ``thread_local`` so that another thread's CUDA calls cannot spoil it."""
+        capture; ``thread_local`` so that another thread's CUDA calls cannot spoil it. The first capture
+        of this step empties the cache once: a capture cannot use blocks cached outside its pool, and
+        the eager steps before it may have cached about as much as the capture needs."""
         if self.totals.device.type != "cuda":
             return step
+        if self.pool is None:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
         try:
