@@ -44,12 +44,17 @@ def main() -> int:
     jobs = options.jobs or (len(runs) if options.device == "cuda" else 1)
     with tempfile.TemporaryDirectory() as scratch:
 
-        def accuracies(run: tuple[str, str]) -> list[float]:
+        def accuracies(run: tuple[str, str]) -> list[float] | None:
+            """The run's test accuracy by round, in %; None (its error printed) when it failed."""
             preset, group = run
             args = ["--preset", preset, "--rounds", str(rounds), "--client-group", group, "--device",
                     options.device, "--checkpoint-every", "0"]  # fmt: skip
             args += QUICK if options.quick else ["--data-dir", options.data_dir]
-            rows, usage = benchlib.launch_run(1, args, Path(scratch) / f"{preset}-{group}")
+            try:
+                rows, usage = benchlib.launch_run(1, args, Path(scratch) / f"{preset}-{group}")
+            except SystemExit as failure:  # the other runs go on, and the record is written
+                print(f"  {preset} --client-group {group}: FAILED {failure}", flush=True)
+                return None
             print(f"  {preset} --client-group {group}: {100 * rows[-1]['test_acc']:.2f} % after {rounds} rounds "
                   f"({usage['wall_s']:.0f} s)", flush=True)  # fmt: skip
             return [100 * row["test_acc"] for row in rows]
@@ -60,6 +65,9 @@ def main() -> int:
     window = min(options.window, rounds)
     for preset in options.presets:
         one, together = accuracy[preset, "1"], accuracy[preset, grouped]
+        if one is None or together is None:
+            results.append({"preset": preset, "rounds": rounds, "failed": True, "within_tolerance": False})
+            continue
         one_mean, together_mean = sum(one[-window:]) / window, sum(together[-window:]) / window
         difference = abs(together_mean - one_mean)
         results.append({"preset": preset, "rounds": rounds, "window": window, "one_at_a_time_acc": one_mean,
@@ -73,7 +81,8 @@ def main() -> int:
         ("final, grouped %", "grouped_final_acc", ".2f"),
     ])  # fmt: skip
     benchlib.write_json(options.json, "agreement", vars(options), results)
-    return 0 if options.quick or all(r["within_tolerance"] for r in results) else 1
+    failed = any(r.get("failed") for r in results)
+    return 0 if not failed and (options.quick or all(r["within_tolerance"] for r in results)) else 1
 
 
 if __name__ == "__main__":
