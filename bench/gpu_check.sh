@@ -23,10 +23,16 @@ for ranks in 1 2 4; do  # a failed run is reported, and the rest still runs
         || { echo "the run on $ranks rank(s) failed"; status=1; }
 done
 "$py" bench/same_runs.py "$out"/tiny-{1,2,4} || status=1  # determinism on CUDA
+# Runs OPTIONS for 2 rounds on RANKS_FIRST ranks into DIR, then resumes it to round 3 on RANKS_THEN.
+stopped_and_resumed() {  # DIR RANKS_FIRST RANKS_THEN OPTIONS...
+    local dir=$1 first=$2 then=$3
+    shift 3
+    "$mpirun" -n "$first" "$py" -m fedbat_mpi.run "$@" --rounds 2 --out "$dir" | tail -n 1 \
+        && "$mpirun" -n "$then" "$py" -m fedbat_mpi.run --resume --out "$dir" --rounds 3 | tail -n 1 \
+        || { echo "$dir: the run stopped after round 2 or its resume failed"; return 1; }
+}
 # A resume on CUDA: 2 rounds on 2 ranks continued on 4 (one client at a time), equal to tiny-1.
-"$mpirun" -n 2 "$py" -m fedbat_mpi.run "${tiny[@]}" --rounds 2 --out "$out/resumed" | tail -n 1 \
-    && "$mpirun" -n 4 "$py" -m fedbat_mpi.run --resume --out "$out/resumed" --rounds 3 | tail -n 1 \
-    || { echo "the run stopped after round 2 or its resume failed"; status=1; }
+stopped_and_resumed "$out/resumed" 2 4 "${tiny[@]}" || status=1
 "$py" bench/same_runs.py "$out"/tiny-1 "$out/resumed" || status=1
 # Grouped runs over unequal clients (dir:0.3): buckets that end part full, the captured index paths.
 grouped=("${tiny[@]}" --client-group auto --partition dir:0.3)
@@ -35,9 +41,7 @@ for graphs in off on; do  # a failed run is reported, and the rest still runs
         | tail -n 1 || { echo "the grouped run with --cuda-graphs $graphs failed"; status=1; }
 done
 # A grouped run resumed on its rank count, graphs on: equal to the grouped run without either.
-"$py" -m fedbat_mpi.run "${grouped[@]}" --cuda-graphs on --rounds 2 --out "$out/graphs-resumed" \
-    | tail -n 1 && "$py" -m fedbat_mpi.run --resume --out "$out/graphs-resumed" --rounds 3 | tail -n 1 \
-    || { echo "the grouped run stopped after round 2 or its resume failed"; status=1; }
+stopped_and_resumed "$out/graphs-resumed" 1 1 "${grouped[@]}" --cuda-graphs on || status=1
 "$py" bench/same_runs.py "$out"/graphs-{off,on,resumed} || status=1  # CUDA graphs and resumes change nothing
 [ "$only" = determinism ] && exit "$status"
 for ranks in 8 1; do
