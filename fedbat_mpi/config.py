@@ -374,6 +374,8 @@ def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_roun
     if unknown:
         raise UsageError(f"--resume: the checkpoint's configuration has unknown options {sorted(unknown)}")
     defaults = {f.name: f.default for f in fields(Config)}  # of options newer than the checkpoint
+    # A YAML null of an option without a default (the data set's model, no data folder) sets nothing.
+    options = {name: value for name, value in options.items() if value is not None or name not in NULLABLE}
     for name, value in options.items():
         made_with = saved.get(name, defaults.get(name))
         if name not in RESUMABLE_CHANGES and value != made_with:
@@ -385,3 +387,13 @@ def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_roun
     if config.rounds < finished_round:
         raise UsageError(f"--rounds: the checkpoint has already finished round {finished_round}, got {config.rounds}")
     return config
+
+
+def threads_caveat(saved: dict[str, Any], config: Config) -> str | None:
+    """A note for a run resumed on another ``--threads`` than its checkpoint's, whose CPU sums run in
+    another order (README, "What is guaranteed"); None on the same number."""
+    made_with = saved.get("threads", config.threads)
+    if made_with == config.threads:
+        return None
+    return (f"note: --threads {config.threads}, the checkpoint's run had {made_with}: the resumed run agrees "
+            "with an uninterrupted one within float rounding, not bit for bit")

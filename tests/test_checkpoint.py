@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedbat_mpi.checkpoint import describe
-from fedbat_mpi.config import RESUMABLE_CHANGES, Config, resumed_config
+from fedbat_mpi.config import RESUMABLE_CHANGES, Config, resumed_config, threads_caveat
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.rounds.job import checkpoint_due
 from fedbat_mpi.server import checkpoint
@@ -136,6 +136,12 @@ def _edited(path: Path) -> None:
         handle.attrs["config"] = handle.attrs["config"].replace('"seed": 0', '"seed": 1')
 
 
+def _round_infinite(path: Path) -> None:
+    """The round attribute made a float too large for an integer: reading it overflows."""
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["round"] = np.inf
+
+
 def _downgraded(path: Path) -> None:
     """A bit flip that turns format 3 into 2 (0b11 -> 0b10), which is read without a digest otherwise."""
     with h5py.File(path, "r+") as handle:
@@ -150,6 +156,7 @@ def _downgraded(path: Path) -> None:
     (_bit_flipped, "is damaged: its contents no longer match the SHA-256"),
     (_edited, "is damaged: its contents no longer match the SHA-256"),
     (_downgraded, "is damaged: its contents no longer match the SHA-256"),
+    (_round_infinite, "cannot be read as a checkpoint"),
 ])  # fmt: skip
 def test_damaged_or_foreign_files_are_refused_with_one_line(tmp_path, damage, message):
     path = tmp_path / checkpoint.FILE_NAME
@@ -233,6 +240,17 @@ def test_resuming_may_change_only_what_does_not_change_results():
     assert resumed_config(older, {"client_group": "auto"}, finished_round=3).client_group == "auto"
     with pytest.raises(UsageError, match="--client-group: the checkpoint was made with 'auto', got 4"):
         resumed_config(older, {"client_group": 4}, finished_round=3)
+    # A config file's null for the model or the data folder sets nothing: the checkpoint's values stand.
+    unset = resumed_config({**saved, "data_dir": "/data"}, {"model": None, "data_dir": None}, finished_round=3)
+    assert (unset.model, unset.data_dir) == ("cnn4-mnist", "/data")
+
+
+def test_a_run_resumed_on_other_threads_is_told_it_is_not_bitwise_the_same():
+    saved = Config(rounds=10, model="cnn4-mnist").as_dict()
+    assert threads_caveat(saved, resumed_config(saved, {}, finished_round=3)) is None
+    caveat = threads_caveat(saved, resumed_config(saved, {"threads": 2}, finished_round=3))
+    assert caveat is not None and caveat.startswith("note: --threads 2, the checkpoint's run had 1: ")
+    assert "\n" not in caveat and "not bit for bit" in caveat
 
 
 def test_every_option_that_changes_results_is_refused_on_resume():

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import torch
 
-from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config
+from fedbat_mpi.config import Config, build_parser, parse_command_line, resumed_config, threads_caveat
 from fedbat_mpi.data import data_sha256, load_dataset
 from fedbat_mpi.errors import FAILURE, EveryRankStops, UsageError
 from fedbat_mpi.server import checkpoint
@@ -183,6 +183,9 @@ def open_report(run: Run, comm: Communicator) -> Report | None:
     if run.resumed:
         print(f"resuming after round {run.resumed.round} (checkpoint written on {run.resumed.num_ranks} ranks)",
               flush=True)  # fmt: skip
+        caveat = threads_caveat(run.resumed.config, run.config)
+        if caveat:
+            print(caveat, flush=True)
     return report
 
 

@@ -26,7 +26,7 @@ def read_checked(path: str, option: str, missing: str, kind: str, read: Callable
             return read(handle)
     except UsageError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as error:
         raise UsageError(f"{option}: {path} cannot be read as {kind} ({type(error).__name__}: {error})") from None
 
 
