@@ -268,7 +268,7 @@ def coerce(name: str, value: Any) -> Any:
         raise refused
     try:
         return convert(value)
-    except (TypeError, ValueError, UsageError):
+    except (TypeError, ValueError, OverflowError, UsageError):  # Overflow: an int too large for a float
         raise refused from None
 
 

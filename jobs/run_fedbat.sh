@@ -16,7 +16,7 @@
 source "${FEDBAT_HOME:-$SLURM_SUBMIT_DIR}/jobs/launch.sh"
 
 read -r -a extra <<<"${FEDBAT_ARGS:-}"
-for arg in "${extra[@]}"; do  # what this script sets: another value would break the resume after a requeue
+for arg in ${extra[@]+"${extra[@]}"}; do  # what this script sets: another value would break the resume after a requeue
     case $arg in
         --out | --out=* | --resume | --resume=*)
             echo "FEDBAT_ARGS: ${arg%%=*} is set by the job script" \
@@ -30,7 +30,7 @@ data_dir=${FEDBAT_DATA_DIR:-$SLURM_SUBMIT_DIR/data}
 out=${FEDBAT_OUT:-$SLURM_SUBMIT_DIR/runs/$SLURM_JOB_NAME-$SLURM_JOB_ID}
 
 args=(--preset "$FEDBAT_PRESET" --data-dir "$data_dir" --out "$out" --threads "$OMP_NUM_THREADS")
-args+=("${extra[@]}")
+args+=(${extra[@]+"${extra[@]}"})
 if [[ -f $out/checkpoint.h5 ]]; then
     args+=(--resume)
 fi

@@ -154,6 +154,14 @@ def test_an_out_path_too_long_for_the_files_in_it_is_refused_at_start_up(tmp_pat
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_folder_in_the_way_of_an_output_file_is_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "out"
+    (out / "metrics.jsonl").mkdir(parents=True)
+    done = launch(2, [*TINY, "--out", str(out)], timeout=120)
+    _assert_one_line_exit_2(done, f"--out: cannot write {out}/metrics.jsonl (Is a directory)")
+    assert (out / "metrics.jsonl").is_dir() and not (out / checkpoint.FILE_NAME).exists()
+
+
 def test_resume_from_a_missing_file_is_one_line_and_exit_2(tmp_path):
     missing = tmp_path / "run" / checkpoint.FILE_NAME
     done = launch(2, ["--resume", str(missing)], timeout=120)

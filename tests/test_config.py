@@ -50,6 +50,11 @@ def test_an_on_off_option_takes_what_yaml_reads_off_and_on_as(tmp_path):
         coerce("lr", False)  # other options still refuse booleans
 
 
+def test_an_integer_too_large_for_a_float_option_is_refused_with_one_line():
+    with pytest.raises(UsageError, match=r"^--lr: expected float, got 1000+$"):
+        coerce("lr", 10**400)  # YAML reads 1 and 400 zeros as an int, which float() cannot take
+
+
 @pytest.mark.parametrize(
     "stored,expected",
     [({"lr": "x"}, "--lr: expected float, got 'x'"),

@@ -67,6 +67,13 @@ def test_labels_share_assignment() -> None:
     assert all(len(s) == 3 * 20 for s in shards)  # 600 samples per class / 30 holders
 
 
+def test_labels_share_counts_classes_without_float_error() -> None:
+    labels = np.repeat(np.arange(100), 10)
+    for fraction, classes in ((0.29, 29), (0.57, 57), (0.58, 58)):  # 0.29 x 100 = 28.999... in floats
+        shards = partition(labels, 4, f"labels:{fraction}", seed=0)
+        assert [len(np.unique(labels[s])) for s in shards] == [classes] * 4
+
+
 def test_labels_share_hundred_classes() -> None:
     labels = np.repeat(np.arange(100), 50)
     shards = partition(labels, 100, "labels:0.1", seed=1234)

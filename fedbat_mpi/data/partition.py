@@ -176,13 +176,14 @@ def _top_up(owners: np.ndarray, num_clients: int, min_samples: int, rng: np.rand
 def _label_share(
     labels: np.ndarray, num_clients: int, fraction: float, rng: np.random.Generator, scheme: str
 ) -> np.ndarray:
-    """c = int(fraction·#classes) classes per client, the c least used so far (ties: lowest class id).
+    """c = int(fraction·#classes) classes per client (0.29 x 100 is 29, not float's 28.999...), the c
+    least used so far (ties: lowest class id).
 
     Taking the least used classes in turn is a cycle through the class list: client i holds classes
     (i·c + j) mod #classes for j < c.
     """
     classes = np.unique(labels)
-    per_client = int(fraction * len(classes))
+    per_client = int(fraction * len(classes) + 1e-9)
     if per_client < 1:
         raise UsageError(f"--partition {scheme}: gives int({fraction} x {len(classes)} classes) = 0 classes per client")
     held = (np.arange(num_clients)[:, None] * per_client + np.arange(per_client)).ravel() % len(classes)

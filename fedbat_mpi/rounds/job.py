@@ -173,11 +173,18 @@ def save_checkpoint(run: Run, report: Report | None, round_index: int, comm: Com
 
 def open_report(run: Run, comm: Communicator) -> Report | None:
     """Rank 0's report (``metrics.jsonl`` from the checkpoint's rows on, progress lines); None elsewhere.
-    A new run of a stateful algorithm also creates its client-state store here."""
-    if not comm.is_root:
+    A new run of a stateful algorithm also creates its client-state store here. A file of the report
+    that cannot be written (a folder in its way) ends every rank with one line and exit 2."""
+    report, error = None, None
+    if comm.is_root:
+        try:
+            report = Report(run.config, run.engine.float32_payload_bytes(), run.resumed.metrics if run.resumed else [])
+        except UsageError as caught:
+            error = caught
+    comm.stop_together_on(error, UsageError.exit_status)
+    if report is None:
         return None
     engine = run.engine
-    report = Report(run.config, engine.float32_payload_bytes(), run.resumed.metrics if run.resumed else [])
     if engine.state_size and engine.states is None:  # the report made the folder
         engine.states = engine.new_state_store(run.config.out_dir)
     if run.resumed:

@@ -9,6 +9,7 @@ from typing import TextIO
 import yaml
 
 from fedbat_mpi.config import Config
+from fedbat_mpi.errors import UsageError
 from fedbat_mpi.rounds.engine import RoundResult
 
 
@@ -23,6 +24,14 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes / 1000:.1f} GB"
 
 
+def _open_to_write(path: str) -> TextIO:
+    """``path`` opened for writing; a UsageError naming ``--out`` if it cannot be (a folder in its way)."""
+    try:
+        return open(path, "w")
+    except OSError as error:
+        raise UsageError(f"--out: cannot write {path} ({error.strerror})") from None
+
+
 class Report:
     """Writes one metrics row per round and prints progress; keeps totals for the summary."""
 
@@ -33,9 +42,9 @@ class Report:
         self.stream = stream
         self.rows: list[dict] = list(history)
         os.makedirs(config.out_dir, exist_ok=True)
-        with open(os.path.join(config.out_dir, "config.yaml"), "w") as handle:
+        with _open_to_write(os.path.join(config.out_dir, "config.yaml")) as handle:
             yaml.safe_dump(config.as_dict(), handle, sort_keys=False)
-        self.metrics = open(os.path.join(config.out_dir, "metrics.jsonl"), "w")
+        self.metrics = _open_to_write(os.path.join(config.out_dir, "metrics.jsonl"))
         self.metrics.writelines(json.dumps(row) + "\n" for row in self.rows)
         self.metrics.flush()
 
