@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import yaml
 
-from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters
+from fedbat_mpi.client.algorithms import ALGORITHMS, hyperparameters, options_of_other_algorithms
 from fedbat_mpi.client.algorithms.base import POSITIVE, flag, is_positive
 from fedbat_mpi.client.models import MODEL_INPUT_SHAPES, check_model_fits
 from fedbat_mpi.data.datasets import IMAGE_SHAPES
@@ -367,7 +367,8 @@ def parse_command_line(argv: list[str] | None = None) -> Invocation:
 def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_round: int) -> Config:
     """The configuration of a resumed run: the checkpoint's, with the allowed changes in ``options``.
 
-    Options that would change results must equal the checkpoint's; ``rounds`` may grow.
+    Options that would change results must equal the checkpoint's; ``rounds`` may grow, and another
+    algorithm's options (a study's edited ``base``) are not this run's.
     """
     known = {f.name for f in fields(Config)}
     unknown = set(saved) - known
@@ -376,9 +377,10 @@ def resumed_config(saved: dict[str, Any], options: dict[str, Any], finished_roun
     defaults = {f.name: f.default for f in fields(Config)}  # of options newer than the checkpoint
     # A YAML null of an option without a default (the data set's model, no data folder) sets nothing.
     options = {name: value for name, value in options.items() if value is not None or name not in NULLABLE}
+    free = RESUMABLE_CHANGES | options_of_other_algorithms(saved.get("algorithm", defaults["algorithm"]))
     for name, value in options.items():
         made_with = saved.get(name, defaults.get(name))
-        if name not in RESUMABLE_CHANGES and value != made_with:
+        if name not in free and value != made_with:
             raise UsageError(
                 f"{flag(name)}: the checkpoint was made with {made_with!r}, got {value!r} "
                 "(resuming must not change results)"

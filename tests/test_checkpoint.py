@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedbat_mpi.checkpoint import describe
+from fedbat_mpi.client.algorithms import options_of_other_algorithms
 from fedbat_mpi.config import RESUMABLE_CHANGES, Config, resumed_config, threads_caveat
 from fedbat_mpi.errors import UsageError
 from fedbat_mpi.rounds.job import checkpoint_due
@@ -254,12 +255,12 @@ def test_a_run_resumed_on_other_threads_is_told_it_is_not_bitwise_the_same():
 
 
 def test_every_option_that_changes_results_is_refused_on_resume():
-    """The README's list of what a resumed run may change; every other option, the algorithms' too,
-    must equal the checkpoint's."""
+    """The README's list of what a resumed run may change; every other option, the run's algorithm's
+    too, must equal the checkpoint's."""
     assert RESUMABLE_CHANGES == {"rounds", "out", "checkpoint_every", "device", "threads", "data_dir", "cuda_graphs"}
     saved = Config(rounds=10, model="cnn4-mnist").as_dict()
     for field in fields(Config):
-        if field.name not in RESUMABLE_CHANGES:
+        if field.name not in RESUMABLE_CHANGES | options_of_other_algorithms(saved["algorithm"]):
             with pytest.raises(UsageError, match=f"^--{field.name.replace('_', '-')}: the checkpoint was made with"):
                 resumed_config(saved, {field.name: "another value"}, finished_round=3)
 

@@ -26,6 +26,12 @@ def hyperparameters() -> tuple[HyperParameter, ...]:
     return tuple(declared.values())
 
 
+def options_of_other_algorithms(name: str) -> frozenset[str]:
+    """The declared options that algorithm ``name`` does not use (all of them for an unknown name)."""
+    own = {option.name for option in REGISTRY[name].hyperparameters} if name in REGISTRY else set()
+    return frozenset(option.name for option in hyperparameters() if option.name not in own)
+
+
 def make_algorithm(name: str, **options: Any) -> Algorithm:
     """The algorithm called ``name`` (``--algorithm``) with its options (others are ignored)."""
     if name not in REGISTRY:
