@@ -307,15 +307,31 @@ def test_a_client_state_row_damaged_on_disk_ends_the_resumed_run_with_one_line_a
     assert (out / checkpoint.FILE_NAME).read_bytes() == before
 
 
-def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
-    out = tmp_path / "run"
-    process = subprocess.Popen(command(2, [*RUN, "--out", str(out)]), stdout=subprocess.PIPE,
+def _signalled_during_start_up(out: Path, options: list[str]) -> tuple[int, str]:
+    """Exit status and output of a run on 2 ranks whose rank 1 gets SIGUSR1 while it starts up."""
+    process = subprocess.Popen(command(2, [*options, "--out", str(out)]), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=environment())  # fmt: skip
     deadline = time.monotonic() + 30
     while not ((pids := _rank_pids(out)).get(1) and _catches(pids[1], signal.SIGUSR1)) and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(pids[1], signal.SIGUSR1)  # its handler is in place; it is importing torch and starting MPI now
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr
-    assert "stop signal received before the first round" in stdout
+    return process.returncode, stdout + stderr
+
+
+def test_a_stop_signal_during_start_up_is_not_lost(tmp_path):
+    out = tmp_path / "run"
+    status, output = _signalled_during_start_up(out, RUN)
+    assert status == 75, output
+    assert "stop signal received before the first round" in output
     assert not (out / checkpoint.FILE_NAME).exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_a_stop_signal_while_a_finished_run_starts_up_again_ends_it_as_complete(tmp_path):
+    """Exit 0, not 75: a Slurm job would be requeued for nothing."""
+    out = tmp_path / "run"
+    done = launch(None, [*TINY, "--rounds", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    status, output = _signalled_during_start_up(out, ["--resume"])
+    assert status == 0, output
+    assert "stop signal received" not in output and "final test accuracy" in output

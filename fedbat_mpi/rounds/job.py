@@ -208,14 +208,15 @@ def train(argv: list[str], comm: Communicator, stop: StopRequest) -> int:
         return UsageError.exit_status
     # The aggregator's threads and rank 0's metrics.jsonl end with the run, however it ends.
     with closing(run.engine), ExitStack() as closes:
-        if comm.any(stop.requested):  # a signal during start-up: nothing new to save
+        first = run.resumed.round + 1 if run.resumed else 1
+        # A signal during start-up: nothing new to save, and a finished run has nothing left to requeue.
+        if first <= run.config.rounds and comm.any(stop.requested):
             if comm.is_root:
                 print(f"stop signal received before the first round; exit status {PREEMPTED}", flush=True)
             return PREEMPTED
         report = open_report(run, comm)
         if report is not None:
             closes.callback(report.close)
-        first = run.resumed.round + 1 if run.resumed else 1
         for round_index in range(first, run.config.rounds + 1):
             result = run.engine.run_round(round_index)
             if report is not None and result is not None:  # both on rank 0 only
