@@ -2,7 +2,8 @@
 
 The driver starts the runs as subprocesses (``LAUNCHER python -m fedbat_mpi.run --config RUN/options.yaml
 --out RUN``), ``runs_at_once`` at a time, each writing its output to ``RUN/run.log``; it skips finished
-runs, resumes stopped ones (``--resume``) and prints a progress line whenever a run starts or ends.
+runs, resumes stopped ones (``--resume``) and prints a progress line whenever a run starts or ends; a
+run whose checkpoint is not its own (other options: a copied file, an edited grid) is not started.
 ``--task I`` runs only run I (a Slurm array task), ``--list`` shows where every run stands, ``--count``
 prints the number of runs.
 

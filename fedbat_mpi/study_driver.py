@@ -114,6 +114,10 @@ class Driver:
         if probe is not None:
             probe.close()  # the run takes the lock itself
         standing = run.standing()
+        if standing.problem:  # the run would refuse it (exit 2): its folder is left as the checkpoint's run left it
+            self.failed.append(UsageError.exit_status)
+            self._say(f"{run.name}: not started: {standing}", stream=sys.stderr)
+            return
         options_file = run.folder / "options.yaml"
         command = [*self.launcher, sys.executable, "-m", "fedbat_mpi.run", "--config", str(options_file),
                    "--out", str(run.folder), *(["--resume"] if run.checkpoint.exists() else [])]  # fmt: skip

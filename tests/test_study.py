@@ -169,7 +169,8 @@ def test_under_nohup_a_hangup_stops_nothing(tmp_path, capsys):
 
 def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path, capsys):
     """A copied checkpoint, or a grid edited after its runs finished: the run's checkpoint is checked as
-    ``--resume`` checks it, so the driver starts it (and it refuses) instead of skipping it as done."""
+    ``--resume`` checks it, so the driver names it as refused (exit 2) instead of skipping it as done,
+    and starts nothing there (its options.yaml stays the checkpoint run's)."""
     grid = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base=BASE, grid={"seed": [0, 2]})
     plan = load_study(str(grid))
     for run, seed in zip(plan.runs, [0, 0]):  # seed2's folder holds seed0's finished checkpoint
@@ -183,9 +184,9 @@ def test_a_finished_checkpoint_of_other_options_is_not_counted_as_done(tmp_path,
     done = run_study(str(grid))
     assert done.returncode == 2, done.stdout + done.stderr
     [line] = done.stderr.splitlines()
-    assert "] seed2: failed with exit status 2;" in line and "--seed: the checkpoint was made with 0, got 2" in line, line
+    assert "] seed2: not started: checkpoint refused (--seed: the checkpoint was made with 0, got 2" in line, line
     assert "2 runs | 1 done, 0 running, 1 left" in done.stdout and "seed0" not in done.stdout, done.stdout
-    assert plan.runs[1].checkpoint.read_bytes() == copied
+    assert plan.runs[1].checkpoint.read_bytes() == copied and not (plan.runs[1].folder / "options.yaml").exists()
     edited = write_grid(tmp_path / "grid.yaml", out=str(tmp_path / "study"), base={**BASE, "rounds": ROUNDS - 1},
                         grid={"seed": [0, 2]})  # fmt: skip
     assert "already finished round 3, got 2" in standings(edited, capsys)["seed0"]
