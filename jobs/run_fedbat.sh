@@ -16,6 +16,7 @@
 source "${FEDBAT_HOME:-$SLURM_SUBMIT_DIR}/jobs/launch.sh"
 
 read -r -a extra <<<"${FEDBAT_ARGS:-}"
+# ${extra[@]+"${extra[@]}"}: the words, or none; bash before 4.4 calls an empty array unbound (set -u).
 for arg in ${extra[@]+"${extra[@]}"}; do  # what this script sets: another value would break the resume after a requeue
     case $arg in
         --out | --out=* | --resume | --resume=*)
