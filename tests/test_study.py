@@ -24,6 +24,8 @@ from fedbat_mpi.rounds.signals import DRIVER_STOP_SIGNALS, StopCount
 from fedbat_mpi.server import checkpoint
 from fedbat_mpi.testing.launch import environment, launch, metrics, without_timings
 
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout: its jobs/ and docs/
+
 ROUNDS = 3
 # A tiny run of the embedded data: 2 clients a round of 200 images each, one epoch.
 BASE = {"num-clients": 40, "clients-per-round": 2, "local-epochs": 1, "batch-size": 64,
@@ -384,9 +386,19 @@ def test_a_task_run_sees_all_its_jobs_gpus_where_runs_at_once_get_one_each(tmp_p
     assert ("CUDA_VISIBLE_DEVICES=0 " in started) == (not task), started
 
 
+SHIPPED_GRIDS = sorted([*REPOSITORY.glob("jobs/grids/*.yaml"), *REPOSITORY.glob("docs/results/*.yaml")])
+
+
+@pytest.mark.parametrize("grid", SHIPPED_GRIDS, ids=[path.name for path in SHIPPED_GRIDS])
+def test_every_grid_file_the_repository_ships_is_read_without_error(grid):
+    """The study commands that jobs/ and docs/RESULTS.md quote: a typo in one fails here, not hours into a study."""
+    plan = load_study(str(grid))
+    assert plan.runs and len({run.folder for run in plan.runs}) == len(plan.runs)
+
+
 def test_a_reader_that_stops_early_ends_the_listing_quietly():
     """``study --list | head``: the closed pipe ends the command with status 0 and nothing on stderr."""
-    grid = Path(__file__).resolve().parent.parent / "jobs" / "grids" / "fmnist-paper.yaml"
+    grid = REPOSITORY / "jobs" / "grids" / "fmnist-paper.yaml"
     command = subprocess.Popen(driver(str(grid), "--list"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=environment())  # fmt: skip
     assert command.stdout is not None and command.stderr is not None
